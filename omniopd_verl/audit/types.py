@@ -1,0 +1,63 @@
+"""The data that crosses the audit seam: what an engine hands the Auditor and what it gets back.
+
+Both engines (verl, local) build `StudentResponse`s and turn `ResponseAudit`s into token tensors with
+`omniopd_verl.core.chunk_token_credit`; nothing else about the audit leaks into them.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+
+
+@dataclass
+class StudentResponse:
+    """One finished student sample, as the Auditor needs it."""
+
+    uid: str
+    """Stable sample id; teacher seeds derive from (config seed, uid, anchor)."""
+    prompt_text: str
+    """The prompt exactly as the student saw it (chat template applied): the teacher's prefix starts here."""
+    response_ids: list[int]
+    """The student's response token ids (no padding)."""
+    logprobs_T: torch.Tensor
+    """log pi_theta(y_t | s_t) for each response token, float [T]."""
+    entropy_T: torch.Tensor | None = None
+    """Per-token entropy of the student's distribution, float [T]; required by entropy-based schedulers."""
+    entropy_source: str = "exact"
+    """Where entropy_T came from: 'exact' or 'rollout_topk' (logged per run)."""
+    prompt_messages: list[dict[str, Any]] | None = None
+    """The original chat messages, for chat-API teachers that continue a partial assistant turn."""
+    teacher_context: str | None = None
+    """Optional privileged text shown to the teacher only (e.g. the reference solution in self-distillation)."""
+
+
+@dataclass
+class ChunkAudit:
+    """One audited chunk: y[start:end] in response-token offsets, and how the teacher judged it."""
+
+    start: int
+    end: int
+    entropy: float | None
+    student_text: str
+    teacher_texts: list[str]
+    """Exactly the texts that were scored (after trimming to the student's chunk length)."""
+    similarities: list[float]
+    k_sem: float
+    prior_mean: float
+    weight: float
+    """pi_hat = (k_sem + alpha * prior_mean) / (N + alpha)."""
+
+
+@dataclass
+class ResponseAudit:
+    """The audit of one response: its chunks in ascending order, plus what went wrong."""
+
+    uid: str
+    response_len: int
+    chunks: list[ChunkAudit] = field(default_factory=list)
+    dropped_anchors: int = 0
+    """Anchors whose teacher samples failed after all retries (only with teacher.on_failure='drop')."""
+    entropy_source: str = "exact"

@@ -1,0 +1,38 @@
+"""`omniopd-verl <subcommand>`: dispatch to the subcommand modules listed in SUBCOMMANDS.
+
+Subcommand modules keep their heavy imports (torch, verl, litellm) inside `run`, so `--help` is fast.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+from omniopd_verl import __version__
+
+# name -> module providing HELP, add_arguments(parser) and run(args) -> int
+SUBCOMMANDS: dict[str, str] = {
+    "plugins": "omniopd_verl.cli.plugins",
+}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="omniopd-verl", description="OmniOPD: logit-free on-policy distillation on verl.")
+    parser.add_argument("--version", action="version", version=f"omniopd-verl {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True)
+    for name, module_name in SUBCOMMANDS.items():
+        module = importlib.import_module(module_name)
+        p = sub.add_parser(name, help=module.HELP, description=module.HELP)
+        module.add_arguments(p)
+        p.set_defaults(_run=module.run)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    return int(args._run(args) or 0)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
