@@ -1,0 +1,47 @@
+"""Shared fixtures. Everything runs offline (HF_HUB_OFFLINE=1) on real small models.
+
+Tests are imported by path (--import-mode=importlib) because verl's wheel installs a top-level
+`tests` package; so share helpers through fixtures here, never `import tests...`.
+"""
+
+from __future__ import annotations
+
+import os
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+
+from pathlib import Path  # noqa: E402
+
+import pytest  # noqa: E402
+
+SHARED = Path(__file__).resolve().parents[1].parent / "shared"
+
+
+@pytest.fixture(scope="session")
+def benchmarks_dir() -> Path:
+    """../shared/data/benchmarks (read-only; never copy it into the repo)."""
+    path = SHARED / "data" / "benchmarks"
+    if not path.is_dir():
+        pytest.fail(f"benchmark data not found at {path}: the repo must sit beside shared/")
+    return path
+
+
+@pytest.fixture(scope="session")
+def smollm2_path() -> str:
+    """The real SmolLM2-135M-Instruct, converted once from the offline GGUF (see omniopd_verl.models)."""
+    from omniopd_verl.models import resolve_model_path
+
+    return resolve_model_path("smollm2-135m-instruct")
+
+
+@pytest.fixture(scope="session")
+def tiny_model_path(tmp_path_factory, smollm2_path) -> str:
+    """A tiny random Llama (2 layers, hidden 64) with SmolLM2's real tokenizer: fast, same vocab."""
+    from omniopd_verl.models import make_tiny_random_model
+
+    return make_tiny_random_model(tmp_path_factory.mktemp("tiny") / "tiny-llama")
