@@ -32,7 +32,9 @@ def _int_at_least(key: str, value: Any, low: int) -> None:
         raise _fail(key, value, f"an integer >= {low}")
 
 
-def _number(key: str, value: Any, *, low: float, low_open: bool = False, high: float = math.inf, high_open: bool = False) -> None:
+def _number(
+    key: str, value: Any, *, low: float, low_open: bool = False, high: float = math.inf, high_open: bool = False
+) -> None:
     ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
     if ok:
         ok = (value > low if low_open else value >= low) and (value < high if high_open else value <= high)

@@ -85,8 +85,15 @@ def load_causal_lm(name_or_path: str, *, dtype=None, device: str = "cpu"):
     return model, tokenizer
 
 
-def make_tiny_random_model(path: str | os.PathLike, *, vocab_from: str = "smollm2-135m-instruct", seed: int = 0,
-                           hidden_size: int = 64, num_layers: int = 2, num_heads: int = 4) -> str:
+def make_tiny_random_model(
+    path: str | os.PathLike,
+    *,
+    vocab_from: str = "smollm2-135m-instruct",
+    seed: int = 0,
+    hidden_size: int = 64,
+    num_layers: int = 2,
+    num_heads: int = 4,
+) -> str:
     """Write a tiny random Llama with SmolLM2's tokenizer to `path` (for fast tests); returns the path."""
     import torch
     from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
@@ -97,9 +104,15 @@ def make_tiny_random_model(path: str | os.PathLike, *, vocab_from: str = "smollm
     tokenizer = AutoTokenizer.from_pretrained(resolve_model_path(vocab_from))
     torch.manual_seed(seed)
     config = LlamaConfig(
-        vocab_size=len(tokenizer), hidden_size=hidden_size, intermediate_size=hidden_size * 2,
-        num_hidden_layers=num_layers, num_attention_heads=num_heads, num_key_value_heads=num_heads,
-        max_position_embeddings=2048, bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
+        vocab_size=len(tokenizer),
+        hidden_size=hidden_size,
+        intermediate_size=hidden_size * 2,
+        num_hidden_layers=num_layers,
+        num_attention_heads=num_heads,
+        num_key_value_heads=num_heads,
+        max_position_embeddings=2048,
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
         tie_word_embeddings=True,
     )
     model = LlamaForCausalLM(config)

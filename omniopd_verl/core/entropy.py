@@ -66,7 +66,9 @@ def topk_entropy(topk_logprobs_NK: torch.Tensor, vocab_size: int) -> TopKEntropy
     Entries of -inf (fewer than k candidates returned) are treated as missing.
     """
     if topk_logprobs_NK.dim() < 1 or topk_logprobs_NK.shape[-1] < 1:
-        raise GuardError(f"topk_entropy: need at least one log-prob per position, got shape {tuple(topk_logprobs_NK.shape)}")
+        raise GuardError(
+            f"topk_entropy: need at least one log-prob per position, got shape {tuple(topk_logprobs_NK.shape)}"
+        )
     k = topk_logprobs_NK.shape[-1]
     if vocab_size < k:
         raise GuardError(f"topk_entropy: vocab_size ({vocab_size}) is smaller than k ({k})")

@@ -24,7 +24,11 @@ def chunk_prior_mean(chunk_logprobs_MC: torch.Tensor, mask_MC: torch.Tensor | No
         mean = (lp * m).sum(dim=-1) / n
     if torch.isnan(mean).any() or (mean > 1e-6).any():
         raise GuardError("chunk log-probs must be <= 0 and not NaN (are these logits instead of log-probs?)")
-    return mean.clamp(max=0.0).exp().to(chunk_logprobs_MC.dtype if chunk_logprobs_MC.is_floating_point() else torch.float32)
+    return (
+        mean.clamp(max=0.0)
+        .exp()
+        .to(chunk_logprobs_MC.dtype if chunk_logprobs_MC.is_floating_point() else torch.float32)
+    )
 
 
 def dirichlet_posterior_mean(k_sem: torch.Tensor, prior_mean: torch.Tensor, samples: int, alpha: float) -> torch.Tensor:

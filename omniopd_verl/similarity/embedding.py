@@ -62,13 +62,17 @@ class EmbeddingSimilarity:
 
     def embed(self, texts: Sequence[str]):
         """Unit-norm float32 embeddings [len(texts), D] as a torch tensor."""
-        return self.model.encode(
-            list(texts),
-            batch_size=self.batch_size,
-            convert_to_tensor=True,
-            normalize_embeddings=True,
-            show_progress_bar=False,
-        ).float().cpu()
+        return (
+            self.model.encode(
+                list(texts),
+                batch_size=self.batch_size,
+                convert_to_tensor=True,
+                normalize_embeddings=True,
+                show_progress_bar=False,
+            )
+            .float()
+            .cpu()
+        )
 
     def score(self, pairs: Sequence[tuple[str, str]]) -> list[float]:
         if not pairs:

@@ -1,0 +1,1 @@
+"""Example OmniOPD plugins, discovered through entry points declared in this package's pyproject.toml."""
