@@ -1,5 +1,35 @@
-"""The audit layer: finished student responses -> chunk weights. Knows nothing about verl."""
+"""The audit layer: finished student responses -> chunk weights. Knows nothing about verl.
+
+`Auditor` runs the pipeline (anchors, teacher, similarity, smoothing); `chunk_advantages` and
+`audits_to_token_credit` turn its output into the tensors both engines train on.
+"""
 
 from omniopd_verl.audit.types import ChunkAudit, ResponseAudit, StudentResponse
 
-__all__ = ["ChunkAudit", "ResponseAudit", "StudentResponse"]
+__all__ = [
+    "Auditor",
+    "ChunkAudit",
+    "ResponseAudit",
+    "StudentResponse",
+    "TeacherFailureError",
+    "audits_to_token_credit",
+    "chunk_advantages",
+    "trim_to_student_tokens",
+]
+
+
+def __getattr__(name: str):
+    # Lazy: `from omniopd_verl.audit import StudentResponse` must not import the registry/teacher stack.
+    if name in ("Auditor", "TeacherFailureError", "stable_seed"):
+        from omniopd_verl.audit import auditor
+
+        return getattr(auditor, name)
+    if name in ("audits_to_token_credit", "chunk_advantages"):
+        from omniopd_verl.audit import credit
+
+        return getattr(credit, name)
+    if name == "trim_to_student_tokens":
+        from omniopd_verl.audit.text import trim_to_student_tokens
+
+        return trim_to_student_tokens
+    raise AttributeError(f"module 'omniopd_verl.audit' has no attribute {name!r}")

@@ -61,3 +61,6 @@ class ResponseAudit:
     dropped_anchors: int = 0
     """Anchors whose teacher samples failed after all retries (only with teacher.on_failure='drop')."""
     entropy_source: str = "exact"
+    teacher: dict[str, float] = field(default_factory=dict)
+    """This response's teacher accounting: calls, retries, failures, cache_hits, prompt_tokens,
+    completion_tokens, cost_usd, seconds (summed over its anchors' TeacherResults)."""

@@ -1,0 +1,70 @@
+"""Audits -> per-chunk advantages -> per-token tensors: the one path both engines (verl, local) use.
+
+`chunk_advantages(audits, mode)` implements config.advantage (ALGORITHM.md step 6):
+  'posterior'      pi_hat_k                        (the spec)
+  'centered_prior' pi_hat_k - pi_bar_k             (ablation)
+  'centered_batch' pi_hat_k - mean of pi_hat over every chunk in the batch (ablation)
+`audits_to_token_credit(audits, response_mask_BT, mode)` spreads them over the chunks' tokens through
+core.chunk_token_credit, which also guards ranges, overlaps and pi_hat in [0, 1].
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+
+from omniopd_verl.audit.types import ResponseAudit
+from omniopd_verl.config import ADVANTAGE_MODES
+from omniopd_verl.core import TokenCredit, chunk_token_credit
+from omniopd_verl.errors import ConfigError, GuardError
+
+
+def chunk_advantages(audits: Sequence[ResponseAudit], mode: str = "posterior") -> list[list[float]]:
+    """One advantage per chunk, per response, in the audits' order (see the module docstring)."""
+    if mode not in ADVANTAGE_MODES:
+        raise ConfigError(f"omniopd.advantage={mode!r} is invalid: allowed one of {list(ADVANTAGE_MODES)}")
+    if mode == "posterior":
+        return [[c.weight for c in a.chunks] for a in audits]
+    if mode == "centered_prior":
+        return [[c.weight - c.prior_mean for c in a.chunks] for a in audits]
+    weights = [c.weight for a in audits for c in a.chunks]
+    mean = sum(weights) / len(weights) if weights else 0.0
+    return [[c.weight - mean for c in a.chunks] for a in audits]
+
+
+def audits_to_token_credit(
+    audits: Sequence[ResponseAudit], response_mask_BT: torch.Tensor, mode: str = "posterior"
+) -> TokenCredit:
+    """Per-token advantage, audit mask and unaudited mask for a left-aligned padded batch.
+
+    Row b of `response_mask_BT` belongs to audits[b] and must have exactly audits[b].response_len ones.
+    """
+    if response_mask_BT.dim() != 2 or response_mask_BT.shape[0] != len(audits):
+        raise GuardError(
+            f"response_mask must be [B, T] with B = {len(audits)} audits, got {tuple(response_mask_BT.shape)}"
+        )
+    lengths = response_mask_BT.bool().sum(dim=1).tolist()
+    for b, (a, n) in enumerate(zip(audits, lengths, strict=True)):
+        if a.response_len != n:
+            raise GuardError(f"row {b} ({a.uid!r}): audited response length {a.response_len} != mask length {n}")
+    B = len(audits)
+    M = max([len(a.chunks) for a in audits] + [1])
+    starts_BM = torch.full((B, M), -1, dtype=torch.long)
+    ends_BM = torch.full((B, M), -1, dtype=torch.long)
+    weights_BM = torch.zeros((B, M), dtype=torch.float32)
+    for b, a in enumerate(audits):
+        for m, c in enumerate(a.chunks):
+            starts_BM[b, m], ends_BM[b, m], weights_BM[b, m] = c.start, c.end, c.weight
+    credit = chunk_token_credit(starts_BM, ends_BM, weights_BM, response_mask_BT)
+    if mode == "posterior":
+        return credit
+    # centred advantages may be negative, which chunk_token_credit's pi_hat guard rejects: reuse its
+    # masks and checks, and spread the centred values over the same (already validated) chunks
+    advantage_BT = torch.zeros_like(credit.advantage_BT)
+    for b, values in enumerate(chunk_advantages(audits, mode)):
+        for c, v in zip(audits[b].chunks, values, strict=True):
+            advantage_BT[b, c.start : c.end] = v
+    return TokenCredit(
+        advantage_BT=advantage_BT, audit_mask_BT=credit.audit_mask_BT, unaudited_mask_BT=credit.unaudited_mask_BT
+    )
