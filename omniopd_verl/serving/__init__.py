@@ -1,0 +1,1 @@
+"""Serving helpers: a local OpenAI/Anthropic-compatible teacher server (`openai_compat`)."""
