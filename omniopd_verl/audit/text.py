@@ -22,7 +22,11 @@ class ResponseText:
     def prefix(self, t: int) -> str:
         """decode(y[:t]) without special tokens: what the teacher continues (never the chunk itself)."""
         if t not in self._prefix:
-            self._prefix[t] = self.tokenizer.decode(self.ids[:t], skip_special_tokens=True) if t > 0 else ""
+            self._prefix[t] = (
+                self.tokenizer.decode(self.ids[:t], skip_special_tokens=True, clean_up_tokenization_spaces=False)
+                if t > 0
+                else ""
+            )
         return self._prefix[t]
 
     def span(self, start: int, end: int) -> str:
@@ -30,7 +34,7 @@ class ResponseText:
         head, whole = self.prefix(start), self.prefix(end)
         if whole.startswith(head):
             return whole[len(head) :]
-        return self.tokenizer.decode(self.ids[start:end], skip_special_tokens=True)
+        return self.tokenizer.decode(self.ids[start:end], skip_special_tokens=True, clean_up_tokenization_spaces=False)
 
     def segments(self, bounds: Sequence[int]) -> list[str]:
         """Texts between consecutive token offsets `bounds` (ascending, from 0 to len): for reports."""
@@ -55,7 +59,7 @@ def trim_to_student_tokens(tokenizer, text: str, max_tokens: int) -> str:
         ids = tokenizer(text, add_special_tokens=False)["input_ids"]
         if len(ids) <= max_tokens:
             return text
-        return tokenizer.decode(ids[:max_tokens], skip_special_tokens=True)
+        return tokenizer.decode(ids[:max_tokens], skip_special_tokens=True, clean_up_tokenization_spaces=False)
     if len(offsets) <= max_tokens:
         return text
     return text[: offsets[max_tokens - 1][1]]

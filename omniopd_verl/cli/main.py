@@ -14,6 +14,7 @@ from omniopd_verl import __version__
 # name -> module providing HELP, add_arguments(parser) and run(args) -> int
 SUBCOMMANDS: dict[str, str] = {
     "plugins": "omniopd_verl.cli.plugins",
+    "audit": "omniopd_verl.cli.audit",
 }
 
 
