@@ -18,7 +18,7 @@ import torch
 from omniopd_verl.errors import GuardError
 
 
-def exact_entropy(logits_NV: torch.Tensor, *, chunk_size: int = 1024) -> torch.Tensor:
+def exact_entropy(logits_NV: torch.Tensor, *, chunk_size: int = 256) -> torch.Tensor:
     """Entropy H = -sum_v p_v log p_v of softmax(logits) over the last dim, in float32.
 
     Any leading shape is allowed ([B, T, V], [N, V]); the result has the leading shape.
@@ -33,11 +33,11 @@ def exact_entropy(logits_NV: torch.Tensor, *, chunk_size: int = 1024) -> torch.T
     out_N = torch.empty(flat_NV.shape[0], dtype=torch.float32, device=flat_NV.device)
     with torch.no_grad():
         for lo in range(0, flat_NV.shape[0], chunk_size):
-            block = flat_NV[lo : lo + chunk_size].float()
-            logp = torch.log_softmax(block, dim=-1)
-            # p*logp with p == 0 gives 0*-inf = nan for -inf logits (masked vocab): treat as 0.
-            plogp = torch.where(logp.isneginf(), torch.zeros_like(logp), logp.exp() * logp)
-            out_N[lo : lo + chunk_size] = -plogp.sum(dim=-1)
+            logp = torch.log_softmax(flat_NV[lo : lo + chunk_size].float(), dim=-1)
+            plogp = logp.exp().mul_(logp)  # two [chunk, V] float32 temporaries at most
+            # p * log p with p == 0 is 0 * -inf = nan for -inf logits (masked vocab): count it as 0
+            out_N[lo : lo + chunk_size] = -plogp.nan_to_num_(nan=0.0).sum(dim=-1)
+            del logp, plogp
     return out_N.reshape(lead_shape)
 
 
