@@ -11,7 +11,6 @@ import json
 import resource
 import subprocess
 import sys
-import time
 
 SHAPE = (4, 1024, 49152)  # batch, tokens, vocab (SmolLM2)
 
