@@ -15,6 +15,7 @@ from omniopd_verl import __version__
 SUBCOMMANDS: dict[str, str] = {
     "plugins": "omniopd_verl.cli.plugins",
     "audit": "omniopd_verl.cli.audit",
+    "train": "omniopd_verl.cli.train",
 }
 
 

@@ -1,0 +1,150 @@
+"""`omniopd-verl train`: launch OmniOPD on verl (default) or on the local one-process engine.
+
+    omniopd-verl train [--config-name fsdp|megatron|NAME] [key=value ...]        # verl, shipped configs
+    omniopd-verl train --config recipes/<name>/<file>.yaml [key=value ...]       # verl, a recipe YAML
+    omniopd-verl train --dry-run ...                                             # print + validate only
+    omniopd-verl train --engine local --config FILE.yaml [key=value ...]         # one process, CPU/1 GPU
+
+verl: the config is composed with Hydra exactly as `verl.trainer.main_ppo` will compose it (same
+config dir, name and overrides), validated (the `omniopd:` node through OmniOPDConfig, OmniOPD's verl
+wiring, then verl's own `validate_config`), and handed to `python -m verl.trainer.main_ppo`.
+`--dry-run` stops after printing the resolved config; it never starts Ray. Without a GPU a real
+launch stops at once and points to `--engine local`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+HELP = "Train with OmniOPD: on verl (FSDP/Megatron, GPUs) or the local engine (--engine local)."
+CONFIG_NAMES = {"fsdp": "omniopd_fsdp", "megatron": "omniopd_megatron"}
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--engine", choices=("verl", "local"), default="verl", help="verl (default) or local")
+    parser.add_argument(
+        "--config",
+        default=None,
+        help="a YAML file: a verl recipe composing pkg://omniopd_verl.config (verl), or a local-engine config",
+    )
+    parser.add_argument(
+        "--config-name",
+        default=None,
+        help="shipped verl config: fsdp (omniopd_fsdp, default), megatron (omniopd_megatron), or a file name in it",
+    )
+    parser.add_argument("--dry-run", action="store_true", help="print the resolved config, validate it, stop")
+    parser.add_argument("overrides", nargs="*", help="Hydra overrides (verl) or key=value overrides (local)")
+
+
+def run(args: argparse.Namespace) -> int:
+    if args.engine == "local":
+        return _run_local(args)
+    return _run_verl(args)
+
+
+def _run_local(args: argparse.Namespace) -> int:
+    if args.config_name:
+        print("--config-name selects a verl config; the local engine takes --config FILE.yaml", file=sys.stderr)
+        return 2
+    try:
+        from omniopd_verl.local import train as local_train
+    except ImportError as exc:
+        print(f"the local engine is not available: {exc}", file=sys.stderr)
+        return 2
+    if args.dry_run:
+        cfg = local_train.load_run_config(args.config, args.overrides)
+        print(cfg)
+        return 0
+    return int(local_train.run(args.config, args.overrides) or 0)
+
+
+def config_location(config: str | None, config_name: str | None) -> tuple[Path, str]:
+    """(absolute config dir, config name) for Hydra and main_ppo's --config-path/--config-name."""
+    from omniopd_verl.verl_integration.plugin import CONFIG_DIR
+
+    if config and config_name:
+        raise ValueError("give either --config FILE.yaml or --config-name NAME, not both")
+    if config:
+        path = Path(config).expanduser().resolve()
+        if path.suffix not in (".yaml", ".yml") or not path.is_file():
+            raise ValueError(f"--config={config!r}: no such YAML file")
+        return path.parent, path.stem
+    name = CONFIG_NAMES.get(config_name or "fsdp", config_name)
+    if not (CONFIG_DIR / f"{name}.yaml").is_file():
+        shipped = sorted(p.stem for p in CONFIG_DIR.glob("omniopd_*.yaml") if p.stem != "omniopd_common")
+        raise ValueError(f"--config-name={config_name!r} is not a shipped config; allowed: fsdp, megatron, {shipped}")
+    return CONFIG_DIR, name
+
+
+def compose_verl_config(config_dir: Path, config_name: str, overrides: list[str]):
+    """Compose like main_ppo does (Hydra, same dir/name/overrides); registers our plugin first."""
+    from hydra import compose, initialize_config_dir
+
+    import omniopd_verl.verl_integration.plugin  # noqa: F401 - the resolver and registrations
+
+    with initialize_config_dir(config_dir=str(config_dir), version_base=None):
+        return compose(config_name=config_name, overrides=list(overrides))
+
+
+def validate(cfg) -> None:
+    """OmniOPD's checks, then verl's own validate_config (what main_ppo runs first)."""
+    from omegaconf import OmegaConf
+    from verl.trainer.ppo.utils import need_critic, need_reference_policy
+    from verl.utils.config import validate_config
+
+    from omniopd_verl.verl_integration.checks import check_verl_config
+    from omniopd_verl.verl_integration.plugin import self_check
+
+    self_check()
+    OmegaConf.resolve(cfg)  # every interpolation, including ${omniopd_verl.resource:...}
+    check_verl_config(cfg)
+    validate_config(config=cfg, use_reference_policy=need_reference_policy(cfg), use_critic=need_critic(cfg))
+
+
+def _has_gpu() -> bool:
+    import torch
+
+    return torch.cuda.is_available()
+
+
+def _run_verl(args: argparse.Namespace) -> int:
+    from omniopd_verl.errors import OmniOPDError
+
+    if not args.dry_run and not _has_gpu():
+        print(
+            "omniopd-verl train: verl needs GPUs (FSDP/Megatron actor, vLLM/SGLang rollout) and this machine has "
+            "none. Use `omniopd-verl train --engine local --config FILE.yaml` to train on CPU or one GPU, or "
+            "`--dry-run` to check this config.",
+            file=sys.stderr,
+        )
+        return 3
+    try:
+        config_dir, config_name = config_location(args.config, args.config_name)
+        cfg = compose_verl_config(config_dir, config_name, args.overrides)
+        validate(cfg)
+    except (OmniOPDError, ValueError, AssertionError) as exc:
+        print(f"omniopd-verl train: invalid config: {exc}", file=sys.stderr)
+        return 2
+    except Exception as exc:  # Hydra composition / interpolation errors name the key themselves
+        print(f"omniopd-verl train: cannot compose the config: {type(exc).__name__}: {exc}", file=sys.stderr)
+        return 2
+    if args.dry_run:
+        from omegaconf import OmegaConf
+
+        print(OmegaConf.to_yaml(cfg, resolve=True))
+        print(f"# config {config_dir / config_name}.yaml is valid (omniopd + verl checks)", file=sys.stderr)
+        return 0
+    cmd = [
+        sys.executable,
+        "-m",
+        "verl.trainer.main_ppo",
+        f"--config-path={config_dir}",
+        f"--config-name={config_name}",
+        *args.overrides,
+    ]
+    print("+ " + " ".join(cmd), file=sys.stderr)
+    return subprocess.call(cmd, env=dict(os.environ))

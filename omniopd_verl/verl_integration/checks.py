@@ -1,0 +1,101 @@
+"""Validation of a composed verl config that runs OmniOPD: the `omniopd:` node and its verl wiring.
+
+`check_verl_config(cfg)` returns the validated OmniOPDConfig or raises ConfigError naming the key,
+its value and what is allowed. It runs in `omniopd-verl train` (dry run and launch) before anything
+starts, so a bad value fails in seconds rather than after the GPUs have loaded the model.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from omniopd_verl.config import OmniOPDConfig
+from omniopd_verl.errors import ConfigError
+
+
+def omniopd_config_from_verl(cfg: Any) -> OmniOPDConfig:
+    """OmniOPDConfig from the top-level `omniopd:` node of a verl trainer config."""
+    node = cfg.get("omniopd", None) if hasattr(cfg, "get") else None
+    if node is None:
+        raise ConfigError(
+            "the verl config has no top-level 'omniopd:' node: compose from omniopd_fsdp / omniopd_megatron "
+            "(pkg://omniopd_verl.config) or add one"
+        )
+    return OmniOPDConfig.from_dict(node)
+
+
+def _get(cfg: Any, dotted: str) -> Any:
+    from omegaconf import OmegaConf
+
+    return OmegaConf.select(cfg, dotted, default=None)
+
+
+def _require(cfg: Any, key: str, allowed: Any, why: str) -> None:
+    value = _get(cfg, key)
+    ok = value in allowed if isinstance(allowed, (tuple, list, set)) else value == allowed
+    if not ok:
+        raise ConfigError(f"{key}={value!r} is invalid for OmniOPD: allowed {allowed!r} ({why})")
+
+
+def check_verl_config(cfg: Any) -> OmniOPDConfig:
+    """Validate the omniopd node and every verl key OmniOPD relies on."""
+    from omniopd_verl import registry
+    from omniopd_verl.verl_integration.plugin import AGENT_LOOP_NAME, ESTIMATOR_NAME, REWARD_MANAGER_NAME
+
+    omniopd = omniopd_config_from_verl(cfg)
+    _require(cfg, "algorithm.adv_estimator", ESTIMATOR_NAME, "the dense chunk scores need the omniopd estimator")
+    _require(cfg, "trainer.use_v1", True, "only verl's v1 trainer keeps the per-token rm_scores the agent loop writes")
+    _require(
+        cfg,
+        "actor_rollout_ref.rollout.agent.default_agent_loop",
+        AGENT_LOOP_NAME,
+        "the omniopd_agent loop collects the student's log-probs and entropies",
+    )
+    _require(cfg, "actor_rollout_ref.rollout.calculate_log_probs", True, "pi_bar needs the rollout log-probs")
+    source = _get(cfg, "reward.reward_manager.source")
+    name = _get(cfg, "reward.reward_manager.name")
+    if not (
+        (source == "register" and name == REWARD_MANAGER_NAME)
+        or (source == "importlib" and name == "OmniOPDRewardManager")
+    ):
+        raise ConfigError(
+            f"reward.reward_manager.source={source!r} name={name!r} is invalid for OmniOPD: allowed "
+            f"source='register' name='{REWARD_MANAGER_NAME}' (the audit runs in the reward manager)"
+        )
+    if _get(cfg, "reward.reward_model.enable") and not _get(cfg, "reward.reward_model.enable_resource_pool"):
+        raise ConfigError(
+            "reward.reward_model.enable=True without enable_resource_pool is invalid for OmniOPD: verl then "
+            "scores in a colocated batch after the rollout and never streams trajectories to the reward manager"
+        )
+    if _get(cfg, "reward.reward_model.enable") and _get(cfg, "reward.custom_reward_function.path") is None:
+        raise ConfigError(
+            "reward.custom_reward_function.path=None is invalid with reward.reward_model.enable=True for OmniOPD: "
+            "verl 0.9.1 only calls the reward manager when a custom reward function is set"
+        )
+    _require(cfg, "actor_rollout_ref.actor.loss_agg_mode", omniopd.loss_agg_mode, "must match omniopd.loss_agg_mode")
+    if omniopd.beta > 0:
+        _require(cfg, "actor_rollout_ref.actor.use_kl_loss", True, "omniopd.beta > 0 needs verl's KL loss")
+        coef = _get(cfg, "actor_rollout_ref.actor.kl_loss_coef")
+        if coef is None or abs(float(coef) - omniopd.beta) > 1e-12:
+            raise ConfigError(
+                f"actor_rollout_ref.actor.kl_loss_coef={coef!r} is invalid for OmniOPD: allowed {omniopd.beta!r} "
+                "(= omniopd.beta; the shipped configs interpolate it, set omniopd.beta instead)"
+            )
+    scheduler_cls = registry.load("schedulers", omniopd.scheduler)
+    if getattr(scheduler_cls, "needs_entropy", True) and omniopd.entropy_source != "rollout_topk":
+        raise ConfigError(
+            f"omniopd.entropy_source={omniopd.entropy_source!r} is invalid on the verl engine with scheduler "
+            f"{omniopd.scheduler!r}: allowed 'rollout_topk'. verl 0.9.1 computes exact entropies only in the "
+            "actor's old-log-prob pass, after the reward stage where the audit runs; use --engine local for exact"
+        )
+    if omniopd.advantage == "centered_batch":
+        if omniopd.task_reward_weight != 0:
+            raise ConfigError(
+                f"omniopd.advantage='centered_batch' with omniopd.task_reward_weight={omniopd.task_reward_weight} is "
+                "invalid on the verl engine: allowed task_reward_weight=0 (the estimator finds chunk tokens by sign)"
+            )
+        if _get(cfg, "algorithm.use_kl_in_reward"):
+            raise ConfigError(
+                "algorithm.use_kl_in_reward=True is invalid with omniopd.advantage='centered_batch': allowed False"
+            )
+    return omniopd

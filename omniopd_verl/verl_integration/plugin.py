@@ -1,0 +1,95 @@
+"""verl's `verl.plugins` entry point: registers OmniOPD in every process that runs `import verl`.
+
+verl 0.9.1 loads every `verl.plugins` entry point inside `import verl` (driver, TaskRunner, agent-loop,
+reward-loop and FSDP/Megatron workers alike) and swallows any exception at DEBUG level. So this
+module does only cheap registrations, and makes a failure loud in three ways:
+- it catches the exception, keeps it and logs it at ERROR level (visible in every worker's stderr);
+- `self_check()` re-imports the pieces and raises a PluginError naming the cause; the train CLI,
+  the reward manager and the agent loop call it;
+- the shipped YAML resolves `${omniopd_verl.resource:...}` through a resolver registered here, and
+  the resolver runs `self_check()`: a process whose registration failed cannot even resolve the config.
+
+Registered here:
+- advantage estimator `omniopd` (verl.trainer.ppo.core_algos.register_adv_est);
+- reward manager `omniopd` (verl.experimental.reward_loop.reward_manager.register);
+- OmegaConf resolver `omniopd_verl.resource:<file>` -> absolute path of a file shipped in
+  `omniopd_verl/config/` (used for `actor_rollout_ref.rollout.agent.agent_loop_config_path`, which
+  registers the `omniopd_agent` loop in the agent-loop workers without importing verl's agent-loop
+  module, ~5 s, into every process that imports verl).
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+from omniopd_verl.errors import PluginError
+
+ESTIMATOR_NAME = "omniopd"
+REWARD_MANAGER_NAME = "omniopd"
+AGENT_LOOP_NAME = "omniopd_agent"
+RESOLVER_NAME = "omniopd_verl.resource"
+CONFIG_DIR = Path(__file__).resolve().parents[1] / "config"
+
+logger = logging.getLogger("omniopd_verl.verl_plugin")
+_registration_error: BaseException | None = None
+
+
+def config_resource(name: str) -> str:
+    """Absolute path of a file shipped in omniopd_verl/config/, after checking the registrations."""
+    self_check()
+    path = CONFIG_DIR / str(name)
+    if not path.is_file():
+        raise PluginError(f"${{{RESOLVER_NAME}:{name}}}: no such file in {CONFIG_DIR}")
+    return str(path)
+
+
+def register() -> None:
+    """Register the estimator, the reward manager and the resolver (idempotent)."""
+    from omegaconf import OmegaConf
+
+    # the resolver first: if a registration below fails, resolving our YAML reports the cause
+    if not OmegaConf.has_resolver(RESOLVER_NAME):
+        OmegaConf.register_new_resolver(RESOLVER_NAME, config_resource)
+
+    from verl.experimental.reward_loop.reward_manager import register as register_reward_manager
+    from verl.trainer.ppo.core_algos import ADV_ESTIMATOR_REGISTRY, register_adv_est
+
+    from omniopd_verl.verl_integration.estimator import omniopd_adv_estimator
+    from omniopd_verl.verl_integration.reward_manager import OmniOPDRewardManager
+
+    if ADV_ESTIMATOR_REGISTRY.get(ESTIMATOR_NAME) is not omniopd_adv_estimator:
+        register_adv_est(ESTIMATOR_NAME)(omniopd_adv_estimator)
+    register_reward_manager(REWARD_MANAGER_NAME)(OmniOPDRewardManager)
+
+
+def self_check() -> None:
+    """Raise a PluginError with the cause unless OmniOPD is registered in this process's verl."""
+    problems = []
+    if _registration_error is not None:
+        problems.append(f"registration raised {type(_registration_error).__name__}: {_registration_error}")
+    try:
+        from verl.experimental.reward_loop.reward_manager.registry import REWARD_MANAGER
+        from verl.trainer.ppo.core_algos import ADV_ESTIMATOR_REGISTRY
+
+        if ESTIMATOR_NAME not in ADV_ESTIMATOR_REGISTRY:
+            problems.append(f"advantage estimator {ESTIMATOR_NAME!r} is not registered")
+        if REWARD_MANAGER_NAME not in REWARD_MANAGER:
+            problems.append(f"reward manager {REWARD_MANAGER_NAME!r} is not registered")
+    except Exception as exc:  # verl itself is broken: say so rather than a bare ImportError later
+        problems.append(f"verl failed to import: {type(exc).__name__}: {exc}")
+    if problems:
+        raise PluginError(
+            "OmniOPD is not registered in verl in this process (verl swallows plugin import errors): "
+            + "; ".join(problems)
+            + ". Check that omniopd-verl is installed in this environment (`pip show omniopd-verl`), that "
+            "VERL_USE_EXTERNAL_PLUGINS is unset, 'auto' or lists 'omniopd', and run "
+            "`python -c 'import omniopd_verl.verl_integration.plugin'` to see the import error."
+        )
+
+
+try:
+    register()
+except Exception as exc:  # noqa: BLE001 - kept for self_check() and logged at ERROR (verl would log at DEBUG)
+    _registration_error = exc
+    logger.error("OmniOPD failed to register its verl plugin: %s: %s", type(exc).__name__, exc, exc_info=True)

@@ -1,0 +1,185 @@
+"""The `omniopd` reward manager: the teacher side of OmniOPD, inside verl's reward-loop workers.
+
+verl 0.9.1 streams every finished trajectory from the agent-loop worker to a `RewardLoopWorker` Ray
+actor, which calls `run_single(data)` with that one trajectory (see docs/verl.md for why the audit
+runs here). The `omniopd_agent` loop has already put the student's per-token log-probs and entropies
+into `extra_fields['omniopd_student']` (they arrive here as `tool_extra_fields`). This manager:
+1. rebuilds the `StudentResponse` (prompt text exactly as the student saw it, response ids);
+2. runs the real `Auditor` (scheduler -> teacher -> similarity -> pi_hat), one per process;
+3. optionally scores the task with verl's scorer (custom `reward.custom_reward_function` or
+   `default_compute_score`) when `omniopd.task_reward_weight` > 0;
+4. returns the dense per-token scores in `reward_extra_info['omniopd_token_scores']`, which
+   `OmniOPDAgentLoopOutput.as_dict()` turns into `rm_scores`; every other extra value is a scalar.
+"""
+
+from __future__ import annotations
+
+import inspect
+import logging
+import os
+from typing import Any
+
+import torch
+from verl import DataProto
+from verl.experimental.reward_loop.reward_manager.base import RewardManagerBase
+
+STUDENT_KEY = "omniopd_student"
+TOKEN_SCORES_KEY = "omniopd_token_scores"
+METRICS_EVERY = int(os.environ.get("OMNIOPD_METRICS_EVERY", "64"))
+
+logger = logging.getLogger("omniopd_verl.reward_manager")
+logger.setLevel(os.environ.get("OMNIOPD_LOGGING_LEVEL", "INFO"))
+
+
+class OmniOPDRewardManager(RewardManagerBase):
+    """Audits one trajectory per `run_single` call; one Auditor (teacher client, similarity model,
+    cache, rate limits) per reward-loop worker process, shared by all concurrent calls."""
+
+    _class_initialized = False
+    omniopd = None  # OmniOPDConfig
+    auditor = None  # omniopd_verl.audit.Auditor
+    _audited = 0
+
+    def __init__(
+        self,
+        config,
+        tokenizer,
+        compute_score=None,
+        reward_router_address=None,
+        reward_model_tokenizer=None,
+        **kwargs: Any,
+    ):
+        super().__init__(config, tokenizer, compute_score)
+        from verl.utils.reward_score import default_compute_score
+
+        self.compute_score = compute_score or default_compute_score
+        self.is_async_reward_score = inspect.iscoroutinefunction(self.compute_score)
+
+    @classmethod
+    def init_class(cls, config, tokenizer) -> None:
+        if cls._class_initialized:
+            return
+        from omniopd_verl.audit import Auditor
+        from omniopd_verl.verl_integration.checks import omniopd_config_from_verl
+        from omniopd_verl.verl_integration.plugin import self_check
+
+        self_check()
+        cls.omniopd = omniopd_config_from_verl(config)
+        cls.auditor = Auditor(cls.omniopd, tokenizer)
+        cls._class_initialized = True
+        logger.warning(
+            "OmniOPD reward manager: teacher=%s similarity=%s scheduler=%s M=%d N=%d C=%d alpha=%s "
+            "entropy_source=%s advantage=%s task_reward_weight=%s",
+            cls.omniopd.teacher.name,
+            cls.omniopd.similarity,
+            cls.omniopd.scheduler,
+            cls.omniopd.chunks,
+            cls.omniopd.samples,
+            cls.omniopd.chunk_len,
+            cls.omniopd.alpha,
+            cls.omniopd.entropy_source,
+            cls.omniopd.advantage,
+            cls.omniopd.task_reward_weight,
+        )
+
+    async def run_single(self, data: DataProto) -> dict:
+        from omniopd_verl.advantage import dense_token_scores
+        from omniopd_verl.audit import StudentResponse, audits_to_token_credit
+        from omniopd_verl.errors import GuardError
+
+        cfg = self.omniopd
+        item = data[-1:][0]  # single-turn: the trajectory's one (last) output
+        prompt_ids = item.batch["prompts"]
+        response_ids = item.batch["responses"]
+        prompt_mask = item.batch["attention_mask"][: prompt_ids.shape[-1]].bool()
+        T = int(item.batch["attention_mask"][-response_ids.shape[-1] :].sum())
+        valid_prompt = prompt_ids[prompt_mask].tolist()
+        valid_response = response_ids[:T].tolist()
+        extra = item.non_tensor_batch.get("tool_extra_fields", None) or {}
+        student = extra.get(STUDENT_KEY) if isinstance(extra, dict) else None
+        if student is None:
+            raise GuardError(
+                "reward manager 'omniopd' got a trajectory without extra_fields['omniopd_student']: set "
+                "actor_rollout_ref.rollout.agent.default_agent_loop=omniopd_agent (the shipped omniopd configs do)"
+            )
+        logprobs_T = torch.tensor(student["logprobs"], dtype=torch.float32)
+        entropy_T = None if student.get("entropy") is None else torch.tensor(student["entropy"], dtype=torch.float32)
+        if logprobs_T.shape[0] != T or (entropy_T is not None and entropy_T.shape[0] != T):
+            raise GuardError(
+                f"omniopd_student has {logprobs_T.shape[0]} log-probs / "
+                f"{None if entropy_T is None else entropy_T.shape[0]} entropies for a response of {T} tokens"
+            )
+        uid = str(item.non_tensor_batch.get("uid", "")) + ":" + str(item.non_tensor_batch.get("session_id", 0))
+        raw_prompt = item.non_tensor_batch.get("raw_prompt", None)
+        extra_info = item.non_tensor_batch.get("extra_info", None) or {}
+        response = StudentResponse(
+            uid=uid,
+            prompt_text=self.tokenizer.decode(valid_prompt, skip_special_tokens=False),
+            response_ids=valid_response,
+            logprobs_T=logprobs_T,
+            entropy_T=entropy_T,
+            entropy_source=student.get("entropy_source") or cfg.entropy_source,
+            prompt_messages=[dict(m) for m in raw_prompt] if raw_prompt is not None else None,
+            teacher_context=extra_info.get("teacher_context") if isinstance(extra_info, dict) else None,
+        )
+        audit = await self.auditor.audit_one(response)
+        # centred-by-batch needs the whole batch: the estimator does it; per response we keep pi_hat
+        mode = "posterior" if cfg.advantage == "centered_batch" else cfg.advantage
+        credit = audits_to_token_credit([audit], torch.ones(1, T, dtype=torch.long), mode)
+
+        info: dict[str, Any] = {}
+        task_B = None
+        if cfg.task_reward_weight > 0:
+            task = await self._task_reward(item, valid_response)
+            task_B = torch.tensor([task], dtype=torch.float32)
+            info["acc"] = task
+        scores_T = dense_token_scores(credit, task_B, cfg.task_reward_weight)[0]
+
+        weights = [c.weight for c in audit.chunks]
+        info.update(
+            {
+                TOKEN_SCORES_KEY: scores_T.tolist(),
+                "omniopd/chunks": float(len(audit.chunks)),
+                "omniopd/token_fraction": float(credit.audit_mask_BT.sum()) / T if T else 0.0,
+                "omniopd/pi_hat_mean": sum(weights) / len(weights) if weights else 0.0,
+                "omniopd/dropped_anchors": float(audit.dropped_anchors),
+                "omniopd/entropy_source": audit.entropy_source,
+            }
+        )
+        self._log_metrics()
+        return {"reward_score": float(scores_T.sum()), "reward_extra_info": info}
+
+    async def _task_reward(self, item, valid_response: list[int]) -> float:
+        """The verified task reward through verl's scorer, as the naive manager computes it."""
+        from omniopd_verl.errors import GuardError
+
+        reward_model = item.non_tensor_batch.get("reward_model", None) or {}
+        if "ground_truth" not in reward_model:
+            raise GuardError(
+                "omniopd.task_reward_weight > 0 needs a ground truth per sample (dataset column "
+                "reward_model.ground_truth), but this sample has none"
+            )
+        solution = await self.loop.run_in_executor(
+            None, lambda: self.tokenizer.decode(valid_response, skip_special_tokens=True)
+        )
+        kwargs = dict(
+            data_source=item.non_tensor_batch.get("data_source"),
+            solution_str=solution,
+            ground_truth=reward_model["ground_truth"],
+            extra_info=dict(item.non_tensor_batch.get("extra_info", None) or {}),
+        )
+        if self.is_async_reward_score:
+            result = await self.compute_score(**kwargs)
+        else:
+            result = await self.loop.run_in_executor(None, lambda: self.compute_score(**kwargs))
+        return float(result["score"] if isinstance(result, dict) else result)
+
+    @classmethod
+    def _log_metrics(cls) -> None:
+        # verl 0.9.1's v1 trainer does not carry reward_extra_info into training metrics, so the
+        # audit's own metrics (ALGORITHM.md "Metrics every run should log") go to this worker's log.
+        cls._audited += 1
+        if cls._audited % METRICS_EVERY == 0:
+            metrics = cls.auditor.metrics()
+            cls.auditor.reset_metrics()
+            logger.info("OmniOPD audit metrics (pid %d): %s", os.getpid(), metrics)
