@@ -8,6 +8,7 @@ test the HTTP teacher backends against a real socket with injected faults.
     with serve_openai_compat(generator=ScriptedGenerator(), faults=[Fault("rate_limit", retry_after=1)],
                              api_key="sk-test", latency_s=0.0) as server:
         server.url              # "http://127.0.0.1:<port>/v1"  (pass as TeacherConfig.api_base)
+        server.root_url         # "http://127.0.0.1:<port>"  (Anthropic clients append /v1/messages themselves)
         server.requests         # list[ReceivedRequest]: path, headers (lower-cased), body, status, fault
         server.calls(path)      # how many requests reached `path` ("/v1/completions", ...)
 
@@ -156,6 +157,7 @@ class CompatServer:
         self._lock = threading.Lock()
         self._httpd: ThreadingHTTPServer | None = None
         self.url = ""
+        self.root_url = ""
 
     def calls(self, path: str | None = None) -> int:
         with self._lock:
@@ -190,6 +192,8 @@ class CompatServer:
 
 def _canonical(path: str) -> str:
     path = path.split("?", 1)[0].rstrip("/")
+    while path.startswith("/v1/v1/"):  # clients that append /v1/... to a base URL that already ends in /v1
+        path = path[3:]
     return path if path.startswith("/v1/") else "/v1" + path
 
 
@@ -414,7 +418,8 @@ def serve_openai_compat(
     httpd = ThreadingHTTPServer(("127.0.0.1", port), _make_handler(server))
     httpd.daemon_threads = True  # hung handlers (hang fault) must not block shutdown
     server._httpd = httpd
-    server.url = f"http://127.0.0.1:{httpd.server_address[1]}/v1"
+    server.root_url = f"http://127.0.0.1:{httpd.server_address[1]}"
+    server.url = server.root_url + "/v1"
     thread = threading.Thread(
         target=httpd.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True, name="openai-compat-server"
     )

@@ -50,9 +50,9 @@ class LocalSampler:
         self.model = model
         self.tokenizer = tokenizer
         self.device = device
-        self.tokenizer.padding_side = "left"
-        if self.tokenizer.pad_token_id is None:
-            self.tokenizer.pad_token = self.tokenizer.eos_token
+        # left padding is done by hand below: the tokenizer may be shared with the student, leave it alone
+        pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+        self.pad_token_id = pad
         self._lock = threading.Lock()
 
     @classmethod
@@ -101,7 +101,7 @@ class LocalSampler:
             add_special = not (bos and prompts[i].startswith(bos))
             encoded.append(self.tokenizer(prompts[i], add_special_tokens=add_special)["input_ids"])
         width = max(len(ids) for ids in encoded)
-        pad = self.tokenizer.pad_token_id
+        pad = self.pad_token_id
         input_ids = torch.tensor([[pad] * (width - len(ids)) + ids for ids in encoded], device=self.device)
         attention = torch.tensor([[0] * (width - len(ids)) + [1] * len(ids) for ids in encoded], device=self.device)
         generators = []

@@ -1,0 +1,308 @@
+"""HTTP teachers (openai_completions, litellm chat, litellm Anthropic) against the real local server.
+
+Real litellm, a real socket on 127.0.0.1, injected faults. Every fault must end with all N samples or
+the configured failure outcome, counted; reruns come from the cache; the key never leaks.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import math
+import time
+
+import pytest
+
+from omniopd_verl.config import TeacherConfig
+from omniopd_verl.serving.openai_compat import Fault, GenerationCall, ScriptedGenerator, serve_openai_compat
+from omniopd_verl.teachers.accounting import METRIC_KEYS, TeacherBudgetExceeded
+from omniopd_verl.teachers.base import TeacherRequest
+from omniopd_verl.teachers.reliability import TeacherAuthError, parse_retry_after
+
+KEY = "sk-omniopd-test-DO-NOT-LEAK-4f9a2c"
+ENV = "OMNIOPD_TEST_TEACHER_KEY"
+N = 3
+
+# name -> (endpoint path, TeacherConfig kwargs given the server)
+FORMATS = {
+    "completions": ("/v1/completions", lambda s: dict(name="openai_completions", model="tiny", api_base=s.url)),
+    "chat": ("/v1/chat/completions", lambda s: dict(name="litellm", model="openai/tiny", api_base=s.url)),
+    "anthropic": (
+        "/v1/messages",
+        lambda s: dict(name="litellm", model="anthropic/claude-haiku-4-5", api_base=s.root_url),
+    ),
+}
+
+
+@pytest.fixture(autouse=True)
+def api_key(monkeypatch):
+    monkeypatch.setenv(ENV, KEY)
+
+
+def make_teacher(server, fmt, tmp_path=None, **overrides):
+    from omniopd_verl import registry
+
+    options = {"backoff_base_s": 0.01, "backoff_max_s": 0.05, **overrides.pop("options", {})}
+    kwargs = dict(FORMATS[fmt][1](server), api_key_env=ENV, max_retries=3, timeout_s=1.0, options=options)
+    if tmp_path is not None:
+        kwargs["cache_path"] = str(tmp_path / "cache.sqlite")
+    kwargs.update(overrides)
+    config = TeacherConfig(**kwargs)
+    return registry.load("teachers", config.name)(config)
+
+
+def request(i=0, *, n=N, prefix="The answer is ", context=None, messages=True):
+    return TeacherRequest(
+        request_id=f"uid{i}:{5 + i}",
+        prompt_text=f"<|im_start|>user\nQuestion {i}?<|im_end|>\n<|im_start|>assistant\n",
+        response_prefix=prefix,
+        n=n,
+        max_tokens=4,
+        seed=1000 + i,
+        prompt_messages=({"role": "user", "content": f"Question {i}?"},) if messages else None,
+        teacher_context=context,
+    )
+
+
+def run(coro):
+    return asyncio.run(coro)
+
+
+@pytest.mark.parametrize("fmt", list(FORMATS))
+def test_happy_path_sends_the_prefix_and_returns_n_samples(fmt):
+    with serve_openai_compat(api_key=KEY) as server:
+        teacher = make_teacher(server, fmt)
+        reqs = [request(0), request(1, context="Reference: 42")]
+        results = run(teacher.sample(reqs))
+        assert [r.request_id for r in results] == [r.request_id for r in reqs]
+        assert all(r.texts is not None and len(r.texts) == N and r.error is None for r in results)
+        metrics = teacher.metrics()
+        assert set(METRIC_KEYS) <= set(metrics)
+        calls = 2 if fmt != "anthropic" else 2 * N  # Anthropic has no `n`: one call per sample
+        assert metrics["teacher/calls"] == calls == server.calls(FORMATS[fmt][0]), (metrics, server.requests)
+        assert metrics["teacher/retries"] == metrics["teacher/failures"] == 0
+        assert metrics["teacher/completion_tokens"] == sum(r.completion_tokens for r in results) > 0
+        bodies = [q.body for q in server.requests]
+        max_tokens = math.ceil(4 * 1.25)  # student-token-equivalents x the default max_tokens_factor
+        if fmt == "completions":
+            prompts = {b["seed"]: b["prompt"] for b in bodies}
+            assert prompts[1000] == reqs[0].prefix_text  # exact raw prefix
+            assert prompts[1001] == "Reference: 42\n\n" + reqs[1].prefix_text  # documented context block
+            assert {b["n"] for b in bodies} == {N} and {b["seed"] for b in bodies} == {1000, 1001}
+            assert {b["max_tokens"] for b in bodies} == {max_tokens}
+            expected = ScriptedGenerator().generate(
+                GenerationCall("completions", reqs[0].prefix_text, None, N, max_tokens, 1.0, 1.0, 1000, "tiny")
+            )
+            assert results[0].texts == expected
+        elif fmt == "chat":  # instruct continuation: the partial answer is shown and continued verbatim
+            last = bodies[0]["messages"][-1]
+            assert last["role"] == "user" and "Continue it verbatim" in last["content"]
+            assert "<partial_answer>\nThe answer is \n</partial_answer>" in last["content"]
+            with_context = next(b for b in bodies if b["messages"][0]["role"] == "system")
+            assert "Reference: 42" in with_context["messages"][0]["content"]
+        else:  # Anthropic prefill: trailing assistant message, whitespace-free end; context as system
+            for body in bodies:
+                last = body["messages"][-1]
+                assert last["role"] == "assistant"
+                assert last["content"][0]["text"] == "The answer is"  # Anthropic rejects trailing spaces
+            # the scripted texts start with " w..": the cut space is not repeated in the continuation
+            assert all(t.startswith("w") for r in results for t in r.texts)
+            assert any("Reference: 42" in b.get("system", [{}])[0].get("text", "") for b in bodies if b.get("system"))
+            assert all(q.headers["x-api-key"] == KEY for q in server.requests)
+        if fmt != "anthropic":
+            assert all(q.headers["authorization"] == f"Bearer {KEY}" for q in server.requests)
+
+
+FAULTS = {
+    "rate_limit": Fault("rate_limit", retry_after=0.05),
+    "server_error": Fault("server_error"),
+    "hang": Fault("hang", hang_s=3.0),
+    "malformed": Fault("malformed"),
+    "bad_schema": Fault("bad_schema"),
+    "short": Fault("short"),
+    "disconnect": Fault("disconnect"),
+}
+
+
+@pytest.mark.parametrize("fmt", list(FORMATS))
+@pytest.mark.parametrize("fault", list(FAULTS))
+def test_every_fault_is_retried_until_all_n_samples_arrive(fmt, fault):
+    if fmt == "anthropic" and fault == "short":
+        pytest.skip("an Anthropic message carries one sample: 'fewer choices' does not exist there")
+    with serve_openai_compat(faults=[FAULTS[fault]], api_key=KEY) as server:
+        teacher = make_teacher(server, fmt, timeout_s=0.5)
+        results = run(teacher.sample([request(0), request(1)]))
+        assert all(r.texts is not None and len(r.texts) == N for r in results), [r.error for r in results]
+        assert all(isinstance(t, str) for r in results for t in r.texts)
+        metrics = teacher.metrics()
+        assert metrics["teacher/retries"] == 1 and sum(r.retries for r in results) == 1
+        assert metrics["teacher/failures"] == 0
+        assert server.faults_left() == 0
+        assert metrics["teacher/calls"] == server.calls(FORMATS[fmt][0])
+
+
+@pytest.mark.parametrize("fmt", ["completions", "anthropic"])
+@pytest.mark.parametrize("on_failure", ["error", "drop"])
+def test_persistent_faults_end_in_a_counted_failure_and_nothing_else_is_lost(fmt, on_failure):
+    faults = [Fault("server_error", times=100, match="Question 1?")]
+    with serve_openai_compat(faults=faults, api_key=KEY) as server:
+        teacher = make_teacher(server, fmt, max_retries=2, on_failure=on_failure)
+        results = run(teacher.sample([request(0), request(1), request(2)]))
+        ok, failed, ok2 = results
+        assert ok.texts is not None and ok2.texts is not None and len(ok.texts) == len(ok2.texts) == N
+        assert failed.texts is None and "InternalServerError" in failed.error and "after retries" in failed.error
+        per_unit = 1 if fmt == "completions" else N
+        assert failed.retries == 2 * per_unit
+        metrics = teacher.metrics()
+        assert metrics["teacher/failures"] == 1 and metrics["teacher/retries"] == 2 * per_unit
+        assert server.calls() == metrics["teacher/calls"] == 2 * per_unit + 3 * per_unit
+
+
+def test_client_errors_are_not_retried_and_a_bad_key_stops(monkeypatch):
+    with serve_openai_compat(api_key=KEY) as server:
+        monkeypatch.setenv(ENV, "sk-wrong-key")
+        teacher = make_teacher(server, "completions")
+        with pytest.raises(TeacherAuthError, match="HTTP 401") as info:
+            run(teacher.sample([request(0)]))
+        assert "sk-wrong-key" not in str(info.value)
+        assert teacher.metrics()["teacher/retries"] == 0
+        monkeypatch.setenv(ENV, KEY)
+        teacher = make_teacher(server, "completions")
+        bad = TeacherRequest("u:1", "", "", n=N, max_tokens=4, seed=0)  # empty prompt list is fine; n=0 is not
+        results = run(teacher.sample([bad]))
+        assert results[0].texts is not None
+    monkeypatch.delenv(ENV)
+    with pytest.raises(Exception, match=ENV):
+        make_teacher(server, "completions")
+
+
+@pytest.mark.parametrize("fmt", ["completions", "anthropic"])
+def test_retry_after_is_honoured(fmt):
+    wait = 1.0
+    with serve_openai_compat(faults=[Fault("rate_limit", retry_after=wait)], api_key=KEY) as server:
+        teacher = make_teacher(server, fmt, options={"backoff_base_s": 0.01, "backoff_max_s": 0.01})
+        results = run(teacher.sample([request(0, n=1)]))
+        assert results[0].texts is not None
+        first, second = server.requests[0], server.requests[1]
+        assert first.status == 429 and second.status == 200
+        gap = second.time - first.time
+        assert wait <= gap < wait + 0.5, gap  # not the 0.01 s backoff
+
+
+def test_parse_retry_after_seconds_and_http_dates():
+    import email.utils
+
+    assert parse_retry_after("2") == 2.0 and parse_retry_after("0.25") == 0.25
+    assert parse_retry_after(None) is None and parse_retry_after("soon") is None
+    date = email.utils.formatdate(time.time() + 30, usegmt=True)
+    assert 28 <= parse_retry_after(date) <= 31
+
+
+@pytest.mark.parametrize("fmt", list(FORMATS))
+def test_rerun_is_served_from_the_cache_and_the_key_never_leaks(fmt, tmp_path, caplog, capsys):
+    caplog.set_level(logging.DEBUG)
+    faults = [Fault("rate_limit", retry_after=0.01), Fault("server_error", times=100, match="Question 2?")]
+    reqs = [request(0), request(1, context="secret reference"), request(2)]
+    with serve_openai_compat(faults=faults, api_key=KEY) as server:
+        teacher = make_teacher(server, fmt, tmp_path, max_retries=1, on_failure="drop")
+        first = run(teacher.sample(reqs))
+        run(teacher.aclose())
+        calls_first = server.calls()
+        assert first[2].texts is None and first[0].texts and first[1].texts
+
+        again = make_teacher(server, fmt, tmp_path, max_retries=1)  # a fresh process would do the same
+        second = run(again.sample(reqs[:2]))
+        assert server.calls() == calls_first  # zero HTTP calls the second time
+        assert [r.texts for r in second] == [r.texts for r in first[:2]]
+        assert all(r.cached for r in second) and again.metrics()["teacher/cache_hits"] == 2
+        assert again.metrics()["teacher/calls"] == 0
+        # the context is part of the key: the same request without it is a miss
+        run(again.sample([request(1)]))
+        assert server.calls() > calls_first
+        run(again.aclose())
+        assert any(
+            q.headers.get("authorization") == f"Bearer {KEY}" or q.headers.get("x-api-key") == KEY
+            for q in server.requests
+        )  # the key was sent...
+    out, err = capsys.readouterr()
+    blobs = {
+        "logs": caplog.text,
+        "stdout": out,
+        "stderr": err,
+        "results": repr(first) + repr(second),
+        "metrics": repr(teacher.metrics()),
+    }
+    for path in tmp_path.iterdir():  # the SQLite file and its WAL/SHM side files
+        blobs[path.name] = path.read_bytes().decode("latin-1")
+    for where, blob in blobs.items():
+        assert KEY not in blob, f"API key leaked into {where}"  # ...and appears nowhere else
+    assert "attempt 1 failed" in caplog.text  # the logs were captured (retries are logged)
+
+
+def test_budget_stops_with_a_clear_error(tmp_path):
+    prices = {"input_cost_per_token": 0.001, "output_cost_per_token": 0.002}
+    with serve_openai_compat(api_key=KEY) as server:
+        teacher = make_teacher(server, "completions", tmp_path, max_cost_usd=0.05, max_concurrency=1, options=prices)
+        with pytest.raises(TeacherBudgetExceeded, match=r"max_cost_usd=\$0.05") as info:
+            run(teacher.sample([request(i) for i in range(20)]))
+        assert "raise the budget and rerun" in str(info.value)
+        metrics = teacher.metrics()
+        paid = metrics["teacher/calls"]
+        assert 0 < paid < 20 and metrics["teacher/cost_usd"] >= 0.05
+        expected = 0.001 * metrics["teacher/prompt_tokens"] + 0.002 * metrics["teacher/completion_tokens"]
+        assert metrics["teacher/cost_usd"] == pytest.approx(expected)
+        assert metrics["teacher/cost_usd"] - 0.05 < metrics["teacher/cost_usd"] / paid  # at most one call over
+        # a rerun with a bigger budget pays only for what is missing
+        more = make_teacher(server, "completions", tmp_path, max_cost_usd=10.0, options=prices)
+        results = run(more.sample([request(i) for i in range(20)]))
+        assert all(r.texts for r in results) and more.metrics()["teacher/cache_hits"] == paid
+
+
+def test_budget_needs_a_price():
+    with serve_openai_compat() as server, pytest.raises(Exception, match="input_cost_per_token"):
+        make_teacher(server, "completions", max_cost_usd=1.0, api_key_env=None)
+
+
+def test_litellm_price_table_is_used_for_known_models():
+    with serve_openai_compat(api_key=KEY) as server:
+        teacher = make_teacher(server, "anthropic")
+        results = run(teacher.sample([request(0, n=1)]))
+        import litellm
+
+        p, c = litellm.cost_per_token(
+            model="anthropic/claude-haiku-4-5",
+            prompt_tokens=results[0].prompt_tokens,
+            completion_tokens=results[0].completion_tokens,
+        )
+        assert results[0].cost_usd == pytest.approx(p + c) and p + c > 0
+        assert teacher.metrics()["teacher/cost_usd"] == pytest.approx(p + c)
+
+
+def test_concurrency_is_bounded():
+    with serve_openai_compat(api_key=KEY, latency_s=0.3) as server:
+        teacher = make_teacher(server, "completions", max_concurrency=2)
+        start = time.monotonic()
+        results = run(teacher.sample([request(i) for i in range(6)]))
+        elapsed = time.monotonic() - start
+        assert all(r.texts for r in results)
+        assert 3 * 0.3 <= elapsed < 6 * 0.3  # three waves of two, not six in a row and not all at once
+        # never more than two requests inside the server at once
+        arrivals = sorted(q.time for q in server.requests)
+        assert all(b - a >= 0.25 for a, b in zip(arrivals, arrivals[2:], strict=False))
+
+
+def test_requests_per_minute_limit_delays_the_excess():
+    with serve_openai_compat(api_key=KEY) as server:
+        teacher = make_teacher(server, "completions", requests_per_minute=60)
+        start = time.monotonic()
+        results = run(teacher.sample([request(i, n=1) for i in range(62)]))
+        elapsed = time.monotonic() - start
+        assert all(r.texts for r in results)
+        assert elapsed >= 1.0  # 60 fit the bucket; the rest leak at one per second
+
+
+def test_chat_teacher_options_are_validated():
+    with serve_openai_compat() as server, pytest.raises(Exception, match="continuation"):
+        make_teacher(server, "chat", options={"continuation": "telepathy"})
+    with serve_openai_compat() as server, pytest.raises(Exception, match="unknown keys"):
+        make_teacher(server, "completions", options={"temprature": 1})
