@@ -15,6 +15,7 @@ launch stops at once and points to `--engine local`.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import subprocess
 import sys
@@ -125,7 +126,8 @@ def _run_verl(args: argparse.Namespace) -> int:
     try:
         config_dir, config_name = config_location(args.config, args.config_name)
         cfg = compose_verl_config(config_dir, config_name, args.overrides)
-        validate(cfg)
+        with contextlib.redirect_stdout(sys.stderr):  # verl's validate_config prints; stdout is the YAML
+            validate(cfg)
     except (OmniOPDError, ValueError, AssertionError) as exc:
         print(f"omniopd-verl train: invalid config: {exc}", file=sys.stderr)
         return 2

@@ -84,7 +84,7 @@ def self_check() -> None:
             + "; ".join(problems)
             + ". Check that omniopd-verl is installed in this environment (`pip show omniopd-verl`), that "
             "VERL_USE_EXTERNAL_PLUGINS is unset, 'auto' or lists 'omniopd', and run "
-            "`python -c 'import omniopd_verl.verl_integration.plugin'` to see the import error."
+            "`python -c 'from omniopd_verl.verl_integration import plugin; plugin.register()'` for the traceback."
         )
 
 
