@@ -430,3 +430,27 @@ def serve_openai_compat(
         httpd.shutdown()
         httpd.server_close()
         thread.join(timeout=5)
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    """`python -m omniopd_verl.serving.openai_compat --model smollm2-135m-instruct --port 8000`: serve a CPU teacher."""
+    import argparse
+
+    parser = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0])
+    parser.add_argument("--model", required=True, help="local model folder or 'smollm2-135m-instruct'")
+    parser.add_argument("--port", type=int, default=8000)
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--served-model-name", default="local-teacher")
+    args = parser.parse_args(argv)
+    generator = TransformersGenerator(args.model, device=args.device)
+    with serve_openai_compat(generator=generator, port=args.port, model_name=args.served_model_name) as server:
+        print(f"serving {args.model} at {server.url} (Ctrl-C to stop)", flush=True)
+        try:
+            while True:
+                time.sleep(3600)
+        except KeyboardInterrupt:
+            pass
+
+
+if __name__ == "__main__":
+    main()

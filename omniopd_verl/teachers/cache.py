@@ -66,7 +66,7 @@ class TeacherCache:
             )
             self._db.commit()
 
-    def __len__(self) -> int:
+    def count(self) -> int:  # not __len__: an empty cache must not be falsy
         with self._lock:
             return self._db.execute("SELECT COUNT(*) FROM teacher_cache").fetchone()[0]
 

@@ -229,7 +229,7 @@ class TransformersTeacher:
         for i, request in enumerate(requests):
             prompt = self.teacher_prompt(request)
             key = self._key(request, prompt)
-            hit = self.cache.get(key) if self.cache else None
+            hit = self.cache.get(key) if self.cache is not None else None
             if hit is not None:
                 self.meter.cache_hit()
                 results[i] = TeacherResult(request.request_id, hit["texts"], cached=True)
@@ -283,7 +283,7 @@ class TransformersTeacher:
             self.meter.record_call(
                 prompt_tokens=prompt_tokens, completion_tokens=completion_tokens, cost_usd=0.0, seconds=share
             )
-            if self.cache:
+            if self.cache is not None:
                 self.cache.put(self._key(request, prompt), {"texts": samples})
             results.append(
                 TeacherResult(
@@ -300,5 +300,5 @@ class TransformersTeacher:
         return self.meter.snapshot()
 
     async def aclose(self) -> None:
-        if self.cache:
+        if self.cache is not None:
             self.cache.close()

@@ -87,7 +87,7 @@ class VLLMTeacher:
         for i, request in enumerate(requests):
             prompt, params = self.teacher_prompt(request), self.sampling_params(request)
             key = self._key(request, prompt, params)
-            hit = self.cache.get(key) if self.cache else None
+            hit = self.cache.get(key) if self.cache is not None else None
             if hit is not None:
                 self.meter.cache_hit()
                 results[i] = TeacherResult(request.request_id, hit["texts"], cached=True)
@@ -110,7 +110,7 @@ class VLLMTeacher:
                 completion_tokens = sum(len(c.token_ids) for c in output.outputs)
                 share = seconds / len(todo)
                 self.meter.record_call(prompt_tokens=prompt_tokens, completion_tokens=completion_tokens, seconds=share)
-                if self.cache:
+                if self.cache is not None:
                     self.cache.put(key, {"texts": texts})
                 results[i] = TeacherResult(
                     request.request_id,
@@ -125,5 +125,5 @@ class VLLMTeacher:
         return self.meter.snapshot()
 
     async def aclose(self) -> None:
-        if self.cache:
+        if self.cache is not None:
             self.cache.close()

@@ -43,7 +43,7 @@ def make_teacher(server, fmt, tmp_path=None, **overrides):
     from omniopd_verl import registry
 
     options = {"backoff_base_s": 0.01, "backoff_max_s": 0.05, **overrides.pop("options", {})}
-    kwargs = dict(FORMATS[fmt][1](server), api_key_env=ENV, max_retries=3, timeout_s=1.0, options=options)
+    kwargs = dict(FORMATS[fmt][1](server), api_key_env=ENV, max_retries=3, timeout_s=10.0, options=options)
     if tmp_path is not None:
         kwargs["cache_path"] = str(tmp_path / "cache.sqlite")
     kwargs.update(overrides)
@@ -130,7 +130,7 @@ def test_every_fault_is_retried_until_all_n_samples_arrive(fmt, fault):
     if fmt == "anthropic" and fault == "short":
         pytest.skip("an Anthropic message carries one sample: 'fewer choices' does not exist there")
     with serve_openai_compat(faults=[FAULTS[fault]], api_key=KEY) as server:
-        teacher = make_teacher(server, fmt, timeout_s=0.5)
+        teacher = make_teacher(server, fmt, timeout_s=1.0 if fault == "hang" else 10.0)
         results = run(teacher.sample([request(0), request(1)]))
         assert all(r.texts is not None and len(r.texts) == N for r in results), [r.error for r in results]
         assert all(isinstance(t, str) for r in results for t in r.texts)
