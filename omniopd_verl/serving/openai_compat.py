@@ -403,6 +403,11 @@ def _response(path: str, call: GenerationCall, groups: list[tuple[Any, list[str]
     }
 
 
+class _Server(ThreadingHTTPServer):
+    daemon_threads = True  # hung handlers (hang fault) must not block shutdown
+    request_queue_size = 1024  # the default listen backlog of 5 resets connections under concurrent load
+
+
 @contextmanager
 def serve_openai_compat(
     generator: Generator | None = None,
@@ -415,8 +420,7 @@ def serve_openai_compat(
 ) -> Iterator[CompatServer]:
     """Run the server in a background thread on 127.0.0.1 (a free port by default) for the `with` block."""
     server = CompatServer(generator or ScriptedGenerator(), faults, api_key, latency_s, model_name)
-    httpd = ThreadingHTTPServer(("127.0.0.1", port), _make_handler(server))
-    httpd.daemon_threads = True  # hung handlers (hang fault) must not block shutdown
+    httpd = _Server(("127.0.0.1", port), _make_handler(server))
     server._httpd = httpd
     server.root_url = f"http://127.0.0.1:{httpd.server_address[1]}"
     server.url = server.root_url + "/v1"

@@ -152,10 +152,11 @@ def classify(exc: BaseException) -> str:
 
 
 class _LoopState:
-    """asyncio primitives bound to one event loop (engines may call asyncio.run once per step)."""
+    """asyncio primitives and HTTP clients bound to one event loop (engines may asyncio.run per step)."""
 
     def __init__(self, max_concurrency: int):
         self.semaphore = asyncio.Semaphore(max_concurrency)
+        self.client: Any = None
 
 
 class ReliableTeacher:
@@ -231,10 +232,12 @@ class ReliableTeacher:
         """Teacher tokens to ask for: the student-token-equivalents times max_tokens_factor."""
         return max(1, math.ceil(request.max_tokens * self.max_tokens_factor))
 
-    def price(self, model: str, prompt_tokens: int, completion_tokens: int) -> float | None:
+    def price(self, model: str | None, prompt_tokens: int, completion_tokens: int) -> float | None:
         """USD for one call: the configured per-token prices, else litellm's price table; None if unknown."""
         if self.input_cost is not None or self.output_cost is not None:
             return prompt_tokens * float(self.input_cost or 0.0) + completion_tokens * float(self.output_cost or 0.0)
+        if model is None:
+            return None
         import_litellm()
         import litellm
 
@@ -246,11 +249,12 @@ class ReliableTeacher:
             return None
         return float(prompt_usd) + float(completion_usd)
 
-    def _check_budget_is_enforceable(self, model: str) -> None:
+    def _check_budget_is_enforceable(self, model: str | None) -> None:
         if self.config.max_cost_usd is not None and self.price(model, 1000, 1000) is None:
             raise ConfigError(
-                f"omniopd.teacher.max_cost_usd={self.config.max_cost_usd!r} cannot be enforced: litellm has no price "
-                f"for model {model!r}; set omniopd.teacher.options.input_cost_per_token and output_cost_per_token"
+                f"omniopd.teacher.max_cost_usd={self.config.max_cost_usd!r} cannot be enforced: no price for "
+                f"model {model!r} in litellm's table; set omniopd.teacher.options.input_cost_per_token and "
+                "output_cost_per_token"
             )
 
     def _state(self) -> _LoopState:
