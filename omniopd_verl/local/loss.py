@@ -9,6 +9,11 @@ L = L_chunk + beta * L_KL, per sequence, aggregated by verl's `agg_loss` (`seq-m
 - L_KL = sum_{t unaudited} KL(pi_ref(.|s_t) || pi_theta(.|s_t)), exact over the whole vocabulary in
   float32, against a frozen copy of the initial student; audited tokens contribute exactly 0. This is
   what stock verl cannot do (its reference worker returns sampled-token log-probs only).
+
+Speed: with lse = logsumexp(logits), KL_t = sum_v p_ref log p_ref - sum_v p_ref logits + lse (as
+sum_v p_ref = 1). The first term and p_ref need no gradient and are computed in the reference stage
+(`reference_terms`); the update needs one logsumexp and one dot product per position forward and one
+fused pass backward (`_LogprobAndCross`): the same vocabulary-sized work as a cross-entropy.
 """
 
 from __future__ import annotations
@@ -103,6 +108,54 @@ def exact_kl_BT(ref_logits_BTV: torch.Tensor, logits_BTV: torch.Tensor) -> torch
 
 
 @dataclass
+class ReferenceTerms:
+    """What the KL needs from pi_ref, computed once without gradient: p_ref and sum_v p_ref log p_ref."""
+
+    probs_BTV: torch.Tensor
+    neg_entropy_BT: torch.Tensor
+
+
+@torch.no_grad()
+def reference_terms(ref_logits_BTV: torch.Tensor) -> ReferenceTerms:
+    logp = torch.log_softmax(ref_logits_BTV.float(), dim=-1)
+    probs = logp.exp()
+    # p log p with p == 0 (a -inf logit) is 0, not nan
+    plogp = torch.where(probs > 0, probs * logp, torch.zeros_like(logp))
+    return ReferenceTerms(probs_BTV=probs, neg_entropy_BT=plogp.sum(dim=-1))
+
+
+class _LogprobAndCross(torch.autograd.Function):
+    """(log p(y_t), sum_v p_ref log p) per position from logits, with one fused backward pass.
+
+    Forward: lse = logsumexp(logits); log p(y) = logits[y] - lse; cross = p_ref . logits - lse.
+    Backward: d/dlogits = g_lp * (onehot_y - softmax) + g_cross * (p_ref - softmax), written into one
+    buffer in place: the same vocabulary-sized work as a cross-entropy's backward.
+    """
+
+    @staticmethod
+    def forward(ctx, logits_BTV, ids_BT, probs_BTV):
+        lse_BT = torch.logsumexp(logits_BTV, dim=-1)
+        logprob_BT = logits_BTV.gather(-1, ids_BT.unsqueeze(-1)).squeeze(-1) - lse_BT
+        cross_BT = torch.einsum("btv,btv->bt", probs_BTV, logits_BTV) - lse_BT
+        ctx.save_for_backward(logits_BTV, ids_BT, probs_BTV, lse_BT)
+        return logprob_BT, cross_BT
+
+    @staticmethod
+    def backward(ctx, g_lp_BT, g_cross_BT):
+        logits_BTV, ids_BT, probs_BTV, lse_BT = ctx.saved_tensors
+        grad = torch.sub(logits_BTV, lse_BT.unsqueeze(-1)).exp_()  # softmax
+        grad.mul_(-(g_lp_BT + g_cross_BT).unsqueeze(-1))
+        grad.addcmul_(probs_BTV, g_cross_BT.unsqueeze(-1))
+        grad.scatter_add_(-1, ids_BT.unsqueeze(-1), g_lp_BT.unsqueeze(-1))
+        return grad, None, None
+
+
+def logprob_and_cross(logits_BTV: torch.Tensor, ids_BT: torch.Tensor, probs_BTV: torch.Tensor):
+    """log pi_theta(y_t | s_t) and sum_v p_ref(v) log pi_theta(v | s_t), float32, differentiable in logits."""
+    return _LogprobAndCross.apply(logits_BTV.float(), ids_BT, probs_BTV.float())
+
+
+@dataclass
 class LossTerms:
     objective: torch.Tensor
     """Scalar to back-propagate: verl policy loss + beta * aggregated exact KL."""
@@ -137,7 +190,7 @@ def make_actor_config(*, policy_loss: str, clip_ratio: float, loss_agg_mode: str
 
 def omniopd_loss(
     logits_BTV: torch.Tensor,
-    ref_logits_BTV: torch.Tensor,
+    ref: ReferenceTerms | torch.Tensor,
     response_ids_BT: torch.Tensor,
     advantage_BT: torch.Tensor,
     response_mask_BT: torch.Tensor,
@@ -150,25 +203,27 @@ def omniopd_loss(
 ) -> LossTerms:
     """L_chunk + beta * L_KL for one micro-batch, scaled so that micro-batch objectives SUM to the batch's.
 
-    `global_batch_size` / `batch_num_tokens`: sequences / response tokens of the whole optimizer batch,
-    handed to verl's agg_loss exactly as verl's actor does for micro-batches.
+    `ref`: `reference_terms(ref_logits)` (or the reference logits themselves). `global_batch_size` /
+    `batch_num_tokens`: sequences / response tokens of the whole optimizer batch, handed to verl's
+    agg_loss exactly as verl's actor does for micro-batches.
     """
     from verl.trainer.ppo import core_algos
 
+    if not isinstance(ref, ReferenceTerms):
+        ref = reference_terms(ref)
     mode = actor_config.loss_agg_mode
     actor_config.global_batch_info.update(
         dp_size=1, global_batch_size=global_batch_size, batch_num_tokens=batch_num_tokens
     )
-    logp_BTV = torch.log_softmax(logits_BTV.float(), dim=-1)
-    logprob_BT = logp_BTV.gather(-1, response_ids_BT.unsqueeze(-1)).squeeze(-1)
+    logprob_BT, cross_BT = logprob_and_cross(logits_BTV, response_ids_BT, ref.probs_BTV)
     mask_BT = response_mask_BT.to(logprob_BT.dtype)
     advantage_BT = advantage_BT.to(logprob_BT.dtype)
     policy_loss_fn = core_algos.get_policy_loss_fn(actor_config.policy_loss.loss_mode)
     pg_loss, pg_metrics = policy_loss_fn(
         logprob_BT.detach(), logprob_BT, advantage_BT, mask_BT, mode, actor_config, None
     )
-    ref_logp_BTV = torch.log_softmax(ref_logits_BTV.detach().float(), dim=-1)
-    kl_BT = (ref_logp_BTV.exp() * (ref_logp_BTV - logp_BTV)).sum(dim=-1)
+    # KL(p_ref || p) = sum p_ref log p_ref - sum p_ref log p
+    kl_BT = ref.neg_entropy_BT - cross_BT
     kl_mat_BT = kl_BT * unaudited_mask_BT.to(kl_BT.dtype) * mask_BT
     agg = dict(loss_agg_mode=mode, **actor_config.global_batch_info)
     kl_loss = core_algos.agg_loss(loss_mat=kl_mat_BT, loss_mask=mask_BT, **agg)

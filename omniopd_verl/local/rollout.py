@@ -61,6 +61,68 @@ def render_prompts(tokenizer, problems: Sequence[Problem], max_prompt_tokens: in
 
 
 @torch.no_grad()
+def sample_token_ids(
+    model,
+    prompt_ids: Sequence[Sequence[int]],
+    *,
+    max_new_tokens: int,
+    temperature: float,
+    top_p: float,
+    seed: int,
+    pad_token_id: int,
+    eos_token_ids: Sequence[int],
+    generation_batch_size: int | None = None,
+    min_new_tokens: int = 0,
+) -> tuple[list[list[int]], list[bool]]:
+    """One sampled response per prompt (token ids, cut after the first EOS) and whether it finished.
+
+    The torch RNG is seeded from `seed` first, so a batch is a pure function of (weights, prompts,
+    seed): that is what makes a resumed run draw the same samples as an uninterrupted one.
+    """
+    from transformers import GenerationConfig
+
+    device = next(model.parameters()).device
+    eos = set(int(e) for e in eos_token_ids)
+    gen_cfg = GenerationConfig(
+        do_sample=True,
+        temperature=float(temperature),
+        top_p=float(top_p),
+        top_k=0,
+        repetition_penalty=1.0,
+        max_new_tokens=max_new_tokens,
+        min_new_tokens=min_new_tokens,
+        pad_token_id=pad_token_id,
+        eos_token_id=sorted(eos) or None,
+    )
+    torch.manual_seed(seed)
+    if device.type == "cuda":
+        torch.cuda.manual_seed_all(seed)
+    was_training = model.training
+    model.eval()
+    step = generation_batch_size or len(prompt_ids)
+    responses: list[list[int]] = []
+    finished: list[bool] = []
+    for lo in range(0, len(prompt_ids), step):
+        chunk = prompt_ids[lo : lo + step]
+        P = max(len(ids) for ids in chunk)
+        ids_BP = torch.full((len(chunk), P), pad_token_id, dtype=torch.long)
+        mask_BP = torch.zeros((len(chunk), P), dtype=torch.long)
+        for b, ids in enumerate(chunk):
+            ids_BP[b, P - len(ids) :] = torch.tensor(list(ids))
+            mask_BP[b, P - len(ids) :] = 1
+        out_BL = model.generate(
+            input_ids=ids_BP.to(device), attention_mask=mask_BP.to(device), generation_config=gen_cfg
+        ).cpu()
+        for b in range(len(chunk)):
+            gen = out_BL[b, P:].tolist()
+            cut = next((k + 1 for k, tok in enumerate(gen) if tok in eos), None)
+            finished.append(cut is not None)
+            responses.append(gen[:cut] if cut is not None else gen)
+    if was_training:
+        model.train()
+    return responses, finished
+
+
 def sample_responses(
     model,
     tokenizer,
@@ -75,55 +137,26 @@ def sample_responses(
     uid_prefix: str,
     generation_batch_size: int | None = None,
 ) -> list[Rollout]:
-    """Sample `responses_per_prompt` responses per problem and score them teacher-forced.
-
-    The torch RNG is seeded from `seed` first, so a batch is a pure function of (weights, problems,
-    seed): that is what makes a resumed run draw the same samples as an uninterrupted one.
-    """
-    from transformers import GenerationConfig
-
-    device = next(model.parameters()).device
+    """Sample `responses_per_prompt` responses per problem, then score them teacher-forced (exact, fp32)."""
     rendered = render_prompts(tokenizer, problems, max_prompt_tokens)
     rows = [(i, j) for i in range(len(problems)) for j in range(responses_per_prompt)]
     pad = pad_id(tokenizer)
-    eos = _eos_ids(model, tokenizer)
-    gen_cfg = GenerationConfig(
-        do_sample=True,
-        temperature=float(temperature),
-        top_p=float(top_p),
-        top_k=0,
-        repetition_penalty=1.0,
+    prompts = [rendered[i][1] for i, _ in rows]
+    responses, finished = sample_token_ids(
+        model,
+        prompts,
         max_new_tokens=max_new_tokens,
+        temperature=temperature,
+        top_p=top_p,
+        seed=seed,
         pad_token_id=pad,
-        eos_token_id=sorted(eos) or None,
+        eos_token_ids=sorted(_eos_ids(model, tokenizer)),
+        generation_batch_size=generation_batch_size,
     )
-    torch.manual_seed(seed)
-    if device.type == "cuda":
-        torch.cuda.manual_seed_all(seed)
+    # generate emits at least one token per row, so no response is empty
     was_training = model.training
     model.eval()
-    step = generation_batch_size or len(rows)
-    responses: list[list[int]] = []
-    finished: list[bool] = []
-    for lo in range(0, len(rows), step):
-        chunk = rows[lo : lo + step]
-        P = max(len(rendered[i][1]) for i, _ in chunk)
-        ids_BP = torch.full((len(chunk), P), pad, dtype=torch.long)
-        mask_BP = torch.zeros((len(chunk), P), dtype=torch.long)
-        for b, (i, _) in enumerate(chunk):
-            ids = rendered[i][1]
-            ids_BP[b, P - len(ids) :] = torch.tensor(ids)
-            mask_BP[b, P - len(ids) :] = 1
-        out_BL = model.generate(
-            input_ids=ids_BP.to(device), attention_mask=mask_BP.to(device), generation_config=gen_cfg
-        ).cpu()
-        for b in range(len(chunk)):
-            gen = out_BL[b, P:].tolist()
-            cut = next((k + 1 for k, tok in enumerate(gen) if tok in eos), None)
-            finished.append(cut is not None)
-            responses.append(gen[:cut] if cut is not None else gen)
-    # generate emits at least one token per row, so no response is empty
-    scores = score_token_ids(model, [rendered[i][1] for i, _ in rows], responses, pad_token_id=pad)
+    scores = score_token_ids(model, prompts, responses, pad_token_id=pad)
     if was_training:
         model.train()
     return [

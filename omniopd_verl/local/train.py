@@ -23,7 +23,6 @@ import os
 import sys
 import time
 from collections.abc import Sequence
-from contextlib import contextmanager
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
@@ -34,28 +33,16 @@ from omniopd_verl.audit.types import ResponseAudit, StudentResponse
 from omniopd_verl.local import checkpoint as ckpt
 from omniopd_verl.local.config import RunConfig, load_run_config
 from omniopd_verl.local.data import Problem, load_splits, prompts_for_step
-from omniopd_verl.local.loss import collate, make_actor_config, omniopd_loss, response_logits
+from omniopd_verl.local.loss import collate, make_actor_config
 from omniopd_verl.local.metrics import MetricsLogger
 from omniopd_verl.local.rollout import Rollout, pad_id, sample_responses
+from omniopd_verl.local.update import Timer, policy_update
 
 
 def _stable_seed(*parts: object) -> int:
     from omniopd_verl.audit.auditor import stable_seed
 
     return stable_seed(*parts)
-
-
-class Timer:
-    def __init__(self) -> None:
-        self.seconds: dict[str, float] = {}
-
-    @contextmanager
-    def __call__(self, name: str):
-        t0 = time.perf_counter()
-        try:
-            yield
-        finally:
-            self.seconds[name] = self.seconds.get(name, 0.0) + time.perf_counter() - t0
 
 
 def resolve_device(name: str) -> torch.device:
@@ -160,63 +147,28 @@ class LocalTrainer:
         return self.loop.run_until_complete(self.auditor.audit(self.responses_for_audit(rollouts)))
 
     def update(self, rollouts: Sequence[Rollout], audits: Sequence[ResponseAudit], timer: Timer) -> dict[str, float]:
-        """One optimizer step on the batch: accumulate micro-batch gradients, clip, AdamW."""
+        """One optimizer step on the batch (see `omniopd_verl.local.update.policy_update`)."""
         from omniopd_verl.audit.credit import audits_to_token_credit
 
-        batch = collate([r.prompt_ids for r in rollouts], [r.response_ids for r in rollouts], pad_id(self.tokenizer))
+        prompts, responses = [r.prompt_ids for r in rollouts], [r.response_ids for r in rollouts]
+        batch = collate(prompts, responses, pad_id(self.tokenizer))
         credit = audits_to_token_credit(audits, batch.response_mask_BT, self.run.omniopd.advantage)
-        B = len(rollouts)
-        n_seqs = int((batch.response_mask_BT.sum(-1) > 0).sum())
-        n_tokens = int(batch.response_mask_BT.sum())
-        self.model.train()
-        self.optimizer.zero_grad(set_to_none=True)
-        totals = {"objective": 0.0, "l_chunk": 0.0, "l_kl": 0.0}
-        policy: dict[str, float] = {}
-        mbs = self.cfg.micro_batch_size
-        for lo in range(0, B, mbs):
-            sl = slice(lo, lo + mbs)
-            micro = collate(
-                [r.prompt_ids for r in rollouts[sl]], [r.response_ids for r in rollouts[sl]], pad_id(self.tokenizer)
-            ).to(self.device)
-            T = micro.response_ids_BT.shape[1]
-            with timer("reference"), torch.no_grad():
-                ref_logits = response_logits(self.ref_model, micro)
-            with timer("update"):
-                logits = response_logits(self.model, micro)
-                terms = omniopd_loss(
-                    logits,
-                    ref_logits,
-                    micro.response_ids_BT,
-                    credit.advantage_BT[sl, :T].to(self.device),
-                    micro.response_mask_BT,
-                    credit.unaudited_mask_BT[sl, :T].to(self.device),
-                    beta=self.run.omniopd.beta,
-                    actor_config=self.actor_config,
-                    global_batch_size=n_seqs,
-                    batch_num_tokens=n_tokens,
-                )
-                terms.objective.backward()
-            del ref_logits, logits
-            totals["objective"] += float(terms.objective.detach())
-            totals["l_chunk"] += float(terms.l_chunk)
-            totals["l_kl"] += float(terms.l_kl)
-            for k, v in terms.policy_metrics.items():
-                policy[k] = policy.get(k, 0.0) + float(v) * (min(lo + mbs, B) - lo) / B
-        with timer("update"):
-            clip = self.cfg.grad_clip if self.cfg.grad_clip > 0 else float("inf")
-            grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), clip)
-            self.optimizer.step()
-            self.optimizer.zero_grad(set_to_none=True)
-        return {
-            "loss/objective": totals["objective"],
-            "loss/l_chunk": totals["l_chunk"],
-            "loss/l_kl": totals["l_kl"],
-            "loss/beta_l_kl": self.run.omniopd.beta * totals["l_kl"],
-            "train/grad_norm": float(grad_norm),
-            "train/lr": self.cfg.lr,
-            "train/tokens": float(n_tokens),
-            **policy,
-        }
+        metrics = policy_update(
+            self.model,
+            self.ref_model,
+            self.optimizer,
+            self.actor_config,
+            prompts,
+            responses,
+            credit,
+            beta=self.run.omniopd.beta,
+            micro_batch_size=self.cfg.micro_batch_size,
+            grad_clip=self.cfg.grad_clip,
+            pad_token_id=pad_id(self.tokenizer),
+            timer=timer,
+        )
+        metrics["train/lr"] = self.cfg.lr
+        return metrics
 
     def train_step(self) -> dict[str, float]:
         """Rollout, audit and update for self.step; returns the step's metrics."""
@@ -376,7 +328,11 @@ def run(config_path: str | None, overrides: Sequence[str] = ()) -> int:
         summary = trainer.fit()
     finally:
         trainer.close()
-    print(json.dumps(summary, indent=2))
+    print(
+        f"omniopd local: {trainer.step} steps done; checkpoint {summary['checkpoint']}; "
+        f"metrics {summary['metrics']}; report {summary['report']}",
+        file=sys.stderr,
+    )
     return 0
 
 

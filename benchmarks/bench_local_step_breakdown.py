@@ -1,0 +1,77 @@
+"""Step-time breakdown of the local engine: rollout, audit, reference, update (CPU, the quickstart recipe).
+
+Runs a few training steps of recipes/quickstart_cpu (SmolLM2-135M-Instruct student, privileged
+self-distillation teacher on the same weights, MiniLM similarity) without evaluation, into a temporary
+folder, and prints each stage's seconds and share of the step from the run's own metrics.jsonl.
+The process's CPU time is printed too: on a shared machine wall time depends on the neighbours, CPU
+time much less.
+
+Usage: python benchmarks/bench_local_step_breakdown.py [--steps 2] [--tiny] [key=value ...]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import resource
+import statistics
+import sys
+import tempfile
+from pathlib import Path
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+RECIPE = Path(__file__).resolve().parents[1] / "recipes" / "quickstart_cpu" / "quickstart_cpu.yaml"
+STAGES = ("rollout", "audit", "reference", "update")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--steps", type=int, default=2)
+    parser.add_argument("--tiny", action="store_true", help="tiny random model and ned similarity (seconds)")
+    parser.add_argument("overrides", nargs="*")
+    args = parser.parse_args()
+
+    from omniopd_verl.local.metrics import read_metrics
+    from omniopd_verl.local.train import run
+
+    out = tempfile.mkdtemp(prefix="omniopd-bench-")
+    overrides = [
+        f"local.steps={args.steps}",
+        "local.data.heldout_prompts=0",
+        f"local.output_dir={out}",
+        "local.progress=false",
+        "local.tensorboard=false",
+        "local.resume=false",
+    ]
+    if args.tiny:
+        from omniopd_verl.models import make_tiny_random_model
+
+        tiny = make_tiny_random_model(os.path.join(tempfile.gettempdir(), "omniopd-bench-tiny"))
+        overrides += [f"local.model={tiny}", f"omniopd.teacher.model={tiny}", "omniopd.similarity=ned"]
+    overrides += args.overrides
+    if run(str(RECIPE), overrides) != 0:
+        sys.exit(1)
+    rows = read_metrics(Path(out) / "metrics.jsonl")
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    print(
+        f"{len(rows)} steps of {RECIPE.name} {'(tiny model)' if args.tiny else ''}; "
+        f"{rows[0]['audit/responses']:.0f} responses/step, mean response {statistics.mean(r['rollout/response_len_mean'] for r in rows):.0f} tokens"
+    )
+    print(f"{'stage':<12}" + "".join(f"{'step ' + str(r['step']):>10}" for r in rows) + f"{'share':>8}")
+    total = sum(r["time/step"] for r in rows)
+    for stage in STAGES:
+        values = [r.get(f"time/{stage}", 0.0) for r in rows]
+        print(f"{stage:<12}" + "".join(f"{v:>10.1f}" for v in values) + f"{sum(values) / total:>8.0%}")
+    print(f"{'step':<12}" + "".join(f"{r['time/step']:>10.1f}" for r in rows))
+    print(
+        f"teacher seconds/step (inside audit): {statistics.mean(r.get('teacher/seconds', 0) for r in rows):.1f}; "
+        f"similarity seconds/step: {statistics.mean(r.get('similarity/seconds', 0) for r in rows):.1f}"
+    )
+    print(f"process CPU time: user {usage.ru_utime:.0f} s + sys {usage.ru_stime:.0f} s (includes model loads)")
+    print("note: wall times on a shared CPU are noisy; compare shares within one run")
+
+
+if __name__ == "__main__":
+    main()
