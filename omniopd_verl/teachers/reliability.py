@@ -151,6 +151,17 @@ def classify(exc: BaseException) -> str:
     return "fail"
 
 
+def _positive(options: dict[str, Any], key: str, default: float | None, *, zero_ok: bool = False) -> float | None:
+    value = options.get(key, default)
+    if value is None:
+        return None
+    ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+    if not ok or value < 0 or (value == 0 and not zero_ok):
+        allowed = "a finite number >= 0" if zero_ok else "a finite number > 0"
+        raise ConfigError(f"omniopd.teacher.options.{key}={value!r} is invalid: allowed {allowed}")
+    return float(value)
+
+
 class _LoopState:
     """asyncio primitives and HTTP clients bound to one event loop (engines may asyncio.run per step)."""
 
@@ -178,15 +189,12 @@ class ReliableTeacher:
                 f"{sorted(set(SHARED_OPTIONS) | set(backend_options))}"
             )
         self.options = options
-        self.backoff_base_s = float(options.get("backoff_base_s", 0.5))
-        self.backoff_max_s = float(options.get("backoff_max_s", 30.0))
-        self.max_retry_after_s = float(options.get("max_retry_after_s", 60.0))
-        self.max_tokens_factor = float(options.get("max_tokens_factor", self.default_max_tokens_factor))
-        self.input_cost = options.get("input_cost_per_token")
-        self.output_cost = options.get("output_cost_per_token")
-        for key in ("backoff_base_s", "backoff_max_s", "max_retry_after_s", "max_tokens_factor"):
-            if not float(options.get(key, 1.0)) >= 0 or (key == "max_tokens_factor" and self.max_tokens_factor <= 0):
-                raise ConfigError(f"omniopd.teacher.options.{key}={options[key]!r} is invalid: allowed a number > 0")
+        self.backoff_base_s = _positive(options, "backoff_base_s", 0.5)
+        self.backoff_max_s = _positive(options, "backoff_max_s", 30.0)
+        self.max_retry_after_s = _positive(options, "max_retry_after_s", 60.0)
+        self.max_tokens_factor = _positive(options, "max_tokens_factor", self.default_max_tokens_factor)
+        self.input_cost = _positive(options, "input_cost_per_token", None, zero_ok=True)
+        self.output_cost = _positive(options, "output_cost_per_token", None, zero_ok=True)
         self.api_key = self._read_api_key()
         self.meter = TeacherMeter(config.max_cost_usd)
         self.cache = TeacherCache(config.cache_path) if config.cache_path else None
@@ -235,7 +243,7 @@ class ReliableTeacher:
     def price(self, model: str | None, prompt_tokens: int, completion_tokens: int) -> float | None:
         """USD for one call: the configured per-token prices, else litellm's price table; None if unknown."""
         if self.input_cost is not None or self.output_cost is not None:
-            return prompt_tokens * float(self.input_cost or 0.0) + completion_tokens * float(self.output_cost or 0.0)
+            return prompt_tokens * (self.input_cost or 0.0) + completion_tokens * (self.output_cost or 0.0)
         if model is None:
             return None
         import_litellm()

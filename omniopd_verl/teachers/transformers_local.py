@@ -253,11 +253,16 @@ class TransformersTeacher:
                 rows += item[0].n
             try:
                 results = await asyncio.to_thread(self._generate, batch)
-            except BaseException as exc:  # a local generation error is a bug: surface it to every caller
+            except Exception as exc:  # a local generation error is a bug: surface it to every caller
                 for _, _, future in batch:
                     if not future.done():
                         future.set_exception(exc)
                 continue
+            except asyncio.CancelledError:
+                for _, _, future in batch + self._pending:
+                    future.cancel()
+                self._pending.clear()
+                raise
             for (_, _, future), result in zip(batch, results, strict=True):
                 if not future.done():
                     future.set_result(result)

@@ -301,8 +301,24 @@ def test_requests_per_minute_limit_delays_the_excess():
         assert elapsed >= 1.0  # 60 fit the bucket; the rest leak at one per second
 
 
+def test_tokens_per_minute_limit_delays_the_excess():
+    with serve_openai_compat(api_key=KEY) as server:
+        teacher = make_teacher(server, "completions", tokens_per_minute=600)  # 10 tokens per second
+        # the limiter's estimate per call: prompt chars / 4 + n x teacher max tokens
+        estimate = len(request(0, n=1).prefix_text) / 4 + math.ceil(4 * 1.25)
+        count = int(600 // estimate) + 2  # two calls more than the full bucket holds
+        start = time.monotonic()
+        results = run(teacher.sample([request(i, n=1) for i in range(count)]))
+        elapsed = time.monotonic() - start
+        assert all(r.texts for r in results)
+        wait = (count * estimate - 600) / 10.0  # the excess leaks in at 10 tokens per second
+        assert wait > 0.5 and elapsed >= 0.8 * wait, (elapsed, wait)
+
+
 def test_chat_teacher_options_are_validated():
     with serve_openai_compat() as server, pytest.raises(Exception, match="continuation"):
         make_teacher(server, "chat", options={"continuation": "telepathy"})
     with serve_openai_compat() as server, pytest.raises(Exception, match="unknown keys"):
         make_teacher(server, "completions", options={"temprature": 1})
+    with serve_openai_compat() as server, pytest.raises(Exception, match=r"backoff_base_s=-1 is invalid"):
+        make_teacher(server, "completions", options={"backoff_base_s": -1})
