@@ -63,6 +63,15 @@ def format_eval(evals: dict) -> str:
     ):
         b, a = before.get(key, float("nan")), after.get(key, float("nan"))
         lines.append(f"  {label:<28}{b:>10.4f}{a:>10.4f}{a - b:>+10.4f}")
+    paired = evals.get("paired")
+    if paired:
+        lines.append(
+            f"same {int(paired['pairs'])} (prefix, text) pairs from the 'before' audit, scored by the initial "
+            "vs the trained student (no sampling noise):"
+        )
+        for label, kind in (("teacher texts: log-prob/token", "teacher"), ("own chunks: log-prob/token", "student")):
+            b, a = paired[f"{kind}_text_logprob_before"], paired[f"{kind}_text_logprob_after"]
+            lines.append(f"  {label:<28}{b:>10.4f}{a:>10.4f}{a - b:>+10.4f}")
     return "\n".join(lines)
 
 

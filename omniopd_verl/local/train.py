@@ -96,6 +96,7 @@ class LocalTrainer:
         self.step = 0
         self.last_audits: list[ResponseAudit] = []
         self.last_rollouts: list[Rollout] = []
+        self._eval_samples: dict[str, tuple[list[Rollout], list[ResponseAudit]]] = {}
 
     def _shared_reference_teacher(self):
         """The privileged self-distillation teacher IS the initial student: reuse pi_ref's weights."""
@@ -231,7 +232,44 @@ class LocalTrainer:
         with open(self.output_dir / f"eval_{label}_audits.jsonl", "w") as fh:
             for a in audits:
                 fh.write(json.dumps(audit_to_dict(a)) + "\n")
+        self._eval_samples[label] = (rollouts, audits)
         return result
+
+    def paired_eval(self) -> dict[str, float]:
+        """Sampling-noise-free comparison on the BEFORE evaluation's fixed (prefix, text) pairs.
+
+        For every audited chunk of the held-out responses sampled before training: the mean per-token
+        log-prob of the teacher's N continuations and of the student's own chunk, given the same prefix,
+        under the initial student (= the frozen reference) and under the trained student. If training
+        moved the student toward what the teacher writes, the teacher texts' log-prob rises more than
+        the student's own chunks'.
+        """
+        from omniopd_verl.student import encode_text, score_token_ids
+
+        if "before" not in self._eval_samples:
+            return {}
+        rollouts, audits = self._eval_samples["before"]
+        prefixes, texts, kinds = [], [], []
+        for r, a in zip(rollouts, audits, strict=True):
+            for c in a.chunks:
+                prefix = r.prompt_ids + r.response_ids[: c.start]
+                for t in c.teacher_texts:
+                    ids = encode_text(self.tokenizer, t)
+                    if ids:
+                        prefixes.append(prefix), texts.append(ids), kinds.append("teacher")
+                prefixes.append(prefix), texts.append(r.response_ids[c.start : c.end]), kinds.append("student")
+        if not texts:
+            return {}
+        out: dict[str, float] = {"pairs": float(len(texts))}
+        pad = pad_id(self.tokenizer)
+        self.model.eval()
+        for label, model in (("before", self.ref_model), ("after", self.model)):
+            scores = score_token_ids(model, prefixes, texts, pad_token_id=pad)
+            for kind in ("teacher", "student"):
+                lps = [float(lp.mean()) for (lp, _), k in zip(scores, kinds, strict=True) if k == kind]
+                out[f"{kind}_text_logprob_{label}"] = sum(lps) / len(lps) if lps else float("nan")
+        self.model.train()
+        return out
 
     # ------------------------------------------------------------------ the run
 
@@ -255,12 +293,34 @@ class LocalTrainer:
         with jsonl.open("w") as fh:
             for a in self.last_audits:
                 fh.write(json.dumps(audit_to_dict(a)) + "\n")
-        try:
-            from omniopd_verl.audit.report import write_html_report
-        except ImportError:
-            return jsonl
+        from omniopd_verl.audit.report import ReportItem, render_report
+        from omniopd_verl.audit.text import ResponseText
+
+        items = []
+        for r, a in zip(self.last_rollouts, self.last_audits, strict=True):
+            record = audit_to_dict(a)
+            bounds, kinds = [0], []
+            for k, c in enumerate(a.chunks):
+                if c.start > bounds[-1]:
+                    bounds.append(c.start)
+                    kinds.append(None)
+                bounds.append(c.end)
+                kinds.append(k)
+            if bounds[-1] < len(r.response_ids):
+                bounds.append(len(r.response_ids))
+                kinds.append(None)
+            texts = ResponseText(self.tokenizer, r.response_ids).segments(bounds)
+            items.append(ReportItem(r.uid, r.prompt_text, list(zip(texts, kinds, strict=True)), record))
         html = self.output_dir / "last_step_report.html"
-        write_html_report(html, self.last_audits, self.tokenizer, [r.response_ids for r in self.last_rollouts])
+        summary = {
+            "step": str(self.step),
+            "teacher": f"{self.run.omniopd.teacher.name}:{self.run.omniopd.teacher.model}",
+            "similarity": self.run.omniopd.similarity,
+        }
+        html.write_text(
+            render_report(items, title=f"OmniOPD local engine: audits of step {self.step}", summary=summary),
+            encoding="utf-8",
+        )
         return html
 
     def fit(self) -> dict[str, Any]:
@@ -299,6 +359,9 @@ class LocalTrainer:
         report = self.write_report()
         if self.heldout_problems:
             evals["after"] = self.evaluate("after")
+            paired = self.paired_eval()
+            if paired:
+                evals["paired"] = paired
             eval_path.write_text(json.dumps(evals, indent=2))
         summary = {
             "output_dir": str(self.output_dir),

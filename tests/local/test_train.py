@@ -115,6 +115,7 @@ def test_resume_equals_uninterrupted_training(tmp_path, tiny_model_path, benchma
             assert ra[key] == rb[key], key
     assert (tmp_path / "split" / "tensorboard").is_dir()
     assert (tmp_path / "split" / "last_step_audits.jsonl").exists()
+    assert "<html" in (tmp_path / "split" / "last_step_report.html").read_text()
 
 
 def test_config_errors_name_key_value_and_allowed(tmp_path, benchmarks_dir):
