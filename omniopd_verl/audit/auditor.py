@@ -88,10 +88,15 @@ class _SimilarityBatcher:
     async def score(self, pairs: list[tuple[str, str]]) -> list[float]:
         if not pairs:
             return []
-        future = asyncio.get_running_loop().create_future()
-        self._pending.append((pairs, future))
+        loop = asyncio.get_running_loop()
+        future = loop.create_future()
         if self._worker is None or self._worker.done():
+            # engines may call asyncio.run once per step: forget waiters of a loop that was torn down
+            self._pending = [(p, f) for p, f in self._pending if f.get_loop() is loop and not f.done()]
+            self._pending.append((pairs, future))
             self._worker = asyncio.create_task(self._drain())
+        else:
+            self._pending.append((pairs, future))
         return await future
 
     async def _drain(self) -> None:

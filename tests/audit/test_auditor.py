@@ -271,3 +271,43 @@ def test_stable_seed_is_deterministic_and_distinct():
 
 def test_scripted_teacher_is_a_teacher_backend():
     assert isinstance(ScriptedTeacher(), TeacherBackend)
+
+
+@pytest.mark.parametrize("on_failure", ["error", "drop"])
+def test_http_teacher_failure_after_retries(tok, on_failure):
+    """The real openai_completions teacher against the real HTTP server: every call for r1's prompt gets
+    a 500; after the retries the anchor is an error or is dropped and counted, never scored."""
+    from omniopd_verl.serving.openai_compat import Fault, ScriptedGenerator, serve_openai_compat
+
+    responses = [make_response(tok, "r0", TEXTS[0], 0), make_response(tok, "r1", TEXTS[1], 1)]
+    with serve_openai_compat(
+        generator=ScriptedGenerator(words=4), faults=[Fault("server_error", times=1000, match="<prompt r1>")]
+    ) as server:
+        teacher = {
+            "name": "openai_completions",
+            "model": "local-teacher",
+            "api_base": server.url,
+            "max_retries": 1,
+            "on_failure": on_failure,
+            "options": {"backoff_base_s": 0.01},
+        }
+        auditor = Auditor(make_config(teacher=teacher), tok, similarity=CountingNED())
+
+        async def go():
+            try:
+                return await auditor.audit(responses)
+            finally:
+                await auditor.aclose()
+
+        if on_failure == "error":
+            with pytest.raises(TeacherFailureError, match="failed on r1:"):
+                asyncio.run(go())
+            return
+        a0, a1 = asyncio.run(go())
+    expected = naive_peak_anchors(responses[0].entropy_T.tolist(), len(responses[0].response_ids), M, C)
+    assert [c.start for c in a0.chunks] == expected and all(len(c.teacher_texts) == N for c in a0.chunks)
+    n1 = len(naive_peak_anchors(responses[1].entropy_T.tolist(), len(responses[1].response_ids), M, C))
+    assert a1.chunks == [] and a1.dropped_anchors == n1 and a1.teacher["failures"] == n1
+    m = auditor.metrics()
+    assert m["audit/dropped_anchors"] == n1 and m["teacher/failures"] == n1 and m["teacher/retries"] == n1
+    assert m["audit/rows_without_audit"] == 1 and m["audit/chunks"] == len(expected)
