@@ -15,6 +15,8 @@ from omniopd_verl import __version__
 SUBCOMMANDS: dict[str, str] = {
     "plugins": "omniopd_verl.cli.plugins",
     "audit": "omniopd_verl.cli.audit",
+    "data": "omniopd_verl.cli.data",
+    "eval": "omniopd_verl.cli.eval",
     "train": "omniopd_verl.cli.train",
 }
 

@@ -1,0 +1,139 @@
+"""Sample answers from a model for chat prompts: transformers (CPU or one GPU, batched) or vLLM.
+
+Both back-ends take chat messages, apply the model's chat template, and return n completions per
+prompt as text. temperature 0 means greedy (then n must be 1). vLLM is imported only when chosen.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from omniopd_verl.errors import ConfigError
+
+
+@dataclass(frozen=True)
+class SamplingSpec:
+    n: int = 1
+    max_new_tokens: int = 1024
+    temperature: float = 0.0
+    top_p: float = 1.0
+    seed: int = 0
+
+    def __post_init__(self):
+        if self.n < 1:
+            raise ConfigError(f"--n must be >= 1, got {self.n}")
+        if self.temperature < 0:
+            raise ConfigError(f"--temperature must be >= 0, got {self.temperature}")
+        if self.temperature == 0 and self.n > 1:
+            raise ConfigError(
+                f"--n {self.n} with --temperature 0 would repeat one greedy answer; set --temperature > 0"
+            )
+        if not 0 < self.top_p <= 1:
+            raise ConfigError(f"--top-p must be in (0, 1], got {self.top_p}")
+
+
+class TransformersGenerator:
+    """Batched `model.generate` with left padding; prompts are sorted by length to waste less padding."""
+
+    name = "transformers"
+
+    def __init__(self, model: str, *, device: str | None = None, batch_size: int = 8, dtype: str = "auto"):
+        import torch
+
+        from omniopd_verl.models import load_causal_lm
+
+        device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+        torch_dtype = {
+            "auto": torch.bfloat16 if device.startswith("cuda") else torch.float32,
+            "float32": torch.float32,
+            "bfloat16": torch.bfloat16,
+            "float16": torch.float16,
+        }
+        if dtype not in torch_dtype:
+            raise ConfigError(f"--dtype {dtype!r} is not one of {sorted(torch_dtype)}")
+        self.model, self.tokenizer = load_causal_lm(model, dtype=torch_dtype[dtype], device=device)
+        self.tokenizer.padding_side = "left"
+        self.device, self.batch_size = device, batch_size
+
+    def generate(self, prompts: list[list[dict]], spec: SamplingSpec) -> list[list[str]]:
+        import torch
+
+        texts = [self.tokenizer.apply_chat_template(p, tokenize=False, add_generation_prompt=True) for p in prompts]
+        order = sorted(range(len(texts)), key=lambda i: len(texts[i]))
+        outputs: list[list[str]] = [[] for _ in texts]
+        torch.manual_seed(spec.seed)
+        for start in range(0, len(order), self.batch_size):
+            idx = order[start : start + self.batch_size]
+            enc = self.tokenizer(
+                [texts[i] for i in idx], return_tensors="pt", padding=True, add_special_tokens=False
+            ).to(self.device)
+            sampling = (
+                {"do_sample": True, "temperature": spec.temperature, "top_p": spec.top_p}
+                if spec.temperature > 0
+                else {"do_sample": False, "temperature": None, "top_p": None, "top_k": None}
+            )
+            with torch.no_grad():
+                out_BT = self.model.generate(
+                    **enc,
+                    max_new_tokens=spec.max_new_tokens,
+                    num_return_sequences=spec.n,
+                    pad_token_id=self.tokenizer.pad_token_id,
+                    **sampling,
+                )
+            new_BT = out_BT[:, enc["input_ids"].shape[1] :]
+            decoded = self.tokenizer.batch_decode(new_BT, skip_special_tokens=True)
+            for j, i in enumerate(idx):
+                outputs[i] = decoded[j * spec.n : (j + 1) * spec.n]
+        return outputs
+
+
+class VLLMGenerator:
+    """vLLM offline inference (`LLM.chat`), for GPU runs; tensor parallel over the visible GPUs."""
+
+    name = "vllm"
+
+    def __init__(
+        self,
+        model: str,
+        *,
+        tensor_parallel_size: int = 1,
+        max_model_len: int | None = None,
+        gpu_memory_utilization: float = 0.85,
+    ):
+        try:
+            from vllm import LLM
+        except ImportError as exc:
+            raise ConfigError(
+                "--backend vllm needs vLLM, which is not installed here: pip install 'omniopd-verl[vllm]' on a "
+                "CUDA machine, or use --backend transformers"
+            ) from exc
+        import os
+
+        from omniopd_verl.models import BUILTIN_MODELS, resolve_model_path
+
+        # built-in names resolve to their converted folder; anything else (a folder or a hub id) goes to vLLM
+        path = resolve_model_path(model) if model in BUILTIN_MODELS or os.path.isdir(model) else model
+        self.llm = LLM(
+            model=path,
+            tensor_parallel_size=tensor_parallel_size,
+            max_model_len=max_model_len,
+            gpu_memory_utilization=gpu_memory_utilization,
+        )
+
+    def generate(self, prompts: list[list[dict]], spec: SamplingSpec) -> list[list[str]]:
+        from vllm import SamplingParams
+
+        params = SamplingParams(
+            n=spec.n, temperature=spec.temperature, top_p=spec.top_p, max_tokens=spec.max_new_tokens, seed=spec.seed
+        )
+        results = self.llm.chat(prompts, params, use_tqdm=False)
+        return [[o.text for o in r.outputs] for r in results]
+
+
+BACKENDS = {"transformers": TransformersGenerator, "vllm": VLLMGenerator}
+
+
+def make_generator(backend: str, model: str, **options):
+    if backend not in BACKENDS:
+        raise ConfigError(f"--backend {backend!r} is not one of {sorted(BACKENDS)}")
+    return BACKENDS[backend](model, **options)
