@@ -32,6 +32,7 @@ from omniopd_verl.audit.types import ChunkAudit, ResponseAudit, StudentResponse
 from omniopd_verl.config import OmniOPDConfig
 from omniopd_verl.core import check_anchors, chunk_prior_mean, dirichlet_posterior_mean, soft_acceptance
 from omniopd_verl.errors import GuardError, OmniOPDError
+from omniopd_verl.schedulers import AllPositionsScheduler
 from omniopd_verl.teachers.base import TeacherRequest, TeacherResult
 
 # Teacher counters reported per step as deltas of the backend's cumulative metrics.
@@ -213,7 +214,7 @@ class Auditor:
             "audit/token_fraction": s.audited_tokens / s.response_tokens if s.response_tokens else 0.0,
             "audit/dropped_anchors": float(s.dropped_anchors),
             "audit/k_sem_inside_frac": s.k_sem_inside / s.chunks if s.chunks else 0.0,
-            "audit/seconds": s.seconds,
+            "audit/seconds": s.seconds,  # summed over audit()/audit_one() calls (concurrent calls overlap)
         }
         for name, values in (("pi_hat", s.pi_hat), ("k_sem_frac", s.k_sem_frac), ("prior_mean", s.prior_mean)):
             if values:
@@ -254,8 +255,9 @@ class Auditor:
             r.entropy_T, T, cfg.chunks, cfg.chunk_len, seed=stable_seed(cfg.seed, r.uid, "scheduler")
         )
         anchors = list(anchors)
-        # the "all" baseline ignores M by design; every other scheduler must respect it
-        check_anchors(anchors, T, cfg.chunk_len, None if cfg.scheduler == "all" else cfg.chunks)
+        # the "all positions" baseline ignores M by design; every other scheduler must respect it
+        uncapped = isinstance(self.scheduler, AllPositionsScheduler)
+        check_anchors(anchors, T, cfg.chunk_len, None if uncapped else cfg.chunks)
         text = ResponseText(self.tokenizer, r.response_ids)
         messages = tuple(dict(m) for m in r.prompt_messages) if r.prompt_messages is not None else None
         requests = [

@@ -311,3 +311,25 @@ def test_http_teacher_failure_after_retries(tok, on_failure):
     m = auditor.metrics()
     assert m["audit/dropped_anchors"] == n1 and m["teacher/failures"] == n1 and m["teacher/retries"] == n1
     assert m["audit/rows_without_audit"] == 1 and m["audit/chunks"] == len(expected)
+
+
+class OverlappingScheduler:
+    """A broken third-party scheduler: its anchors overlap. The Auditor must refuse them."""
+
+    needs_entropy = False
+
+    def select(self, entropy_T, response_len, chunks, chunk_len, *, seed):
+        return [0, chunk_len - 1]
+
+
+def test_scheduler_output_is_guarded_and_all_positions_ignores_m(tok):
+    r = make_response(tok, "r0", TEXTS[0], 0)
+    bad = Auditor(
+        make_config(), tok, teacher=ScriptedTeacher(), similarity=CountingNED(), scheduler=OverlappingScheduler()
+    )
+    with pytest.raises(GuardError, match="overlaps"):
+        asyncio.run(bad.audit_one(r))
+    every = Auditor(make_config(scheduler="all"), tok, teacher=ScriptedTeacher(), similarity=CountingNED())
+    a = asyncio.run(every.audit_one(r))
+    T = len(r.response_ids)
+    assert [c.start for c in a.chunks] == list(range(0, T - C + 1, C)) and len(a.chunks) > M
