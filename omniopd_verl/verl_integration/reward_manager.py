@@ -6,8 +6,9 @@ runs here). The `omniopd_agent` loop has already put the student's per-token log
 into `extra_fields['omniopd_student']` (they arrive here as `tool_extra_fields`). This manager:
 1. rebuilds the `StudentResponse` (prompt text exactly as the student saw it, response ids);
 2. runs the real `Auditor` (scheduler -> teacher -> similarity -> pi_hat), one per process;
-3. optionally scores the task with verl's scorer (custom `reward.custom_reward_function` or
-   `default_compute_score`) when `omniopd.task_reward_weight` > 0;
+3. scores the task with verl's scorer (custom `reward.custom_reward_function` or
+   `default_compute_score`) when the sample has a ground truth: mixed into the scores with weight
+   `omniopd.task_reward_weight` (required when > 0), otherwise only reported as `acc`;
 4. returns the dense per-token scores in `reward_extra_info['omniopd_token_scores']`, which
    `OmniOPDAgentLoopOutput.as_dict()` turns into `rm_scores`; every other extra value is a scalar.
 """
@@ -39,6 +40,7 @@ class OmniOPDRewardManager(RewardManagerBase):
     omniopd = None  # OmniOPDConfig
     auditor = None  # omniopd_verl.audit.Auditor
     _audited = 0
+    _task_score_failed = False
 
     def __init__(
         self,
@@ -133,6 +135,13 @@ class OmniOPDRewardManager(RewardManagerBase):
             task = await self._task_reward(item, valid_response)
             task_B = torch.tensor([task], dtype=torch.float32)
             info["acc"] = task
+        elif self._has_ground_truth(item) and not type(self)._task_score_failed:
+            # not trained on (lambda = 0), only reported: verl's validation metrics then show accuracy
+            try:
+                info["acc"] = await self._task_reward(item, valid_response)
+            except Exception as exc:  # noqa: BLE001 - a scorer that cannot score this data only loses the metric
+                type(self)._task_score_failed = True
+                logger.warning("OmniOPD: task accuracy is not reported (the scorer failed: %r)", exc)
         scores_T = dense_token_scores(credit, task_B, cfg.task_reward_weight)[0]
 
         weights = [c.weight for c in audit.chunks]
@@ -148,6 +157,11 @@ class OmniOPDRewardManager(RewardManagerBase):
         )
         self._log_metrics()
         return {"reward_score": float(scores_T.sum()), "reward_extra_info": info}
+
+    @staticmethod
+    def _has_ground_truth(item) -> bool:
+        reward_model = item.non_tensor_batch.get("reward_model", None)
+        return isinstance(reward_model, dict) and reward_model.get("ground_truth") is not None
 
     async def _task_reward(self, item, valid_response: list[int]) -> float:
         """The verified task reward through verl's scorer, as the naive manager computes it."""
