@@ -69,8 +69,9 @@ latest_checkpoint() {
   printf '%s/global_step_%s\n' "${root}" "${step}"
 }
 
-# eval_model MODEL_DIR OUT_DIR: the math benchmarks with vLLM: greedy pass@1 on all seven, and
-# avg@16 / pass@k at temperature 0.6 on the small competition sets (AIME 24/25, AMC 23).
+# eval_model MODEL_DIR OUT_DIR: with vLLM, greedy pass@1 on the seven math benchmarks, avg@16 /
+# pass@k at temperature 0.6 on the small competition sets (AIME 24/25, AMC 23), and greedy pass@1 on
+# HumanEval and MBPP (sandboxed tests). JSON reports land in OUT_DIR.
 eval_model() {
   local model_dir="$1" out_dir="$2"
   omniopd-verl eval --model "${model_dir}" --backend vllm --benchmarks math \
@@ -78,6 +79,8 @@ eval_model() {
   omniopd-verl eval --model "${model_dir}" --backend vllm --benchmarks aime24,aime25,amc23 \
     --n 16 --temperature 0.6 --top-p 0.95 --pass-k 1,8,16 \
     --max-new-tokens "${EVAL_MAX_NEW_TOKENS:-4096}" --output "${out_dir}/eval_avg16.json"
+  omniopd-verl eval --model "${model_dir}" --backend vllm --benchmarks code \
+    --max-new-tokens "${EVAL_MAX_NEW_TOKENS:-4096}" --output "${out_dir}/eval_code.json"
 }
 
 # merge_and_eval BACKEND(fsdp|megatron) CKPT_ROOT OUT_DIR: merge the latest actor checkpoint into a
