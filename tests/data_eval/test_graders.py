@@ -102,3 +102,24 @@ def test_summarize_reports_pass_and_avg():
         pass_at_k(4, 1, 5)
     with pytest.raises(ValueError, match="same number of samples"):
         summarize([[True], [True, False]])
+
+
+def test_verl_reward_function_loads_by_pkg_path_and_scores_math_and_code(benchmarks_dir):
+    """The recipes' reward.custom_reward_function, loaded the way verl loads it."""
+    from verl.utils.import_utils import load_extern_object
+
+    from omniopd_verl.data import benchmarks
+    from omniopd_verl.data.verl_format import ground_truth
+
+    compute_score = load_extern_object("pkg://omniopd_verl.eval.reward", "compute_score")
+    assert compute_score("gsm8k", "so \\boxed{18}", "18", {}) == 1.0
+    assert compute_score("amc23", "\\boxed{27}", "27.0", {}) == 1.0
+    assert compute_score("gsm8k", "\\boxed{17}", "18", {}) == 0.0
+    he = benchmarks.load("humaneval", benchmarks_dir)[0]
+    truth, style = ground_truth(he, "code")
+    assert style == "code"
+    assert compute_score("humaneval", he.extra["canonical_solution"], truth, {}) == 1.0
+    assert compute_score("humaneval", "    return 42\n", truth, {}) == 0.0
+    mb = benchmarks.load("mbpp_sanitized", benchmarks_dir)[0]
+    mb_truth, _ = ground_truth(mb, "code")
+    assert compute_score("mbpp_sanitized", "```python\n" + mb.extra["code"] + "\n```", mb_truth, {}) == 1.0
