@@ -9,6 +9,7 @@ from __future__ import annotations
 import subprocess
 import sys
 import textwrap
+from pathlib import Path
 
 import pytest
 from omegaconf import OmegaConf
@@ -141,3 +142,12 @@ def test_main_ppo_composes_the_packaged_config_itself():
     cfg = OmegaConf.create(out.stdout)
     assert cfg.omniopd.alpha == 3.5 and cfg.algorithm.adv_estimator == "omniopd"
     assert cfg.actor_rollout_ref.rollout.agent.agent_loop_config_path.endswith("agent_loops.yaml")
+
+
+def test_local_engine_is_delegated_and_takes_a_config_file(capsys):
+    rc = main(["train", "--engine", "local", "--config-name", "fsdp"])
+    assert rc == 2 and "--config FILE.yaml" in capsys.readouterr().err
+    recipe = Path(__file__).resolve().parents[2] / "recipes" / "quickstart_cpu" / "quickstart_cpu.yaml"
+    rc = main(["train", "--engine", "local", "--dry-run", "--config", str(recipe)])
+    out = capsys.readouterr().out
+    assert rc == 0 and "OmniOPDConfig" in out  # the local engine's own resolved run config
