@@ -12,7 +12,8 @@ The conversation is `request.prompt_messages` when the engine has them, otherwis
 with `request.prompt_text`. A `teacher_context` (privileged text for the teacher only) becomes a system
 message (CONTEXT_SYSTEM_TEMPLATE), merged with an existing system message.
 
-Reasoning/thinking is off: nothing enables Anthropic thinking, and Gemini/other reasoning models get
+top_p is sent only when below 1.0 (1.0 is every API's default, and recent Claude models reject
+temperature and top_p together). Reasoning/thinking is off: nothing enables Anthropic thinking, and Gemini/other reasoning models get
 `reasoning_effort="disable"` (option `reasoning_effort`, null to send nothing). Providers whose litellm
 parameters include `n` get one call for all N samples; the others get N parallel calls (seed+j).
 Calls go through litellm's `acompletion` with its own retries off (max_retries=0): retries, backoff,
@@ -125,11 +126,12 @@ class LiteLLMTeacher(ReliableTeacher):
             messages=plan.content["messages"],
             max_tokens=plan.max_tokens,
             temperature=self.config.temperature,
-            top_p=self.config.top_p,
             timeout=self.config.timeout_s,
             max_retries=0,
             drop_params=True,
         )
+        if self.config.top_p < 1.0:  # 1.0 is every API's default; recent Claude models refuse both knobs at once
+            kwargs["top_p"] = self.config.top_p
         if self.config.api_base:
             kwargs["api_base"] = self.config.api_base
         if self.api_key:

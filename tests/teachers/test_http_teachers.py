@@ -109,6 +109,7 @@ def test_happy_path_sends_the_prefix_and_returns_n_samples(fmt):
             assert all(t.startswith("w") for r in results for t in r.texts)
             assert any("Reference: 42" in b.get("system", [{}])[0].get("text", "") for b in bodies if b.get("system"))
             assert all(q.headers["x-api-key"] == KEY for q in server.requests)
+            assert all(b["temperature"] == 1.0 and "top_p" not in b and "seed" not in b for b in bodies), bodies
         if fmt != "anthropic":
             assert all(q.headers["authorization"] == f"Bearer {KEY}" for q in server.requests)
 
