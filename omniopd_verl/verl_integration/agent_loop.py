@@ -51,9 +51,10 @@ class OmniOPDAgentLoopOutput(AgentLoopOutput):
             raise GuardError(f"{len(scores)} dense scores for a response of {len(self.response_ids)} tokens")
         out = super().as_dict()
         out["rm_scores"] = torch.tensor(scores, dtype=torch.float32)
-        # keep only scalars in what verl stores and logs: the per-token list now lives in rm_scores
+        # keep only scalars in what verl stores and logs: the per-token scores now live in rm_scores
         extra = dict(out.get("extra_fields") or {})
         extra["reward_extra_info"] = {k: v for k, v in info.items() if k != TOKEN_SCORES_KEY}
+        extra.pop(STUDENT_KEY, None)  # consumed by the reward manager; 2 x T floats per row need not reach TQ
         out["extra_fields"] = extra
         return out
 

@@ -200,6 +200,7 @@ def test_dense_scores_land_on_exactly_the_audited_tokens(ray_session, tiny_model
             assert -1e-4 <= k_sem <= N + 1e-4, (a, float(chunk[0]), pi_bar)
         info = fields["extra_fields"]["reward_extra_info"]
         assert "omniopd_token_scores" not in info and info["omniopd/chunks"] == len(anchors)
+        assert "omniopd_student" not in fields["extra_fields"]  # per-token lists stay out of TransferQueue
         assert info["omniopd/entropy_source"] == "rollout_topk"
         assert info["acc"] in (0.0, 1.0)  # verl's gsm8k scorer, reported (lambda = 0: not mixed in)
         rows_scores.append(rm_scores)
