@@ -15,6 +15,7 @@ into `extra_fields['omniopd_student']` (they arrive here as `tool_extra_fields`)
 
 from __future__ import annotations
 
+import asyncio
 import inspect
 import logging
 import os
@@ -173,7 +174,9 @@ class OmniOPDRewardManager(RewardManagerBase):
                 "omniopd.task_reward_weight > 0 needs a ground truth per sample (dataset column "
                 "reward_model.ground_truth), but this sample has none"
             )
-        solution = await self.loop.run_in_executor(
+        # the running loop, not self.loop (captured at construction): correct under any event loop
+        loop = asyncio.get_running_loop()
+        solution = await loop.run_in_executor(
             None, lambda: self.tokenizer.decode(valid_response, skip_special_tokens=True)
         )
         kwargs = dict(
@@ -185,7 +188,7 @@ class OmniOPDRewardManager(RewardManagerBase):
         if self.is_async_reward_score:
             result = await self.compute_score(**kwargs)
         else:
-            result = await self.loop.run_in_executor(None, lambda: self.compute_score(**kwargs))
+            result = await loop.run_in_executor(None, lambda: self.compute_score(**kwargs))
         return float(result["score"] if isinstance(result, dict) else result)
 
     @classmethod

@@ -1,0 +1,114 @@
+"""The `omniopd` reward manager in-process (no Ray): task-reward mixing and its refusals.
+
+Real Auditor with an `openai_completions` teacher over HTTP on 127.0.0.1, SmolLM2's tokenizer, verl's
+gsm8k scorer; the manager is built by verl's own `load_reward_manager`, as a RewardLoopWorker does.
+Independent check: with lambda > 0 the scores are the lambda = 0 scores plus lambda * R_task on every
+response token, where R_task is verl's `default_compute_score` called directly.
+"""
+
+from __future__ import annotations
+
+import asyncio
+
+import numpy as np
+import pytest
+import torch
+import verl  # noqa: F401 - registers the reward manager through the entry point
+from omegaconf import OmegaConf
+
+PROMPT = "Janet has 3 apples and buys 4 more. How many apples?"
+
+
+def build_manager(tiny_model_path, teacher_url, overrides):
+    from verl.trainer.ppo.reward import load_reward_manager
+    from verl.utils import hf_tokenizer
+
+    from omniopd_verl.cli.train import compose_verl_config, config_location
+    from omniopd_verl.verl_integration.reward_manager import OmniOPDRewardManager
+
+    cfg = compose_verl_config(
+        *config_location(None, "fsdp"),
+        [
+            f"actor_rollout_ref.model.path={tiny_model_path}",
+            "omniopd.chunks=2",
+            "omniopd.samples=2",
+            "omniopd.chunk_len=4",
+            "omniopd.scheduler=uniform",  # no entropies needed: the manager must cope without them
+            "omniopd.similarity=ned",
+            "omniopd.teacher.model=local-teacher",
+            f"omniopd.teacher.api_base={teacher_url}",
+            *overrides,
+        ],
+    )
+    OmegaConf.resolve(cfg)
+    OmniOPDRewardManager._class_initialized = False  # a fresh Auditor per config (one per process in verl)
+    manager = load_reward_manager(cfg, hf_tokenizer(tiny_model_path))
+    assert isinstance(manager, OmniOPDRewardManager)
+    return manager
+
+
+def trajectory(tokenizer, response_text, *, student=True, ground_truth="7"):
+    from verl.protocol import DataProto
+
+    prompt_ids = tokenizer.apply_chat_template([{"role": "user", "content": PROMPT}], add_generation_prompt=True)
+    prompt_ids = list(prompt_ids["input_ids"] if hasattr(prompt_ids, "keys") else prompt_ids)
+    response_ids = tokenizer(response_text, add_special_tokens=False)["input_ids"]
+    T = len(response_ids)
+    extra = {"omniopd_student": {"logprobs": [-0.5] * T, "entropy": None, "entropy_source": "rollout_topk"}}
+    non_tensors = {
+        "raw_prompt": np.array([[{"role": "user", "content": PROMPT}]], dtype=object),
+        "uid": np.array(["u0"], dtype=object),
+        "data_source": np.array(["openai/gsm8k"], dtype=object),
+        "reward_model": np.array([{"ground_truth": ground_truth} if ground_truth else {}], dtype=object),
+        "extra_info": np.array([{}], dtype=object),
+        "tool_extra_fields": np.array([extra if student else {}], dtype=object),
+    }
+    prompts = torch.tensor([prompt_ids])
+    responses = torch.tensor([response_ids])
+    return (
+        DataProto.from_dict(
+            tensors={
+                "prompts": prompts,
+                "responses": responses,
+                "attention_mask": torch.ones(1, prompts.shape[1] + T, dtype=torch.long),
+            },
+            non_tensors=non_tensors,
+        ),
+        response_text,
+    )
+
+
+def test_task_reward_is_mixed_in_with_its_weight(tiny_model_path):
+    from verl.utils.reward_score import default_compute_score
+
+    from omniopd_verl.serving.openai_compat import ScriptedGenerator, serve_openai_compat
+
+    with serve_openai_compat(generator=ScriptedGenerator(words=4)) as teacher:
+        m0 = build_manager(tiny_model_path, teacher.url, [])
+        data, text = trajectory(m0.tokenizer, "We add 3 and 4 to get 7. The answer is #### 7")
+        r0 = asyncio.run(m0.run_single(data))
+        m1 = build_manager(tiny_model_path, teacher.url, ["omniopd.task_reward_weight=0.5"])
+        r1 = asyncio.run(m1.run_single(data))
+    task = default_compute_score("openai/gsm8k", text, "7")
+    task = float(task["score"] if isinstance(task, dict) else task)
+    assert task == 1.0  # a solved answer, so the mixing is visible
+    s0 = torch.tensor(r0["reward_extra_info"]["omniopd_token_scores"])
+    s1 = torch.tensor(r1["reward_extra_info"]["omniopd_token_scores"])
+    assert (s0 > 0).sum() == 2 * 4  # two uniform chunks of C = 4 tokens
+    torch.testing.assert_close(s1, s0 + 0.5 * task, rtol=0, atol=1e-6)
+    assert r0["reward_extra_info"]["acc"] == task  # reported at lambda = 0, not mixed in
+    assert r1["reward_score"] == pytest.approx(float(s1.sum()))
+
+
+def test_refusals_name_what_is_missing(tiny_model_path):
+    from omniopd_verl.errors import GuardError
+    from omniopd_verl.serving.openai_compat import ScriptedGenerator, serve_openai_compat
+
+    with serve_openai_compat(generator=ScriptedGenerator(words=4)) as teacher:
+        manager = build_manager(tiny_model_path, teacher.url, ["omniopd.task_reward_weight=1.0"])
+        data, _ = trajectory(manager.tokenizer, "seven apples in total", student=False)
+        with pytest.raises(GuardError, match="default_agent_loop=omniopd_agent"):
+            asyncio.run(manager.run_single(data))
+        data, _ = trajectory(manager.tokenizer, "seven apples in total", ground_truth=None)
+        with pytest.raises(GuardError, match="reward_model.ground_truth"):
+            asyncio.run(manager.run_single(data))
