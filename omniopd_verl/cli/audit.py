@@ -171,61 +171,67 @@ def _audit(args, config, rows) -> int:
     from omniopd_verl.models import load_causal_lm
     from omniopd_verl.student import score_responses
 
-    t0 = time.perf_counter()
     model, tokenizer = load_causal_lm(args.student)
-    scored = []
-    step = 16
-    with tqdm(total=len(rows), desc="student", unit="resp", file=sys.stderr) as bar:
-        for lo in range(0, len(rows), step):
-            part = rows[lo : lo + step]
-            scored += score_responses(
-                model,
-                tokenizer,
-                [r["prompt"] for r in part],
-                [r["response"] for r in part],
-                max_batch_tokens=args.batch_tokens,
-            )
-            bar.update(len(part))
-    t_student = time.perf_counter() - t0
-    responses = [
-        StudentResponse(
-            uid=row["id"],
-            prompt_text=s.prompt_text,
-            response_ids=s.response_ids,
-            logprobs_T=s.logprobs_T,
-            entropy_T=s.entropy_T,
-            entropy_source="exact",
-            prompt_messages=row["prompt"] if isinstance(row["prompt"], list) else None,
-            teacher_context=row["teacher_context"],
-        )
-        for row, s in zip(rows, scored, strict=True)
-    ]
+    step = 16  # rows per student scoring call; their audits start while the next rows are scored
 
-    async def audit_all():
+    async def pipeline():
+        # the teacher is built before any scoring, so a bad teacher setting fails at once
         auditor = Auditor(config, tokenizer)
+        responses: list[StudentResponse] = []
+        results: dict[str, Any] = {}
+        tasks: list[asyncio.Future] = []
+        seconds_student = 0.0
         try:
-            results: dict[str, Any] = {}
+            with (
+                tqdm(total=len(rows), desc="student", unit="resp", file=sys.stderr, position=0) as student_bar,
+                tqdm(total=len(rows), desc="audit", unit="resp", file=sys.stderr, position=1) as audit_bar,
+            ):
 
-            async def one(r):
-                results[r.uid] = await auditor.audit_one(r)
+                async def one(r: StudentResponse) -> None:
+                    results[r.uid] = await auditor.audit_one(r)
+                    audit_bar.update(1)
 
-            tasks = [asyncio.ensure_future(one(r)) for r in responses]
-            try:
-                with tqdm(total=len(tasks), desc="audit", unit="resp", file=sys.stderr) as bar:
-                    for fut in asyncio.as_completed(tasks):
-                        await fut
-                        bar.update(1)
-            except BaseException:
-                for t in tasks:
-                    t.cancel()
-                await asyncio.gather(*tasks, return_exceptions=True)
-                raise
-            return [results[r.uid] for r in responses], auditor.metrics()
+                for lo in range(0, len(rows), step):
+                    part = rows[lo : lo + step]
+                    t0 = time.perf_counter()
+                    scored = await asyncio.to_thread(
+                        score_responses,
+                        model,
+                        tokenizer,
+                        [r["prompt"] for r in part],
+                        [r["response"] for r in part],
+                        max_batch_tokens=args.batch_tokens,
+                    )
+                    seconds_student += time.perf_counter() - t0
+                    for row, s in zip(part, scored, strict=True):
+                        r = StudentResponse(
+                            uid=row["id"],
+                            prompt_text=s.prompt_text,
+                            response_ids=s.response_ids,
+                            logprobs_T=s.logprobs_T,
+                            entropy_T=s.entropy_T,
+                            entropy_source="exact",
+                            prompt_messages=row["prompt"] if isinstance(row["prompt"], list) else None,
+                            teacher_context=row["teacher_context"],
+                        )
+                        responses.append(r)
+                        tasks.append(asyncio.ensure_future(one(r)))
+                    student_bar.update(len(part))
+                    for t in tasks:  # surface a failed audit now, not after scoring everything
+                        if t.done() and t.exception() is not None:
+                            raise t.exception()
+                await asyncio.gather(*tasks)
+        except BaseException:
+            for t in tasks:
+                t.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+            raise
         finally:
             await auditor.aclose()
+        return responses, [results[r.uid] for r in responses], auditor.metrics(), seconds_student
 
     t1 = time.perf_counter()
-    audits, metrics = asyncio.run(audit_all())
+    responses, audits, metrics, t_student = asyncio.run(pipeline())
     t_audit = time.perf_counter() - t1
 
     records = [_record(a, config) for a in audits]
@@ -299,7 +305,8 @@ def _summary(records, metrics, config, t_student, t_audit) -> dict[str, str]:
         "teacher": f"calls {int(total('calls'))}, retries {int(total('retries'))}, failures {int(total('failures'))}, "
         f"cache hits {int(total('cache_hits'))}, tokens {int(total('prompt_tokens'))} in / "
         f"{int(total('completion_tokens'))} out, cost ${total('cost_usd'):.4f}",
-        "time": f"student {t_student:.1f}s, audit {t_audit:.1f}s (similarity {metrics.get('similarity/seconds', 0.0):.1f}s)",
+        "time": f"{t_audit:.1f}s for scoring and audit together (student scoring {t_student:.1f}s, "
+        f"similarity {metrics.get('similarity/seconds', 0.0):.1f}s)",
     }
 
 

@@ -188,6 +188,7 @@ def test_audit_cli_end_to_end(tmp_path, rows, teacher_server, smollm2_path, caps
         (["--alpha", "-1"], "omniopd.alpha=-1.0 is invalid"),
         (["--similarity", "cosine"], "omniopd.similarity='cosine' is not an installed similarity plugin"),
         (["--teacher-option", "novalue"], "--teacher-option 'novalue' is invalid: allowed KEY=VALUE"),
+        ([], "api_base=None are invalid for the openai_completions teacher"),  # from the teacher plugin
     ],
 )
 def test_bad_flags_exit_2_with_the_config_message(tmp_path, rows, flags, message, capsys):
