@@ -35,6 +35,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--batch-size", type=int, default=8, help="transformers back-end batch size")
     parser.add_argument("--device", default=None, help="transformers back-end device (default cuda if available)")
     parser.add_argument("--dtype", default="auto", help="transformers: auto | float32 | bfloat16 | float16")
+    parser.add_argument(
+        "--cpu-threads",
+        type=int,
+        default=None,
+        help="transformers on CPU: torch threads (default torch's; 1 is much faster on a busy machine)",
+    )
     parser.add_argument("--tensor-parallel-size", type=int, default=1, help="vllm back-end")
     parser.add_argument("--max-model-len", type=int, default=None, help="vllm back-end")
     parser.add_argument("--code-timeout", type=float, default=10.0, help="seconds per code test program")
@@ -76,7 +82,17 @@ def run(args: argparse.Namespace) -> int:
     if args.backend == "vllm":
         options = {"tensor_parallel_size": args.tensor_parallel_size, "max_model_len": args.max_model_len}
     else:
-        options = {"batch_size": args.batch_size, "device": args.device, "dtype": args.dtype}
+        options = {
+            "batch_size": args.batch_size,
+            "device": args.device,
+            "dtype": args.dtype,
+            "cpu_threads": args.cpu_threads,
+        }
+    previous_threads = None
+    if args.backend != "vllm" and args.cpu_threads is not None:
+        import torch
+
+        previous_threads = torch.get_num_threads()  # restored below: run() may be called in-process
     generator = make_generator(args.backend, args.model, **options)
 
     gen_file = open(args.save_generations, "w", encoding="utf-8") if args.save_generations else None  # noqa: SIM115
@@ -104,6 +120,8 @@ def run(args: argparse.Namespace) -> int:
         if gen_file:
             gen_file.close()
         math_grader.shutdown_pool()
+        if previous_threads is not None:
+            torch.set_num_threads(previous_threads)
     report["model"] = args.model
     print(format_table(report))
     print(json.dumps(report, indent=2))
