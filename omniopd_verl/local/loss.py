@@ -136,7 +136,9 @@ class _LogprobAndCross(torch.autograd.Function):
     def forward(ctx, logits_BTV, ids_BT, probs_BTV):
         lse_BT = torch.logsumexp(logits_BTV, dim=-1)
         logprob_BT = logits_BTV.gather(-1, ids_BT.unsqueeze(-1)).squeeze(-1) - lse_BT
-        cross_BT = torch.einsum("btv,btv->bt", probs_BTV, logits_BTV) - lse_BT
+        # not einsum: on CPU its bmm path loses ~1e-4 relative here (a +0.003 nat/token KL bias measured
+        # on SmolLM2 logits); an elementwise product summed in float32 is accurate to ~1e-6
+        cross_BT = (probs_BTV * logits_BTV).sum(dim=-1) - lse_BT
         ctx.save_for_backward(logits_BTV, ids_BT, probs_BTV, lse_BT)
         return logprob_BT, cross_BT
 
