@@ -10,10 +10,10 @@ L = L_chunk + beta * L_KL, per sequence, aggregated by verl's `agg_loss` (`seq-m
   float32, against a frozen copy of the initial student; audited tokens contribute exactly 0. This is
   what stock verl cannot do (its reference worker returns sampled-token log-probs only).
 
-Speed: with lse = logsumexp(logits), KL_t = sum_v p_ref log p_ref - sum_v p_ref logits + lse (as
-sum_v p_ref = 1). The first term and p_ref need no gradient and are computed in the reference stage
-(`reference_terms`); the update needs one logsumexp and one dot product per position forward and one
-fused pass backward (`_LogprobAndCross`): the same vocabulary-sized work as a cross-entropy.
+Speed and precision: KL_t = sum_v p_ref (ref_logits - logits) - lse_ref + lse (as sum_v p_ref = 1).
+p_ref and lse_ref need no gradient and come from the reference stage (`reference_terms`); the update
+needs one logsumexp and one weighted sum of logit differences per position forward and one fused pass
+backward (`_LogprobAndKL`): the same vocabulary-sized work as a cross-entropy.
 """
 
 from __future__ import annotations
@@ -109,52 +109,55 @@ def exact_kl_BT(ref_logits_BTV: torch.Tensor, logits_BTV: torch.Tensor) -> torch
 
 @dataclass
 class ReferenceTerms:
-    """What the KL needs from pi_ref, computed once without gradient: p_ref and sum_v p_ref log p_ref."""
+    """What the KL needs from pi_ref, computed once without gradient: its logits, p_ref and logsumexp."""
 
+    logits_BTV: torch.Tensor
     probs_BTV: torch.Tensor
-    neg_entropy_BT: torch.Tensor
+    lse_BT: torch.Tensor
 
 
 @torch.no_grad()
 def reference_terms(ref_logits_BTV: torch.Tensor) -> ReferenceTerms:
-    logp = torch.log_softmax(ref_logits_BTV.float(), dim=-1)
-    probs = logp.exp()
-    # p log p with p == 0 (a -inf logit) is 0, not nan
-    plogp = torch.where(probs > 0, probs * logp, torch.zeros_like(logp))
-    return ReferenceTerms(probs_BTV=probs, neg_entropy_BT=plogp.sum(dim=-1))
+    logits = ref_logits_BTV.float()
+    lse = torch.logsumexp(logits, dim=-1)
+    return ReferenceTerms(logits_BTV=logits, probs_BTV=torch.sub(logits, lse.unsqueeze(-1)).exp_(), lse_BT=lse)
 
 
-class _LogprobAndCross(torch.autograd.Function):
-    """(log p(y_t), sum_v p_ref log p) per position from logits, with one fused backward pass.
+class _LogprobAndKL(torch.autograd.Function):
+    """(log p(y_t), KL(p_ref || p)) per position from the student's logits, with one fused backward pass.
 
-    Forward: lse = logsumexp(logits); log p(y) = logits[y] - lse; cross = p_ref . logits - lse.
-    Backward: d/dlogits = g_lp * (onehot_y - softmax) + g_cross * (p_ref - softmax), written into one
-    buffer in place: the same vocabulary-sized work as a cross-entropy's backward.
+    Forward: lse = logsumexp(logits); log p(y) = logits[y] - lse;
+             KL = sum_v p_ref (ref_logits - logits) - lse_ref + lse.
+    The KL is summed over DIFFERENCES of logits, which are small where p_ref has its mass: a form such as
+    sum p_ref log p_ref - sum p_ref logits + lse cancels numbers of ~30 in float32 and was off by
+    5e-5..3e-3 nat/token on real SmolLM2 logits (3e-3 with einsum's CPU path); this one is exact to ~1e-6.
+    Backward: d/dlogits = g_lp * (onehot_y - softmax) + g_kl * (softmax - p_ref), written into one buffer
+    in place: the same vocabulary-sized work as a cross-entropy's backward.
     """
 
     @staticmethod
-    def forward(ctx, logits_BTV, ids_BT, probs_BTV):
+    def forward(ctx, logits_BTV, ids_BT, ref_logits_BTV, probs_BTV, ref_lse_BT):
         lse_BT = torch.logsumexp(logits_BTV, dim=-1)
         logprob_BT = logits_BTV.gather(-1, ids_BT.unsqueeze(-1)).squeeze(-1) - lse_BT
-        # not einsum: on CPU its bmm path loses ~1e-4 relative here (a +0.003 nat/token KL bias measured
-        # on SmolLM2 logits); an elementwise product summed in float32 is accurate to ~1e-6
-        cross_BT = (probs_BTV * logits_BTV).sum(dim=-1) - lse_BT
+        diff = torch.sub(ref_logits_BTV, logits_BTV).mul_(probs_BTV)
+        kl_BT = diff.sum(dim=-1) - ref_lse_BT + lse_BT
+        del diff
         ctx.save_for_backward(logits_BTV, ids_BT, probs_BTV, lse_BT)
-        return logprob_BT, cross_BT
+        return logprob_BT, kl_BT
 
     @staticmethod
-    def backward(ctx, g_lp_BT, g_cross_BT):
+    def backward(ctx, g_lp_BT, g_kl_BT):
         logits_BTV, ids_BT, probs_BTV, lse_BT = ctx.saved_tensors
         grad = torch.sub(logits_BTV, lse_BT.unsqueeze(-1)).exp_()  # softmax
-        grad.mul_(-(g_lp_BT + g_cross_BT).unsqueeze(-1))
-        grad.addcmul_(probs_BTV, g_cross_BT.unsqueeze(-1))
+        grad.mul_((g_kl_BT - g_lp_BT).unsqueeze(-1))
+        grad.addcmul_(probs_BTV, -g_kl_BT.unsqueeze(-1))
         grad.scatter_add_(-1, ids_BT.unsqueeze(-1), g_lp_BT.unsqueeze(-1))
-        return grad, None, None
+        return grad, None, None, None, None
 
 
-def logprob_and_cross(logits_BTV: torch.Tensor, ids_BT: torch.Tensor, probs_BTV: torch.Tensor):
-    """log pi_theta(y_t | s_t) and sum_v p_ref(v) log pi_theta(v | s_t), float32, differentiable in logits."""
-    return _LogprobAndCross.apply(logits_BTV.float(), ids_BT, probs_BTV.float())
+def logprob_and_kl(logits_BTV: torch.Tensor, ids_BT: torch.Tensor, ref: ReferenceTerms):
+    """log pi_theta(y_t | s_t) and KL(pi_ref || pi_theta) at each position, float32, differentiable in logits."""
+    return _LogprobAndKL.apply(logits_BTV.float(), ids_BT, ref.logits_BTV, ref.probs_BTV, ref.lse_BT)
 
 
 @dataclass
@@ -217,15 +220,13 @@ def omniopd_loss(
     actor_config.global_batch_info.update(
         dp_size=1, global_batch_size=global_batch_size, batch_num_tokens=batch_num_tokens
     )
-    logprob_BT, cross_BT = logprob_and_cross(logits_BTV, response_ids_BT, ref.probs_BTV)
+    logprob_BT, kl_BT = logprob_and_kl(logits_BTV, response_ids_BT, ref)
     mask_BT = response_mask_BT.to(logprob_BT.dtype)
     advantage_BT = advantage_BT.to(logprob_BT.dtype)
     policy_loss_fn = core_algos.get_policy_loss_fn(actor_config.policy_loss.loss_mode)
     pg_loss, pg_metrics = policy_loss_fn(
         logprob_BT.detach(), logprob_BT, advantage_BT, mask_BT, mode, actor_config, None
     )
-    # KL(p_ref || p) = sum p_ref log p_ref - sum p_ref log p
-    kl_BT = ref.neg_entropy_BT - cross_BT
     kl_mat_BT = kl_BT * unaudited_mask_BT.to(kl_BT.dtype) * mask_BT
     agg = dict(loss_agg_mode=mode, **actor_config.global_batch_info)
     kl_loss = core_algos.agg_loss(loss_mat=kl_mat_BT, loss_mask=mask_BT, **agg)

@@ -169,8 +169,8 @@ def test_exact_kl_is_accurate_at_a_real_vocabulary_and_logit_scale():
     has (an einsum-based dot product was off by ~0.003 nat/token at this scale on CPU)."""
     g = torch.Generator().manual_seed(7)
     Vr = 49152
-    logits = torch.randn(2, 8, Vr, generator=g) * 4.0
-    logits[..., :50] += 30.0  # a few dominant tokens, like a trained model
+    logits = 12.0 + 4.0 * torch.randn(2, 8, Vr, generator=g)  # real LM logits sit well above 0
+    logits[..., :50] += 20.0  # a few dominant tokens, like a trained model
     ref = logits + 0.3 * torch.randn(2, 8, Vr, generator=g)
     ids = torch.randint(0, Vr, (2, 8), generator=g)
     mask = torch.ones(2, 8)
@@ -179,7 +179,7 @@ def test_exact_kl_is_accurate_at_a_real_vocabulary_and_logit_scale():
     )
     kw = dict(beta=1.0, actor_config=cfg, global_batch_size=2, batch_num_tokens=16)
     same = omniopd_loss(logits, logits, ids, torch.zeros(2, 8), mask, mask.bool(), **kw)
-    assert same.kl_B.abs().max().item() < 1e-4  # 8 tokens per row
+    assert same.kl_B.abs().max().item() < 2e-4  # 8 tokens per row; einsum gave ~3e-3 here
     terms = omniopd_loss(logits, ref, ids, torch.zeros(2, 8), mask, mask.bool(), **kw)
     lr64, l64 = torch.log_softmax(ref.double(), -1), torch.log_softmax(logits.double(), -1)
     expected_B = (lr64.exp() * (lr64 - l64)).sum(-1).sum(-1)
