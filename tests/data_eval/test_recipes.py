@@ -47,6 +47,9 @@ def test_every_recipe_folder_is_complete():
         folder = RECIPES / name
         readme = (folder / "README.md").read_text()
         assert "0.9.1" in readme, f"{name}/README.md must name the verl version it targets"
+        import verl
+
+        assert (folder / "VERL_VERSION").read_text().strip() == f"verl=={verl.__version__}" == "verl==0.9.1", name
         assert "hardware" in readme.lower() and "knob" in readme.lower(), name
         assert list(folder.glob("*.yaml")), name
         assert os.access(folder / "run.sh", os.X_OK), f"{name}/run.sh must be executable"
