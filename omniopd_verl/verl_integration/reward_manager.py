@@ -33,6 +33,22 @@ logger = logging.getLogger("omniopd_verl.reward_manager")
 logger.setLevel(os.environ.get("OMNIOPD_LOGGING_LEVEL", "INFO"))
 
 
+def default_task_score(data_source, solution_str, ground_truth, extra_info=None, **kwargs):
+    """verl's scorer for the dataset names it knows; our graders (omniopd_verl.eval.reward) for the rest.
+
+    verl's `default_compute_score` raises NotImplementedError for the names `omniopd-verl data prepare`
+    writes ("gsm8k", "math500", ...), so without this fallback a task reward needs a custom function.
+    """
+    from verl.utils.reward_score import default_compute_score
+
+    try:
+        return default_compute_score(data_source, solution_str, ground_truth, extra_info, **kwargs)
+    except NotImplementedError:
+        from omniopd_verl.eval.reward import compute_score
+
+        return compute_score(data_source, solution_str, ground_truth, extra_info, **kwargs)
+
+
 class OmniOPDRewardManager(RewardManagerBase):
     """Audits one trajectory per `run_single` call; one Auditor (teacher client, similarity model,
     cache, rate limits) per reward-loop worker process, shared by all concurrent calls."""
@@ -53,9 +69,7 @@ class OmniOPDRewardManager(RewardManagerBase):
         **kwargs: Any,
     ):
         super().__init__(config, tokenizer, compute_score)
-        from verl.utils.reward_score import default_compute_score
-
-        self.compute_score = compute_score or default_compute_score
+        self.compute_score = compute_score or default_task_score
         self.is_async_reward_score = inspect.iscoroutinefunction(self.compute_score)
 
     @classmethod

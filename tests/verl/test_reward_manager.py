@@ -112,3 +112,18 @@ def test_refusals_name_what_is_missing(tiny_model_path):
         data, _ = trajectory(manager.tokenizer, "seven apples in total", ground_truth=None)
         with pytest.raises(GuardError, match="reward_model.ground_truth"):
             asyncio.run(manager.run_single(data))
+
+
+def test_default_task_score_falls_back_to_our_graders_for_our_dataset_names():
+    from verl.utils.reward_score import default_compute_score
+
+    from omniopd_verl.verl_integration.reward_manager import default_task_score
+
+    # a name verl knows goes to verl's scorer unchanged
+    text = "so the answer is #### 7"
+    assert default_task_score("openai/gsm8k", text, "7") == default_compute_score("openai/gsm8k", text, "7")
+    # verl raises for the names `omniopd-verl data prepare` writes; we grade them with math-verify
+    with pytest.raises(NotImplementedError):
+        default_compute_score("math500", "\\boxed{\\frac{1}{2}}", "0.5")
+    assert default_task_score("math500", "the answer is \\boxed{\\frac{1}{2}}", "0.5") == 1.0
+    assert default_task_score("gsm8k", "the answer is \\boxed{8}", "7") == 0.0
