@@ -3,19 +3,10 @@
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from omniopd_naive import levenshtein
 
 from omniopd_verl import registry
 from omniopd_verl.similarity.rouge_l import rouge_tokens
-
-
-def naive_levenshtein(a, b):
-    prev = list(range(len(b) + 1))
-    for i, ca in enumerate(a, 1):
-        cur = [i]
-        for j, cb in enumerate(b, 1):
-            cur.append(min(prev[j] + 1, cur[j - 1] + 1, prev[j - 1] + (ca != cb)))
-        prev = cur
-    return prev[-1]
 
 
 def naive_lcs(x, y):
@@ -36,7 +27,7 @@ def test_ned_is_the_spec_formula(a, b):
     if not a and not b:
         assert got == 1.0
     else:
-        assert got == pytest.approx(1 - naive_levenshtein(a, b) / max(len(a), len(b)))
+        assert got == pytest.approx(1 - levenshtein(a, b) / max(len(a), len(b)))
 
 
 @settings(max_examples=200, deadline=None)

@@ -33,19 +33,11 @@ from omniopd_verl.config import OmniOPDConfig
 from omniopd_verl.core import check_anchors, chunk_prior_mean, dirichlet_posterior_mean, soft_acceptance
 from omniopd_verl.errors import GuardError, OmniOPDError
 from omniopd_verl.schedulers import AllPositionsScheduler
+from omniopd_verl.teachers.accounting import METRIC_KEYS
 from omniopd_verl.teachers.base import TeacherRequest, TeacherResult
 
-# Teacher counters reported per step as deltas of the backend's cumulative metrics.
-TEACHER_COUNTERS = (
-    "teacher/calls",
-    "teacher/retries",
-    "teacher/failures",
-    "teacher/cache_hits",
-    "teacher/prompt_tokens",
-    "teacher/completion_tokens",
-    "teacher/cost_usd",
-    "teacher/seconds",
-)
+# Teacher counters, reported per step as deltas of the backend's cumulative metrics.
+TEACHER_COUNTERS = METRIC_KEYS
 
 
 class TeacherFailureError(OmniOPDError, RuntimeError):

@@ -13,6 +13,7 @@ import math
 
 import pytest
 import torch
+from omniopd_naive import naive_ned, naive_peak_anchors
 from transformers import AutoTokenizer
 
 from omniopd_verl.audit import Auditor, TeacherFailureError
@@ -72,33 +73,6 @@ class CountingNED(NormalizedEditSimilarity):
     def score(self, pairs):
         self.batches.append(list(pairs))
         return super().score(pairs)
-
-
-def levenshtein(a: str, b: str) -> int:
-    prev = list(range(len(b) + 1))
-    for i, ca in enumerate(a, 1):
-        cur = [i]
-        for j, cb in enumerate(b, 1):
-            cur.append(min(prev[j] + 1, cur[j - 1] + 1, prev[j - 1] + (ca != cb)))
-        prev = cur
-    return prev[-1]
-
-
-def naive_ned(a: str, b: str) -> float:
-    if not a and not b:
-        return 1.0
-    if not a or not b:
-        return 0.0
-    return 1.0 - levenshtein(a, b) / max(len(a), len(b))
-
-
-def naive_peak_anchors(h: list[float], T: int, m: int, c: int) -> list[int]:
-    cands = sorted(range(T - c + 1), key=lambda t: (-h[t], -t))
-    acc: list[int] = []
-    for t in cands:
-        if len(acc) < m and all(abs(t - s) >= c for s in acc):
-            acc.append(t)
-    return sorted(acc)
 
 
 @pytest.fixture(scope="module")

@@ -12,30 +12,13 @@ import math
 
 import pytest
 import torch
+from omniopd_naive import naive_ned, naive_peak_anchors
 
 from omniopd_verl.cli.main import main
 from omniopd_verl.models import load_causal_lm
 from omniopd_verl.serving.openai_compat import TransformersGenerator, serve_openai_compat
 
 M, N, C, ALPHA = 3, 3, 10, 2.0
-
-
-def levenshtein(a: str, b: str) -> int:
-    prev = list(range(len(b) + 1))
-    for i, ca in enumerate(a, 1):
-        cur = [i]
-        for j, cb in enumerate(b, 1):
-            cur.append(min(prev[j] + 1, cur[j - 1] + 1, prev[j - 1] + (ca != cb)))
-        prev = cur
-    return prev[-1]
-
-
-def naive_ned(a: str, b: str) -> float:
-    if not a and not b:
-        return 1.0
-    if not a or not b:
-        return 0.0
-    return 1.0 - levenshtein(a, b) / max(len(a), len(b))
 
 
 def naive_scores(model, prompt_ids, response_ids):
@@ -48,14 +31,6 @@ def naive_scores(model, prompt_ids, response_ids):
         lps.append(math.log(p[tok].item()))
         hs.append(-(p * torch.log(p)).sum().item())
     return lps, hs
-
-
-def naive_peak_anchors(h, T, m, c):
-    acc = []
-    for t in sorted(range(T - c + 1), key=lambda t: (-h[t], -t)):
-        if len(acc) < m and all(abs(t - s) >= c for s in acc):
-            acc.append(t)
-    return sorted(acc)
 
 
 @pytest.fixture(scope="module")

@@ -4,6 +4,7 @@ import pytest
 import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from omniopd_naive import naive_peak_anchors
 
 from omniopd_verl.core import (
     all_positions_anchors,
@@ -13,19 +14,6 @@ from omniopd_verl.core import (
     uniform_anchors,
 )
 from omniopd_verl.errors import GuardError
-
-
-def naive_peak(h, T, M, C):
-    """Literal spec: candidates t + C <= T, sort by (h desc, t desc), accept if >= C from all accepted."""
-    cands = [t for t in range(T) if t + C <= T]
-    cands.sort(key=lambda t: (-h[t], -t))
-    acc = []
-    for t in cands:
-        if len(acc) == M:
-            break
-        if all(abs(t - s) >= C for s in acc):
-            acc.append(t)
-    return sorted(acc)
 
 
 def test_peak_hand_worked():
@@ -65,7 +53,7 @@ def test_peak_matches_naive_and_properties(T, pad, M, C, values):
     # few distinct values -> many ties, the hard case
     h = torch.tensor(values[: T + pad], dtype=torch.float32)
     got = peak_entropy_anchors(h, T, M, C)
-    assert got == naive_peak(values, T, M, C)
+    assert got == naive_peak_anchors(values, T, M, C)
     check_anchors(got, T, C, M)  # non-overlapping, <= M, inside the response
     assert all(t + C <= T for t in got)
 
