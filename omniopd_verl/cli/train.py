@@ -56,11 +56,21 @@ def _run_local(args: argparse.Namespace) -> int:
     except ImportError as exc:
         print(f"the local engine is not available: {exc}", file=sys.stderr)
         return 2
-    if args.dry_run:
-        cfg = local_train.load_run_config(args.config, args.overrides)
-        print(cfg)
-        return 0
-    return int(local_train.run(args.config, args.overrides) or 0)
+    from omniopd_verl.errors import ConfigError
+
+    if not args.config:
+        print(
+            "--engine local needs --config FILE.yaml (e.g. recipes/quickstart_cpu/quickstart_cpu.yaml)", file=sys.stderr
+        )
+        return 2
+    try:
+        if args.dry_run:
+            print(local_train.load_run_config(args.config, args.overrides))
+            return 0
+        return int(local_train.run(args.config, args.overrides) or 0)
+    except ConfigError as exc:  # a bad key or value: the message names it, a traceback would only bury it
+        print(f"omniopd-verl train: invalid config: {exc}", file=sys.stderr)
+        return 2
 
 
 def config_location(config: str | None, config_name: str | None) -> tuple[Path, str]:

@@ -197,11 +197,15 @@ class OmniOPDConfig:
         return dataclasses.asdict(self)
 
 
-def _build(cls: type, data: Any, prefix: str) -> Any:
+def build_dataclass(cls: type, data: Any, prefix: str, node: str = "omniopd") -> Any:
+    """`cls(**data)` for a config node, refusing non-mappings and unknown keys with the full key path."""
     if not isinstance(data, Mapping):
-        raise ConfigError(f"omniopd.{prefix.rstrip('.') or '<root>'}={data!r} is invalid: allowed a mapping")
+        raise ConfigError(f"{node}.{prefix.rstrip('.') or '<root>'}={data!r} is invalid: allowed a mapping")
     names = [f.name for f in dataclasses.fields(cls)]
     for key in data:
         if key not in names:
-            raise ConfigError(f"omniopd.{prefix}{key} is not a known key; allowed keys: {names}")
+            raise ConfigError(f"{node}.{prefix}{key} is not a known key; allowed keys: {names}")
     return cls(**dict(data))
+
+
+_build = build_dataclass

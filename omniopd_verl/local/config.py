@@ -16,7 +16,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from omniopd_verl.config import OmniOPDConfig
+from omniopd_verl.config import OmniOPDConfig, build_dataclass
 from omniopd_verl.errors import ConfigError
 
 DEVICES = ("auto", "cpu", "cuda")
@@ -183,13 +183,7 @@ class LocalEngineConfig:
 
 
 def _build(cls: type, data: Any, prefix: str) -> Any:
-    if not isinstance(data, Mapping):
-        raise ConfigError(f"local.{prefix.rstrip('.') or '<root>'}={data!r} is invalid: allowed a mapping")
-    names = [f.name for f in dataclasses.fields(cls)]
-    for key in data:
-        if key not in names:
-            raise ConfigError(f"local.{prefix}{key} is not a known key; allowed keys: {names}")
-    return cls(**dict(data))
+    return build_dataclass(cls, data, prefix, node="local")
 
 
 @dataclass

@@ -151,3 +151,12 @@ def test_local_engine_is_delegated_and_takes_a_config_file(capsys):
     rc = main(["train", "--engine", "local", "--dry-run", "--config", str(recipe)])
     out = capsys.readouterr().out
     assert rc == 0 and "OmniOPDConfig" in out  # the local engine's own resolved run config
+
+
+def test_local_engine_bad_value_is_a_message_not_a_traceback(capsys):
+    recipe = Path(__file__).resolve().parents[2] / "recipes" / "quickstart_cpu" / "quickstart_cpu.yaml"
+    rc = main(["train", "--engine", "local", "--dry-run", "--config", str(recipe), "local.lr=-1"])
+    err = capsys.readouterr().err
+    assert rc == 2 and "local.lr=-1 is invalid" in err and "Traceback" not in err
+    rc = main(["train", "--engine", "local", "--dry-run"])
+    assert rc == 2 and "needs --config FILE.yaml" in capsys.readouterr().err
