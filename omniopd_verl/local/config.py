@@ -221,7 +221,16 @@ def load_run_config(path: str | os.PathLike | None, overrides: Sequence[str] = (
     unknown = sorted(set(data) - {"omniopd", "local"})
     if unknown:
         raise ConfigError(f"run config keys {unknown} are not known; allowed top-level keys: ['local', 'omniopd']")
-    return RunConfig(
-        omniopd=OmniOPDConfig.from_dict(data.get("omniopd")),
-        local=_build(LocalEngineConfig, data.get("local") or {}, ""),
-    )
+    omniopd = OmniOPDConfig.from_dict(data.get("omniopd"))
+    # the local engine has no verifier in its loop; refusing beats silently training without the reward
+    if omniopd.task_reward_weight != 0:
+        raise ConfigError(
+            f"omniopd.task_reward_weight={omniopd.task_reward_weight!r} is not supported by the local engine: "
+            "allowed 0 (mix a task reward in on verl, see docs/verl.md)"
+        )
+    if omniopd.entropy_source != "exact":
+        raise ConfigError(
+            f"omniopd.entropy_source={omniopd.entropy_source!r} is not used by the local engine: allowed 'exact' "
+            "(it has the student's full logits)"
+        )
+    return RunConfig(omniopd=omniopd, local=_build(LocalEngineConfig, data.get("local") or {}, ""))

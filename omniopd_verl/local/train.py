@@ -149,11 +149,17 @@ class LocalTrainer:
 
     def update(self, rollouts: Sequence[Rollout], audits: Sequence[ResponseAudit], timer: Timer) -> dict[str, float]:
         """One optimizer step on the batch (see `omniopd_verl.local.update.policy_update`)."""
+        import dataclasses
+
+        from omniopd_verl.advantage import dense_token_scores, omniopd_advantage
         from omniopd_verl.audit.credit import audits_to_token_credit
 
         prompts, responses = [r.prompt_ids for r in rollouts], [r.response_ids for r in rollouts]
         batch = collate(prompts, responses, pad_id(self.tokenizer))
         credit = audits_to_token_credit(audits, batch.response_mask_BT, self.run.omniopd.advantage)
+        # the very function verl's `omniopd` estimator calls: scores -> advantage, 0 on padding
+        advantage_BT = omniopd_advantage(dense_token_scores(credit), batch.response_mask_BT)
+        credit = dataclasses.replace(credit, advantage_BT=advantage_BT)
         metrics = policy_update(
             self.model,
             self.ref_model,
