@@ -22,7 +22,9 @@ SUBCOMMANDS: dict[str, str] = {
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="omniopd-verl", description="OmniOPD: logit-free on-policy distillation on verl.")
+    parser = argparse.ArgumentParser(
+        prog="omniopd-verl", description="OmniOPD: logit-free on-policy distillation on verl."
+    )
     parser.add_argument("--version", action="version", version=f"omniopd-verl {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
     for name, module_name in SUBCOMMANDS.items():
