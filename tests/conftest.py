@@ -28,10 +28,10 @@ SHARED = Path(__file__).resolve().parents[1].parent / "shared"
 
 @pytest.fixture(scope="session")
 def benchmarks_dir() -> Path:
-    """../shared/data/benchmarks (read-only; never copy it into the repo)."""
-    path = SHARED / "data" / "benchmarks"
+    """$OMNIOPD_BENCHMARKS, else ../shared/data/benchmarks (read-only; never copy it into the repo)."""
+    path = Path(os.environ.get("OMNIOPD_BENCHMARKS") or SHARED / "data" / "benchmarks")
     if not path.is_dir():
-        pytest.fail(f"benchmark data not found at {path}: the repo must sit beside shared/")
+        pytest.fail(f"benchmark data not found at {path}: the repo must sit beside shared/, or set OMNIOPD_BENCHMARKS")
     return path
 
 
