@@ -19,6 +19,9 @@ class Scheduler(Protocol):
     """Chooses anchor starts for one response. Must return ascending, non-overlapping, in-range anchors."""
 
     needs_entropy: bool  # True: `entropy_T` is required; the auditor refuses to call without it
+    # Optional attribute `respects_chunks = False` declares that the scheduler ignores M (a dense
+    # baseline); the auditor then checks anchors without the M cap. Absent means True. (Not a protocol
+    # member, so plugins that omit it still satisfy isinstance(x, Scheduler).)
 
     def select(
         self, entropy_T: torch.Tensor | None, response_len: int, chunks: int, chunk_len: int, *, seed: int
@@ -56,6 +59,7 @@ class AllPositionsScheduler:
     """Baseline: audit every full chunk, tiled from position 0 (ignores M; costs T // C audits)."""
 
     needs_entropy = False
+    respects_chunks = False
 
     def select(self, entropy_T, response_len, chunks, chunk_len, *, seed):
         return scheduling.all_positions_anchors(response_len, chunk_len)

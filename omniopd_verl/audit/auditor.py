@@ -32,7 +32,6 @@ from omniopd_verl.audit.types import ChunkAudit, ResponseAudit, StudentResponse
 from omniopd_verl.config import OmniOPDConfig
 from omniopd_verl.core import check_anchors, chunk_prior_mean, dirichlet_posterior_mean, soft_acceptance
 from omniopd_verl.errors import GuardError, OmniOPDError
-from omniopd_verl.schedulers import AllPositionsScheduler
 from omniopd_verl.teachers.accounting import METRIC_KEYS
 from omniopd_verl.teachers.base import TeacherRequest, TeacherResult
 
@@ -247,9 +246,9 @@ class Auditor:
             r.entropy_T, T, cfg.chunks, cfg.chunk_len, seed=stable_seed(cfg.seed, r.uid, "scheduler")
         )
         anchors = list(anchors)
-        # the "all positions" baseline ignores M by design; every other scheduler must respect it
-        uncapped = isinstance(self.scheduler, AllPositionsScheduler)
-        check_anchors(anchors, T, cfg.chunk_len, None if uncapped else cfg.chunks)
+        # a scheduler may declare that it ignores M (the dense `all` baseline); the rest are held to it
+        capped = getattr(self.scheduler, "respects_chunks", True)
+        check_anchors(anchors, T, cfg.chunk_len, cfg.chunks if capped else None)
         text = ResponseText(self.tokenizer, r.response_ids)
         messages = tuple(dict(m) for m in r.prompt_messages) if r.prompt_messages is not None else None
         requests = [

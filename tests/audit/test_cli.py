@@ -156,6 +156,22 @@ def test_audit_cli_end_to_end(tmp_path, rows, teacher_server, smollm2_path, caps
     assert sum(r["teacher"]["cache_hits"] for r in records2) == n_chunks
 
 
+def audit_argv(inp, out, *flags: str) -> list[str]:
+    """`omniopd-verl audit` with the built-in student and an openai_completions teacher, plus `flags`."""
+    return [
+        "audit",
+        "--input",
+        str(inp),
+        "--output",
+        str(out),
+        "--student",
+        "smollm2-135m-instruct",
+        "--teacher",
+        "openai_completions",
+        *flags,
+    ]
+
+
 @pytest.mark.parametrize(
     ("flags", "message"),
     [
@@ -168,19 +184,7 @@ def test_audit_cli_end_to_end(tmp_path, rows, teacher_server, smollm2_path, caps
 )
 def test_bad_flags_exit_2_with_the_config_message(tmp_path, rows, flags, message, capsys):
     inp = write_jsonl(tmp_path / "in.jsonl", rows[:1])
-    argv = [
-        "audit",
-        "--input",
-        str(inp),
-        "--output",
-        str(tmp_path / "o.jsonl"),
-        "--student",
-        "smollm2-135m-instruct",
-        "--teacher",
-        "openai_completions",
-        *flags,
-    ]
-    assert main(argv) == 2
+    assert main(audit_argv(inp, tmp_path / "o.jsonl", *flags)) == 2
     err = capsys.readouterr().err
     assert message in err and "Traceback" not in err
 
@@ -197,17 +201,6 @@ def test_bad_flags_exit_2_with_the_config_message(tmp_path, rows, flags, message
 def test_bad_input_lines_are_named(tmp_path, content, message, capsys):
     inp = tmp_path / "in.jsonl"
     inp.write_text(content)
-    argv = [
-        "audit",
-        "--input",
-        str(inp),
-        "--output",
-        str(tmp_path / "o.jsonl"),
-        "--student",
-        "smollm2-135m-instruct",
-        "--teacher",
-        "openai_completions",
-    ]
-    assert main(argv) == 2
+    assert main(audit_argv(inp, tmp_path / "o.jsonl")) == 2
     err = capsys.readouterr().err
     assert message in err and str(inp) in err and "Traceback" not in err

@@ -58,36 +58,29 @@ def test_kl_term_is_zero_on_audited_tokens_and_exact_elsewhere():
     cfg = make_actor_config(
         policy_loss="vanilla", clip_ratio=0.2, loss_agg_mode="seq-mean-token-sum", micro_batch_size=3
     )
-    terms = omniopd_loss(
-        logits.float(),
-        ref.float(),
-        ids,
-        adv,
-        mask,
-        unaudited,
-        beta=0.1,
-        actor_config=cfg,
-        global_batch_size=3,
-        batch_num_tokens=int(mask.sum()),
-    )
+
+    def loss_terms(student_logits):
+        return omniopd_loss(
+            student_logits.float(),
+            ref.float(),
+            ids,
+            adv,
+            mask,
+            unaudited,
+            beta=0.1,
+            actor_config=cfg,
+            global_batch_size=3,
+            batch_num_tokens=int(mask.sum()),
+        )
+
+    terms = loss_terms(logits)
     for b in range(3):
         expected = sum(naive_kl(ref[b, t], logits[b, t]) for t in range(6) if unaudited[b, t])
         assert terms.kl_B[b].item() == pytest.approx(expected, rel=1e-5)
     # moving the student's logits ONLY at audited positions leaves the KL term unchanged
     shifted = logits.clone()
     shifted[audited] += 5.0 * torch.randn(int(audited.sum()), V, dtype=torch.float64)
-    terms2 = omniopd_loss(
-        shifted.float(),
-        ref.float(),
-        ids,
-        adv,
-        mask,
-        unaudited,
-        beta=0.1,
-        actor_config=cfg,
-        global_batch_size=3,
-        batch_num_tokens=int(mask.sum()),
-    )
+    terms2 = loss_terms(shifted)
     torch.testing.assert_close(terms2.kl_B, terms.kl_B)
 
 

@@ -125,11 +125,13 @@ FAULTS = {
 }
 
 
-@pytest.mark.parametrize("fmt", list(FORMATS))
-@pytest.mark.parametrize("fault", list(FAULTS))
+# An Anthropic message carries one sample, so "fewer choices than asked" has no Anthropic form:
+# that pair is not generated (rather than generated and skipped).
+FORMAT_FAULTS = [(fmt, fault) for fmt in FORMATS for fault in FAULTS if not (fmt == "anthropic" and fault == "short")]
+
+
+@pytest.mark.parametrize(("fmt", "fault"), FORMAT_FAULTS)
 def test_every_fault_is_retried_until_all_n_samples_arrive(fmt, fault):
-    if fmt == "anthropic" and fault == "short":
-        pytest.skip("an Anthropic message carries one sample: 'fewer choices' does not exist there")
     with serve_openai_compat(faults=[FAULTS[fault]], api_key=KEY) as server:
         teacher = make_teacher(server, fmt, timeout_s=1.0 if fault == "hang" else 10.0)
         results = run(teacher.sample([request(0), request(1)]))
