@@ -33,7 +33,8 @@ class SamplingSpec:
 
 
 class TransformersGenerator:
-    """Batched `model.generate` with left padding; prompts are sorted by length to waste less padding."""
+    """Batched sampling through `omniopd_verl.generation` (one prefill per prompt for its n answers);
+    prompts are sorted by length to waste less padding."""
 
     name = "transformers"
 
@@ -71,34 +72,30 @@ class TransformersGenerator:
         self.device, self.batch_size = device, batch_size
 
     def generate(self, prompts: list[list[dict]], spec: SamplingSpec) -> list[list[str]]:
-        import torch
+        """n answers per chat prompt; prompt i is sampled with seed derive_seed(spec.seed, i), prefilled once."""
+        from omniopd_verl.generation import derive_seed, sample_continuations
+        from omniopd_verl.teachers.transformers_local import eos_token_ids
 
         texts = [self.tokenizer.apply_chat_template(p, tokenize=False, add_generation_prompt=True) for p in prompts]
-        order = sorted(range(len(texts)), key=lambda i: len(texts[i]))
+        ids = [self.tokenizer(t, add_special_tokens=False)["input_ids"] for t in texts]
+        order = sorted(range(len(texts)), key=lambda i: len(ids[i]))
         outputs: list[list[str]] = [[] for _ in texts]
-        torch.manual_seed(spec.seed)
+        eos = eos_token_ids(self.model, self.tokenizer)
         for start in range(0, len(order), self.batch_size):
             idx = order[start : start + self.batch_size]
-            enc = self.tokenizer(
-                [texts[i] for i in idx], return_tensors="pt", padding=True, add_special_tokens=False
-            ).to(self.device)
-            sampling = (
-                {"do_sample": True, "temperature": spec.temperature, "top_p": spec.top_p}
-                if spec.temperature > 0
-                else {"do_sample": False, "temperature": None, "top_p": None, "top_k": None}
+            samples = sample_continuations(
+                self.model,
+                [ids[i] for i in idx],
+                n=spec.n,
+                max_new_tokens=spec.max_new_tokens,
+                temperature=spec.temperature,
+                top_p=spec.top_p,
+                seeds=[derive_seed(spec.seed, i) for i in idx],
+                pad_token_id=self.tokenizer.pad_token_id,
+                eos_token_ids=eos,
             )
-            with torch.no_grad():
-                out_BT = self.model.generate(
-                    **enc,
-                    max_new_tokens=spec.max_new_tokens,
-                    num_return_sequences=spec.n,
-                    pad_token_id=self.tokenizer.pad_token_id,
-                    **sampling,
-                )
-            new_BT = out_BT[:, enc["input_ids"].shape[1] :]
-            decoded = self.tokenizer.batch_decode(new_BT, skip_special_tokens=True)
-            for j, i in enumerate(idx):
-                outputs[i] = decoded[j * spec.n : (j + 1) * spec.n]
+            for i, row in zip(idx, samples, strict=True):
+                outputs[i] = [self.tokenizer.decode(s.token_ids, skip_special_tokens=True) for s in row]
         return outputs
 
 

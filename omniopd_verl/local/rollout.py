@@ -1,8 +1,9 @@
 """The local engine's rollout (ALGORITHM.md step 1): batched sampling with transformers, then exact scores.
 
-Sampling draws from pi_theta itself: temperature and top-p come from the engine config (1.0 by
-default) and every other warper a model's generation_config may carry (top_k=50, repetition penalty)
-is switched off, so the responses are on-policy samples of the distribution the loss differentiates.
+Sampling (`omniopd_verl.generation`: every response of the step in one batched generation, each
+prompt prefilled once for its responses_per_prompt samples) draws from pi_theta itself: temperature
+and top-p come from the engine config (1.0 by default) and no other warper a model's
+generation_config may carry (top_k=50, repetition penalty) is applied, so the responses are on-policy samples of the distribution the loss differentiates.
 After sampling, one teacher-forced pass (`omniopd_verl.student.score_token_ids`, no gradient) gives
 each response token's exact full-vocabulary entropy and log-prob from the logits, in float32.
 """
@@ -14,6 +15,7 @@ from dataclasses import dataclass
 
 import torch
 
+from omniopd_verl.generation import derive_seed, sample_continuations
 from omniopd_verl.local.data import Problem
 from omniopd_verl.student import encode_text, score_token_ids
 
@@ -60,7 +62,6 @@ def render_prompts(tokenizer, problems: Sequence[Problem], max_prompt_tokens: in
     return out
 
 
-@torch.no_grad()
 def sample_token_ids(
     model,
     prompt_ids: Sequence[Sequence[int]],
@@ -71,56 +72,31 @@ def sample_token_ids(
     seed: int,
     pad_token_id: int,
     eos_token_ids: Sequence[int],
+    n: int = 1,
     generation_batch_size: int | None = None,
     min_new_tokens: int = 0,
 ) -> tuple[list[list[int]], list[bool]]:
-    """One sampled response per prompt (token ids, cut after the first EOS) and whether it finished.
+    """`n` sampled responses per prompt, prompt-major (token ids, cut after the first EOS), and whether each finished.
 
-    The torch RNG is seeded from `seed` first, so a batch is a pure function of (weights, prompts,
-    seed): that is what makes a resumed run draw the same samples as an uninterrupted one.
+    Prompt i's samples are drawn with the seed derive_seed(seed, i) and share one prefill of the
+    prompt (`omniopd_verl.generation`), so a batch is a pure function of (weights, prompts, seed):
+    that is what makes a resumed run draw the same samples as an uninterrupted one.
     """
-    from transformers import GenerationConfig
-
-    device = next(model.parameters()).device
-    eos = set(int(e) for e in eos_token_ids)
-    gen_cfg = GenerationConfig(
-        do_sample=True,
-        temperature=float(temperature),
-        top_p=float(top_p),
-        top_k=0,
-        repetition_penalty=1.0,
+    samples = sample_continuations(
+        model,
+        prompt_ids,
+        n=n,
         max_new_tokens=max_new_tokens,
-        min_new_tokens=min_new_tokens,
+        temperature=temperature,
+        top_p=top_p,
+        seeds=[derive_seed(seed, i) for i in range(len(prompt_ids))],
         pad_token_id=pad_token_id,
-        eos_token_id=sorted(eos) or None,
+        eos_token_ids=eos_token_ids,
+        min_new_tokens=min_new_tokens,
+        max_rows=generation_batch_size,
     )
-    torch.manual_seed(seed)
-    if device.type == "cuda":
-        torch.cuda.manual_seed_all(seed)
-    was_training = model.training
-    model.eval()
-    step = generation_batch_size or len(prompt_ids)
-    responses: list[list[int]] = []
-    finished: list[bool] = []
-    for lo in range(0, len(prompt_ids), step):
-        chunk = prompt_ids[lo : lo + step]
-        P = max(len(ids) for ids in chunk)
-        ids_BP = torch.full((len(chunk), P), pad_token_id, dtype=torch.long)
-        mask_BP = torch.zeros((len(chunk), P), dtype=torch.long)
-        for b, ids in enumerate(chunk):
-            ids_BP[b, P - len(ids) :] = torch.tensor(list(ids))
-            mask_BP[b, P - len(ids) :] = 1
-        out_BL = model.generate(
-            input_ids=ids_BP.to(device), attention_mask=mask_BP.to(device), generation_config=gen_cfg
-        ).cpu()
-        for b in range(len(chunk)):
-            gen = out_BL[b, P:].tolist()
-            cut = next((k + 1 for k, tok in enumerate(gen) if tok in eos), None)
-            finished.append(cut is not None)
-            responses.append(gen[:cut] if cut is not None else gen)
-    if was_training:
-        model.train()
-    return responses, finished
+    flat = [s for row in samples for s in row]
+    return [s.token_ids for s in flat], [s.finished for s in flat]
 
 
 def sample_responses(
@@ -137,14 +113,17 @@ def sample_responses(
     uid_prefix: str,
     generation_batch_size: int | None = None,
 ) -> list[Rollout]:
-    """Sample `responses_per_prompt` responses per problem, then score them teacher-forced (exact, fp32)."""
+    """Sample `responses_per_prompt` responses per problem, then score them teacher-forced (exact, fp32).
+
+    All responses of the call are one batched generation; each prompt is prefilled once.
+    """
     rendered = render_prompts(tokenizer, problems, max_prompt_tokens)
     rows = [(i, j) for i in range(len(problems)) for j in range(responses_per_prompt)]
     pad = pad_id(tokenizer)
-    prompts = [rendered[i][1] for i, _ in rows]
     responses, finished = sample_token_ids(
         model,
-        prompts,
+        [ids for _, ids in rendered],
+        n=responses_per_prompt,
         max_new_tokens=max_new_tokens,
         temperature=temperature,
         top_p=top_p,
@@ -153,7 +132,8 @@ def sample_responses(
         eos_token_ids=sorted(_eos_ids(model, tokenizer)),
         generation_batch_size=generation_batch_size,
     )
-    # generate emits at least one token per row, so no response is empty
+    prompts = [rendered[i][1] for i, _ in rows]
+    # every row samples at least one token, so no response is empty
     was_training = model.training
     model.eval()
     scores = score_token_ids(model, prompts, responses, pad_token_id=pad)

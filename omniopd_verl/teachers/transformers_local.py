@@ -6,12 +6,12 @@ Raw-prefix continuation, like an open-weight teacher behind vLLM: the teacher se
 an extra system message when `prompt_messages` are given (the chat template is re-rendered and the
 partial answer appended); otherwise it is prepended as plain text (see `context_prefix`).
 
-Speed: every sample of every request waiting at that moment goes into one `generate` call (up to
-`options.batch_rows` rows), left-padded, with the KV cache and no grad; concurrent `sample` calls from
-the Auditor are micro-batched together. Sampling uses Hugging Face's decoding loop (cache, padding,
-EOS) with a logits processor that draws each row's token from a torch.Generator seeded by its
-request's seed (temperature and top-p applied first), then forces greedy decoding onto that draw.
-Reruns of the same batch are bit-identical; the cache keeps reruns identical in any case.
+Speed: every request waiting at that moment goes into one generation (up to `options.batch_rows`
+sample rows), through the project's one sampling loop (`omniopd_verl.generation`): each request's
+prefix is prefilled ONCE and its n samples decode from copies of that KV cache (vLLM's n-sampling);
+concurrent `sample` calls from the Auditor are micro-batched together. Each request's samples come
+from a torch.Generator seeded by its seed, so they do not depend on the rest of the batch; reruns are
+bit-identical.
 
 Options: device ("cpu"; "cuda" for one GPU), dtype ("float32" | "bfloat16" | "float16"),
 batch_rows (64), max_tokens_factor (1.0: teacher tokens per student token requested).
@@ -53,6 +53,9 @@ class LocalSampler:
         # left padding is done by hand below: the tokenizer may be shared with the student, leave it alone
         pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
         self.pad_token_id = pad
+        self.eos_token_ids = eos_token_ids(model, tokenizer)
+        self.logit_bias_V = None  # an optional [V] logit bias (a steered demonstration teacher)
+        self.share_prefix = True  # False = prefill every sample's row separately (benchmark baseline)
         self._lock = threading.Lock()
 
     @classmethod
@@ -84,90 +87,45 @@ class LocalSampler:
         top_p: float,
         seed: int | Sequence[int],
     ) -> list[list[str]]:
-        """For each prompt, `n` continuations (text of the new tokens only, special tokens removed)."""
-        import torch
+        """For each prompt, `n` continuations (text of the new tokens only, special tokens removed).
 
-        count = len(prompts)
-        ns = [n] * count if isinstance(n, int) else list(n)
-        seeds = [seed] * count if isinstance(seed, int) else list(seed)
-        limits = [max_new_tokens] * count if isinstance(max_new_tokens, int) else list(max_new_tokens)
-        rows = [i for i, k in enumerate(ns) for _ in range(k)]
-        if not rows:
-            return [[] for _ in prompts]
+        One prefill per prompt, its n samples decoded from copies of that KV cache
+        (`omniopd_verl.generation.sample_continuations`); each request's samples depend on its seed only.
+        """
+        from omniopd_verl.generation import sample_continuations
+
         bos = self.tokenizer.bos_token
         encoded = []
-        for i in rows:
+        for prompt in prompts:
             # a chat-templated prompt may already start with BOS text: do not add a second one
-            add_special = not (bos and prompts[i].startswith(bos))
-            encoded.append(self.tokenizer(prompts[i], add_special_tokens=add_special)["input_ids"])
-        width = max(len(ids) for ids in encoded)
-        pad = self.pad_token_id
-        input_ids = torch.tensor([[pad] * (width - len(ids)) + ids for ids in encoded], device=self.device)
-        attention = torch.tensor([[0] * (width - len(ids)) + [1] * len(ids) for ids in encoded], device=self.device)
-        generators = []
-        for s in seeds:
-            g = torch.Generator(device="cpu")
-            g.manual_seed(int(s) % (2**63))
-            generators.append(g)
-        processor = _SeededSampling(rows, generators, temperature, top_p)
-        row_limits = [limits[i] for i in rows]
-        with self._lock, torch.inference_mode():
-            out = self.model.generate(
-                input_ids=input_ids,
-                attention_mask=attention,
-                max_new_tokens=max(row_limits),
-                do_sample=False,
-                temperature=None,
-                top_p=None,
-                top_k=None,
-                logits_processor=[processor],
-                pad_token_id=pad,
-                use_cache=True,
+            add_special = not (bos and prompt.startswith(bos))
+            encoded.append(self.tokenizer(prompt, add_special_tokens=add_special)["input_ids"])
+        with self._lock:
+            samples = sample_continuations(
+                self.model,
+                encoded,
+                n=n,
+                max_new_tokens=max_new_tokens,
+                temperature=temperature,
+                top_p=top_p,
+                seeds=seed,
+                pad_token_id=self.pad_token_id,
+                eos_token_ids=self.eos_token_ids,
+                logit_bias_V=self.logit_bias_V,
+                share_prefix=self.share_prefix,
             )
-        new_tokens = out[:, width:].tolist()
-        results: list[list[str]] = [[] for _ in prompts]
-        for row, i in enumerate(rows):
-            ids = new_tokens[row][: row_limits[row]]
-            results[i].append(self.tokenizer.decode(ids, skip_special_tokens=True))
-        return results
+        return [[self.tokenizer.decode(s.token_ids, skip_special_tokens=True) for s in row] for row in samples]
 
 
-class _SeededSampling:
-    """A logits processor that samples each row from its request's generator, then forces that token.
-
-    Hugging Face's greedy loop then picks the forced token; it keeps the KV cache, the padding and the
-    per-row EOS handling. Rows of one request share its generator, drawn in row order, so the result
-    depends only on the request's seed and the logits (which may differ in the last bits with batching).
-    """
-
-    def __init__(self, rows: list[int], generators: list[Any], temperature: float, top_p: float):
-        self.rows = rows
-        self.generators = generators
-        self.temperature = temperature
-        self.top_p = top_p
-
-    def __call__(self, input_ids: Any, scores: Any) -> Any:
-        import torch
-
-        logits = scores.float()
-        if self.temperature == 0:
-            chosen = logits.argmax(dim=-1)
-        else:
-            probs = torch.softmax(logits / self.temperature, dim=-1)
-            if self.top_p < 1.0:
-                sorted_p, order = probs.sort(dim=-1, descending=True)
-                before = sorted_p.cumsum(dim=-1) - sorted_p  # mass strictly before each token
-                sorted_p = sorted_p.masked_fill(before >= self.top_p, 0.0)
-                probs = torch.zeros_like(probs).scatter(-1, order, sorted_p)
-            cdf = probs.cumsum(dim=-1)
-            uniforms = torch.empty(len(self.rows), dtype=torch.float32)
-            for row, req in enumerate(self.rows):
-                uniforms[row] = torch.rand((), generator=self.generators[req])
-            target = (uniforms.to(cdf.device) * cdf[:, -1]).unsqueeze(-1)
-            chosen = torch.searchsorted(cdf, target).squeeze(-1).clamp_(max=logits.shape[-1] - 1)
-        forced = torch.full_like(scores, -math.inf)
-        forced.scatter_(-1, chosen.unsqueeze(-1), 0.0)
-        return forced
+def eos_token_ids(model: Any, tokenizer: Any) -> list[int]:
+    """The tokenizer's EOS plus the model's generation-config EOS ids (where a sample stops)."""
+    ids = set()
+    for source in (tokenizer.eos_token_id, getattr(getattr(model, "generation_config", None), "eos_token_id", None)):
+        if isinstance(source, int):
+            ids.add(source)
+        elif isinstance(source, (list, tuple)):
+            ids.update(int(x) for x in source)
+    return sorted(ids)
 
 
 class TransformersTeacher:

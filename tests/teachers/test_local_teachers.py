@@ -41,17 +41,24 @@ def teacher(sampler, tmp_path=None, **kw):
 
 
 class CountingModel:
-    """The real model, with generate calls counted (to prove batching)."""
+    """The real model, with its forward calls counted: prefills (empty cache in) and decode steps."""
 
     def __init__(self, model):
-        self.model, self.generate_calls, self.rows, self.new_tokens = model, 0, [], []
+        self.model, self.generate_calls, self.rows, self.decode_rows, self.new_tokens = model, 0, [], [], []
+        self.forward = model.forward  # the generation loop inspects its signature (logits_to_keep)
 
-    def generate(self, **kwargs):
-        self.generate_calls += 1
-        self.rows.append(kwargs["input_ids"].shape[0])
-        out = self.model.generate(**kwargs)
-        self.new_tokens.append(out.shape[1] - kwargs["input_ids"].shape[1])
-        return out
+    def __getattr__(self, name):  # parameters(), eval(), training, ...
+        return getattr(self.model, name)
+
+    def __call__(self, **kwargs):
+        if kwargs["past_key_values"].get_seq_length() == 0:  # a prefill starts one generation
+            self.generate_calls += 1
+            self.rows.append(kwargs["input_ids"].shape[0])
+            self.new_tokens.append(1)
+        else:
+            self.decode_rows.append(kwargs["input_ids"].shape[0])
+            self.new_tokens[-1] += 1
+        return self.model(**kwargs)
 
 
 def test_tiny_model_samples_are_seeded_batched_and_bounded(tiny_sampler, tmp_path):
@@ -66,7 +73,9 @@ def test_tiny_model_samples_are_seeded_batched_and_bounded(tiny_sampler, tmp_pat
 
     a, b = asyncio.run(two_responses_at_once())
     results = a + b
-    assert counting.generate_calls == 1 and counting.rows == [3 + 3 + 2]  # one generate for everything
+    # one generation for everything: one prefill row per request, then its n samples decode from copies
+    assert counting.generate_calls == 1 and counting.rows == [3]
+    assert set(counting.decode_rows) == {3 + 3 + 2}
     assert [len(r.texts) for r in results] == [3, 3, 2]
     assert counting.new_tokens == [6]  # max_tokens student-token-equivalents x max_tokens_factor 1.0
     assert len({t for r in results for t in r.texts}) > 4  # samples differ
