@@ -37,6 +37,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
+from transformers.cache_utils import DynamicCache, DynamicLayer
 
 SEED_MODULUS = 2**63
 
@@ -84,6 +85,50 @@ def _choose(logits_RV: torch.Tensor, uniforms_R: torch.Tensor, temperature: floa
     cdf = probs.cumsum(dim=-1)
     target = (uniforms_R.to(cdf.device) * cdf[:, -1]).unsqueeze(-1)
     return torch.searchsorted(cdf, target).squeeze(-1).clamp_(max=logits_RV.shape[-1] - 1)
+
+
+def _reserve(cache, extra: int) -> None:
+    """Give each full-attention cache layer room for `extra` more tokens, so decoding writes in place.
+
+    DynamicCache concatenates every step, copying the whole cache (43% of a decode step for 64 rows
+    of a 286-token prefix on SmolLM2-135M); a preallocated buffer with growing views gives the same
+    keys and values bit for bit.
+    """
+    layers = getattr(cache, "layers", None)
+    if layers is None:
+        return
+    for k, layer in enumerate(layers):
+        if type(layer) is DynamicLayer and layer.is_initialized and layer.keys.dim() == 4:
+            layers[k] = _PreallocatedLayer.of(layer, extra)
+
+
+class _PreallocatedLayer(DynamicLayer):
+    """A DynamicLayer whose keys/values are growing views of one preallocated [B, H, L + extra, D] buffer."""
+
+    @classmethod
+    def of(cls, layer: DynamicLayer, extra: int) -> _PreallocatedLayer:
+        new = cls()
+        B, H, L, D = layer.keys.shape
+        new.dtype, new.device, new.is_initialized = layer.keys.dtype, layer.keys.device, True
+        new._k = layer.keys.new_empty((B, H, L + extra, D))
+        new._v = layer.values.new_empty((B, H, L + extra, D))
+        new._k[:, :, :L], new._v[:, :, :L] = layer.keys, layer.values
+        new._n = L
+        new.keys, new.values = new._k[:, :, :L], new._v[:, :, :L]
+        return new
+
+    def update(self, key_states, value_states, *args, **kwargs):
+        n = key_states.shape[-2]
+        if self._n + n > self._k.shape[-2]:  # past the reservation: grow like DynamicLayer
+            self.keys = torch.cat([self.keys, key_states], dim=-2)
+            self.values = torch.cat([self.values, value_states], dim=-2)
+            self._k, self._v, self._n = self.keys, self.values, self.keys.shape[-2]
+            return self.keys, self.values
+        self._k[:, :, self._n : self._n + n] = key_states
+        self._v[:, :, self._n : self._n + n] = value_states
+        self._n += n
+        self.keys, self.values = self._k[:, :, : self._n], self._v[:, :, : self._n]
+        return self.keys, self.values
 
 
 @torch.inference_mode()
@@ -140,8 +185,6 @@ def _generate_group(
     model, prefixes, group, ns, limits, seeds, out, temperature, top_p, pad_token_id, eos_token_ids, min_new_tokens,
     logit_bias_V, share_prefix,
 ) -> None:  # fmt: skip
-    from transformers import DynamicCache
-
     device = next(model.parameters()).device
     was_training = model.training
     model.eval()
@@ -174,6 +217,7 @@ def _generate_group(
         logits_RV = logits_RV[select.to(logits_RV.device)]
         mask = mask[select]
         positions = positions[select]
+    _reserve(cache, max(limits[i] for i in group))
     R = len(owner)
     generators = {}
     for i in group:

@@ -103,7 +103,7 @@ class LocalTrainer:
         tcfg = self.run.omniopd.teacher
         if tcfg.name != "transformers" or tcfg.model not in (self.cfg.model, None):
             return None  # the Auditor builds whatever teacher the config names
-        extra = set(tcfg.options) - {"batch_rows", "max_tokens_factor"}
+        extra = set(tcfg.options) - {"batch_rows", "max_tokens_factor", "steer"}
         if extra:  # device/dtype options ask for a separate copy: let the plugin load one
             return None
         from omniopd_verl.teachers.transformers_local import LocalSampler, TransformersTeacher

@@ -14,7 +14,9 @@ from a torch.Generator seeded by its seed, so they do not depend on the rest of 
 bit-identical.
 
 Options: device ("cpu"; "cuda" for one GPU), dtype ("float32" | "bfloat16" | "float16"),
-batch_rows (64), max_tokens_factor (1.0: teacher tokens per student token requested).
+batch_rows (64), max_tokens_factor (1.0: teacher tokens per student token requested),
+steer (null; {tokens: arithmetic, bias: 4.0} makes it the demonstration teacher of
+`omniopd_verl.demo_teacher`: the logits of that token set raised by `bias`).
 """
 
 from __future__ import annotations
@@ -146,12 +148,20 @@ class TransformersTeacher:
         self.max_tokens_factor = float(options.pop("max_tokens_factor", 1.0))
         device = options.pop("device", "cpu")
         dtype = options.pop("dtype", None)
+        self.steer = options.pop("steer", None)
         if options:
             raise ConfigError(
                 f"omniopd.teacher.options has unknown keys {sorted(options)} for the transformers teacher: "
-                "allowed device, dtype, batch_rows, max_tokens_factor"
+                "allowed device, dtype, batch_rows, max_tokens_factor, steer"
             )
         self.sampler = sampler or LocalSampler.load(config.model, device=device, dtype=dtype)
+        if self.steer is not None:  # a demonstration teacher (omniopd_verl.demo_teacher); never shared state
+            from omniopd_verl.demo_teacher import steer_bias
+
+            base = self.sampler
+            self.sampler = LocalSampler(base.model, base.tokenizer, base.device)
+            vocab = base.model.get_output_embeddings().weight.shape[0]
+            self.sampler.logit_bias_V = steer_bias(base.tokenizer, vocab, self.steer)
         self.meter = TeacherMeter(config.max_cost_usd)
         self.cache = TeacherCache(config.cache_path) if config.cache_path else None
         self._pending: list[tuple[TeacherRequest, str, asyncio.Future]] = []
@@ -171,7 +181,7 @@ class TransformersTeacher:
     def _key(self, request: TeacherRequest, prompt: str) -> str:
         return cache_key(
             backend=self.name,
-            model=str(self.config.model),
+            model=str(self.config.model) + (f"+steer{sorted(self.steer.items())}" if self.steer else ""),
             prefix=prompt,
             n=request.n,
             max_tokens=self._max_new_tokens(request),
