@@ -1,23 +1,35 @@
-"""`make demo`: the quickstart recipe end to end on the local engine, then a short table of what happened.
+"""`make demo`: does OmniOPD move a student toward its teacher? Two arms, one pre-declared metric, a CI.
 
-Runs recipes/quickstart_cpu/quickstart_cpu.yaml (privileged self-distillation of SmolLM2-135M-Instruct on
-GSM8K, the teacher being the same base model shown the reference solution) from scratch, offline, and
-prints per step: mean pi_hat, mean k_sem/N, fraction of response tokens audited, L_chunk, L_KL, teacher
-calls and cache hits, step time; then teacher agreement (mean k_sem/N) on fixed held-out GSM8K test
-prompts before vs after training, and where the report, metrics and checkpoint are.
+Runs recipes/quickstart_cpu/quickstart_cpu.yaml on the local engine, offline: SmolLM2-135M-Instruct on
+GSM8K prompts, taught by the demonstration teacher (omniopd_verl/demo_teacher.py: the same base model
+with its arithmetic tokens' logits raised, so its texts differ measurably from the student's).
+  1. Before training: a fixed held-out set (the initial student's responses to held-out GSM8K test
+     prompts, anchors chosen by the scheduler, N teacher continuations and N initial-student
+     continuations at each), and how the teacher's texts differ from the student's (arithmetic-token
+     share; how much less likely the student finds them).
+  2. The OmniOPD arm trains local.steps steps.
+  3. The control arm trains identically, except that pi_hat is shuffled across each batch's chunks
+     (local.control=shuffle_pi_hat): same rollouts machinery, teacher calls, advantage distribution.
+  4. The primary metric (omniopd_verl/local/paired_eval.py, declared before the run): the change in
+     the student's log-likelihood per token of the teacher's held-out texts minus that of the initial
+     student's own texts at the same prefixes, with a bootstrap 95% CI over held-out prompts, per arm,
+     and the arms' difference. Written to runs/demo/summary.json and printed in plain words.
 
-Usage: python -m omniopd_verl.demo [key=value ...]   (overrides, e.g. local.steps=2)
+Usage: python -m omniopd_verl.demo [key=value ...]   (overrides for both arms, e.g. local.steps=2)
 """
 
 from __future__ import annotations
 
+import gc
 import json
+import math
 import os
 import sys
 import time
 from pathlib import Path
 
 RECIPE = Path(__file__).resolve().parents[1] / "recipes" / "quickstart_cpu" / "quickstart_cpu.yaml"
+OUT = Path("runs/demo")
 
 COLUMNS = [
     ("step", "step", "{:>4d}"),
@@ -45,33 +57,33 @@ def format_table(rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
-def format_eval(evals: dict) -> str:
-    before, after = evals.get("before"), evals.get("after")
-    if not before or not after:
-        return "held-out evaluation: not configured (local.data.heldout_prompts = 0)"
+def percent(nat_per_token: float) -> float:
+    """A change of log-likelihood per token as a percentage change of the per-token likelihood."""
+    return 100.0 * (math.exp(nat_per_token) - 1.0)
+
+
+def format_result(summary: dict) -> str:
+    arm, ctrl, diff = summary, summary["control"], summary["arm_minus_control"]
+
+    def line(label, r):
+        lo, hi = r["ci95"]
+        return f"  {label:<26}{r['effect']:>+10.4f}   [{lo:+.4f}, {hi:+.4f}]   ({percent(r['effect']):+.1f}% per token)"
+
+    shown = arm["ci95"][0] > 0 and (ctrl["ci95"][0] <= 0 <= ctrl["ci95"][1] or diff["ci95"][0] > 0)
     lines = [
-        f"teacher agreement on {int(before['prompts'])} held-out GSM8K test prompts (same sampling seeds):",
-        f"  {'':<28}{'before':>10}{'after':>10}{'change':>10}",
+        f"primary metric ({summary['metric']}), nat/token, 95% bootstrap CI over {arm['prompts']} held-out prompts "
+        f"({arm['prefixes']} prefixes):",
+        line("OmniOPD arm", arm),
+        line("control (pi_hat shuffled)", ctrl),
+        line("arm minus control", diff),
+        "",
+        f"In plain words: the student now gives the teacher's continuations {percent(arm['effect']):+.1f}% higher "
+        f"likelihood per token, relative to its own initial continuations at the same prefixes; "
+        f"control: {percent(ctrl['effect']):+.1f}%.",
+        "Effect shown (arm CI above 0, control CI covering 0 or the difference's CI above 0)."
+        if shown
+        else "Effect NOT shown at this setting: the intervals above do not separate the arm from 0 and the control.",
     ]
-    for label, key in (
-        ("mean k_sem/N (agreement)", "agreement"),
-        ("mean pi_hat", "pi_hat_mean"),
-        ("mean prior pi_bar", "prior_mean"),
-        ("mean student log-prob", "logprob_mean"),
-        ("mean response tokens", "response_len_mean"),
-        ("audited chunks", "chunks"),
-    ):
-        b, a = before.get(key, float("nan")), after.get(key, float("nan"))
-        lines.append(f"  {label:<28}{b:>10.4f}{a:>10.4f}{a - b:>+10.4f}")
-    paired = evals.get("paired")
-    if paired:
-        lines.append(
-            f"same {int(paired['pairs'])} (prefix, text) pairs from the 'before' audit, scored by the initial "
-            "vs the trained student (no sampling noise):"
-        )
-        for label, kind in (("teacher texts: log-prob/token", "teacher"), ("own chunks: log-prob/token", "student")):
-            b, a = paired[f"{kind}_text_logprob_before"], paired[f"{kind}_text_logprob_after"]
-            lines.append(f"  {label:<28}{b:>10.4f}{a:>10.4f}{a - b:>+10.4f}")
     return "\n".join(lines)
 
 
@@ -80,37 +92,101 @@ def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     overrides = list(sys.argv[1:] if argv is None else argv)
+    from omniopd_verl.demo_teacher import token_set
+    from omniopd_verl.local import paired_eval as pe
     from omniopd_verl.local.config import load_run_config
     from omniopd_verl.local.metrics import read_metrics
-    from omniopd_verl.local.train import run
+    from omniopd_verl.local.train import LocalTrainer
 
-    # a demo always starts from the initial student, never from an older demo's checkpoint
-    overrides = ["local.resume=false", *overrides]
-    cfg = load_run_config(str(RECIPE), overrides)
     t0 = time.perf_counter()
-    print(
-        f"OmniOPD demo: {RECIPE.relative_to(Path.cwd()) if RECIPE.is_relative_to(Path.cwd()) else RECIPE}", flush=True
+    OUT.mkdir(parents=True, exist_ok=True)
+    # a demo always starts from the initial student, never from an older demo's checkpoint
+    base = ["local.resume=false", *overrides]
+    arm_cfg = load_run_config(str(RECIPE), [*base, f"local.output_dir={OUT / 'omniopd'}"])
+    ctrl_cfg = load_run_config(
+        str(RECIPE), [*base, f"local.output_dir={OUT / 'control'}", "local.control=shuffle_pi_hat"]
     )
+    o, loc = arm_cfg.omniopd, arm_cfg.local
+    steer = o.teacher.options.get("steer")
+    print(f"OmniOPD demo: {RECIPE.name}", flush=True)
     print(
-        f"student {cfg.local.model}, teacher {cfg.omniopd.teacher.name}:{cfg.omniopd.teacher.model} with the "
-        f"reference solution, similarity {cfg.omniopd.similarity}, M={cfg.omniopd.chunks} N={cfg.omniopd.samples} "
-        f"C={cfg.omniopd.chunk_len}, {cfg.local.steps} steps x {cfg.local.batch_size} responses",
+        f"student {loc.model}; teacher {o.teacher.name}:{o.teacher.model} steered {steer} (a demonstration teacher); "
+        f"similarity {o.similarity}; advantage {o.advantage}; M={o.chunks} N={o.samples} C={o.chunk_len}; "
+        f"{loc.steps} steps x {loc.batch_size} responses, lr {loc.lr}; two arms (OmniOPD, control)",
         flush=True,
     )
-    code = run(str(RECIPE), overrides)
-    if code:
-        return code
-    out = Path(cfg.local.output_dir)
-    summary = json.loads((out / "summary.json").read_text())
+    if o.advantage != "posterior":
+        print(f"note: advantage '{o.advantage}' is an ablation of the spec's 'posterior' (ALGORITHM.md step 6)")
+
+    print("\n[1/4] held-out set from the initial student (rollout, teacher, base samples, scoring)", flush=True)
+    trainer = LocalTrainer(arm_cfg)
+    if not trainer.heldout_problems:
+        print("local.data.heldout_prompts is 0: nothing to measure", file=sys.stderr)
+        return 2
+    items, before = trainer.prepare_heldout()
+    pe.save_items(items, OUT / "heldout_set.jsonl")
+    share = pe.token_share_summary(items, token_set(trainer.tokenizer, steer["tokens"])) if steer else None
+    gap0 = sum(before) / len(before)
+    print(f"the teacher differs from the student, before any training ({len(items)} held-out prefixes):")
+    if share:
+        print(
+            f"  share of {steer['tokens']} tokens: teacher texts {share['teacher']:.1%}, student's own {share['base']:.1%}"
+        )
+    print(
+        f"  the initial student finds the teacher's texts {percent(gap0):+.1f}% as likely per token as its own ({gap0:+.3f} nat)"
+    )
+
+    results = {}
+    for label, cfg in (("omniopd", arm_cfg), ("control", ctrl_cfg)):
+        print(f"\n[{2 if label == 'omniopd' else 3}/4] training the {label} arm", flush=True)
+        if trainer is None:
+            trainer = LocalTrainer(cfg)
+        summary = trainer.fit(heldout=(items, before))
+        paired = json.loads((Path(cfg.local.output_dir) / "eval.json").read_text())["paired"]
+        results[label] = {"paired": paired, "summary": summary, "rows": read_metrics(Path(summary["metrics"]))}
+        trainer.close()
+        trainer = None
+        gc.collect()
+
+    print("\n[4/4] results", flush=True)
+    arm, ctrl = results["omniopd"]["paired"], results["control"]["paired"]
+    diff = pe.arm_minus_control(items, arm["gaps_after"], ctrl["gaps_after"], seed=loc.seed)
+    seconds = time.perf_counter() - t0
+    summary = {
+        "metric": pe.METRIC,
+        "metric_description": pe.METRIC_TEXT,
+        "effect": arm["effect"],
+        "ci95": arm["ci95"],
+        "t_ci95": arm["t_ci95"],
+        "prompts": arm["prompts"],
+        "prefixes": arm["prefixes"],
+        "control": {k: ctrl[k] for k in ("effect", "ci95", "t_ci95")},
+        "arm_minus_control": diff,
+        "before": {"gap_nat_per_token": gap0, "token_share": share},
+        "setting": {
+            "advantage": o.advantage,
+            "similarity": o.similarity,
+            "steer": steer,
+            "steps": loc.steps,
+            "lr": loc.lr,
+            "M": o.chunks,
+            "N": o.samples,
+            "C": o.chunk_len,
+            "batch": loc.batch_size,
+        },
+        "seconds": seconds,
+        "teacher_build_seconds": 0.0,  # the steered teacher needs no build: it is the base model plus a bias
+    }
+    (OUT / "summary.json").write_text(json.dumps(summary, indent=2))
+    for label in ("omniopd", "control"):
+        print(f"\n{label} arm, per step:")
+        print(format_table(results[label]["rows"]))
     print()
-    print(format_table(read_metrics(out / "metrics.jsonl")))
-    print()
-    print(format_eval(summary.get("eval", {})))
-    print()
-    print(f"audit report (last step): {summary['report']}")
-    print(f"checkpoint:               {summary['checkpoint']}")
-    print(f"metrics:                  {summary['metrics']} (TensorBoard: {out / 'tensorboard'})")
-    print(f"total time:               {time.perf_counter() - t0:.0f} s")
+    print(format_result(summary))
+    print(
+        f"\nsummary: {OUT / 'summary.json'}; audit report of the last step: {results['omniopd']['summary']['report']}"
+    )
+    print(f"total time: {seconds:.0f} s")
     return 0
 
 

@@ -140,3 +140,20 @@ def test_bad_input_is_refused(tiny64):
 def test_derive_seed_is_stable_and_spreads():
     assert derive_seed(0, 0) == derive_seed(0, 0)
     assert len({derive_seed(s, i) for s in range(10) for i in range(10)}) == 100
+
+
+def test_score_continuations_equals_full_teacher_forcing(tiny64):
+    from omniopd_verl.generation import score_continuations
+    from omniopd_verl.student import score_token_ids
+
+    model, tok = tiny64
+    ps = prefixes(tok)
+    conts = [[[5, 6, 7], [8]], [[9, 10, 11, 12, 13]], [], [[14, 15], [16, 17], [18, 19, 20]]]
+    got = score_continuations(model, ps, conts, pad_token_id=tok.pad_token_id, max_rows=3)
+    flat_p = [p for p, cs in zip(ps, conts, strict=True) for _ in cs]
+    flat_c = [c for cs in conts for c in cs]
+    ref = score_token_ids(model, flat_p, flat_c, pad_token_id=tok.pad_token_id)
+    flat_got = [t for row in got for t in row]
+    assert [len(t) for t in flat_got] == [len(c) for c in flat_c] and got[2] == []
+    for g, (lp, _) in zip(flat_got, ref, strict=True):
+        assert torch.allclose(g, lp, atol=1e-9)

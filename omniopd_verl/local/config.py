@@ -129,6 +129,8 @@ class LocalEngineConfig:
     """Show a progress bar on stderr."""
     tensorboard: bool = True
     """Also write metrics as TensorBoard events (output_dir/tensorboard)."""
+    control: str = "none"
+    """'none', or 'shuffle_pi_hat': the control arm, pi_hat permuted across the batch's chunks (local/control.py)."""
 
     def __post_init__(self) -> None:
         if isinstance(self.data, Mapping):
@@ -167,6 +169,10 @@ class LocalEngineConfig:
             raise _fail("device", self.device, f"one of {list(DEVICES)}")
         if self.dtype not in DTYPES:
             raise _fail("dtype", self.dtype, f"one of {list(DTYPES)}")
+        from omniopd_verl.local.control import CONTROLS
+
+        if self.control not in CONTROLS:
+            raise _fail("control", self.control, f"one of {list(CONTROLS)}")
         _nonempty_str("output_dir", self.output_dir)
         _int_at_least("save_every", self.save_every, 0)
         for key in ("resume", "progress", "tensorboard"):

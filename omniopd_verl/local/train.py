@@ -8,8 +8,9 @@ Per step (ALGORITHM.md steps 1-7):
              student on unaudited tokens, AdamW, gradient clipping; micro-batches accumulate gradients
 Around it: seeds (every random draw of step k is seeded from (seed, k), so a resumed run equals an
 uninterrupted one), checkpoints, metrics to JSONL + TensorBoard, a progress bar, the last step's audits
-(JSONL + HTML report), and an optional teacher-agreement evaluation on held-out prompts before and
-after training (results in eval.json).
+(JSONL + HTML report, `local/report.py`), and the held-out paired evaluation before and after
+training (`local/paired_eval.py`: the pre-declared teacher-minus-base log-likelihood change, in eval.json).
+`local.control: shuffle_pi_hat` makes the run the control arm (`local/control.py`).
 
 When the teacher is the `transformers` plugin on the same model as the student (privileged
 self-distillation), it reuses the frozen reference copy instead of loading the weights a third time.
@@ -59,6 +60,10 @@ def audit_to_dict(audit: ResponseAudit) -> dict[str, Any]:
     return asdict(audit)
 
 
+def _no_phase(name: str) -> None:
+    pass
+
+
 class LocalTrainer:
     """Owns the models, optimizer, auditor and output folder of one local run."""
 
@@ -96,7 +101,7 @@ class LocalTrainer:
         self.step = 0
         self.last_audits: list[ResponseAudit] = []
         self.last_rollouts: list[Rollout] = []
-        self._eval_samples: dict[str, tuple[list[Rollout], list[ResponseAudit]]] = {}
+        self._phase = _no_phase  # fit() points this at the progress bar: which phase a step is in
 
     def _shared_reference_teacher(self):
         """The privileged self-distillation teacher IS the initial student: reuse pi_ref's weights."""
@@ -154,6 +159,10 @@ class LocalTrainer:
         from omniopd_verl.advantage import dense_token_scores, omniopd_advantage
         from omniopd_verl.audit.credit import audits_to_token_credit
 
+        if self.cfg.control == "shuffle_pi_hat":  # the control arm: no teacher information
+            from omniopd_verl.local.control import shuffle_pi_hat
+
+            audits = shuffle_pi_hat(audits, _stable_seed(self.cfg.seed, "control", self.step))
         prompts, responses = [r.prompt_ids for r in rollouts], [r.response_ids for r in rollouts]
         batch = collate(prompts, responses, pad_id(self.tokenizer))
         credit = audits_to_token_credit(audits, batch.response_mask_BT, self.run.omniopd.advantage)
@@ -184,6 +193,7 @@ class LocalTrainer:
         t0 = time.perf_counter()
         idx = prompts_for_step(len(self.train_problems), step, cfg.prompts_per_step, cfg.seed)
         problems = [self.train_problems[i] for i in idx]
+        self._phase("rollout")
         with timer("rollout"):
             rollouts = self.rollout(
                 problems,
@@ -192,9 +202,11 @@ class LocalTrainer:
                 responses_per_prompt=cfg.responses_per_prompt,
             )
         self.auditor.reset_metrics()
+        self._phase("audit (teacher + similarity)")
         with timer("audit"):
             audits = self.audit(rollouts)
         audit_metrics = self.auditor.metrics()
+        self._phase("update")
         metrics = self.update(rollouts, audits, timer)
         lengths = [len(r.response_ids) for r in rollouts]
         metrics.update(audit_metrics)
@@ -211,71 +223,43 @@ class LocalTrainer:
         self.last_audits, self.last_rollouts = list(audits), list(rollouts)
         return metrics
 
-    def evaluate(self, label: str) -> dict[str, float]:
-        """Teacher agreement on the held-out prompts: one seeded sample per prompt, audited.
+    def prepare_heldout(self):
+        """The fixed held-out set and the initial student's gaps on it (omniopd_verl.local.paired_eval)."""
+        from omniopd_verl.local import paired_eval as pe
 
-        The same seeds are used before and after training, so the two numbers differ only through
-        the student's weights (and through which chunks its new samples expose to the teacher).
-        """
-        if not self.heldout_problems:
-            return {}
-        rollouts = self.rollout(
-            self.heldout_problems, seed=_stable_seed(self.cfg.seed, "eval"), uid_prefix="eval-", responses_per_prompt=1
+        problems = self.heldout_problems
+        rollouts = sample_responses(
+            self.ref_model,
+            self.tokenizer,
+            problems,
+            responses_per_prompt=1,
+            max_new_tokens=self.cfg.max_new_tokens,
+            max_prompt_tokens=self.cfg.max_prompt_tokens,
+            temperature=self.cfg.temperature,
+            top_p=self.cfg.top_p,
+            seed=_stable_seed(self.cfg.seed, "eval"),
+            uid_prefix="eval-",
         )
         self.auditor.reset_metrics()
         audits = self.audit(rollouts)
-        m = self.auditor.metrics()
-        chunks = [c for a in audits for c in a.chunks]
-        result = {
-            "prompts": float(len(rollouts)),
-            "chunks": float(len(chunks)),
-            "agreement": m.get("audit/k_sem_frac_mean", float("nan")),
-            "pi_hat_mean": m.get("audit/pi_hat_mean", float("nan")),
-            "prior_mean": m.get("audit/prior_mean_mean", float("nan")),
-            "response_len_mean": sum(len(r.response_ids) for r in rollouts) / len(rollouts),
-            "logprob_mean": float(torch.cat([r.logprobs_T for r in rollouts]).mean()),
-        }
-        with open(self.output_dir / f"eval_{label}_audits.jsonl", "w") as fh:
-            for a in audits:
-                fh.write(json.dumps(audit_to_dict(a)) + "\n")
-        self._eval_samples[label] = (rollouts, audits)
+        items = pe.build_heldout_set(
+            rollouts,
+            audits,
+            self.ref_model,
+            self.tokenizer,
+            chunk_len=self.run.omniopd.chunk_len,
+            seed=_stable_seed(self.cfg.seed, "eval-base"),
+        )
+        before = pe.gaps(self.ref_model, items, pad_token_id=pad_id(self.tokenizer), progress=self.cfg.progress)
+        return items, before
+
+    def heldout_after(self, items, before) -> dict[str, Any]:
+        from omniopd_verl.local import paired_eval as pe
+
+        after = pe.gaps(self.model, items, pad_token_id=pad_id(self.tokenizer), progress=self.cfg.progress)
+        result = pe.paired_change(items, before, after, seed=self.cfg.seed)
+        result["gaps_after"] = after
         return result
-
-    def paired_eval(self) -> dict[str, float]:
-        """Sampling-noise-free comparison on the BEFORE evaluation's fixed (prefix, text) pairs.
-
-        For every audited chunk of the held-out responses sampled before training: the mean per-token
-        log-prob of the teacher's N continuations and of the student's own chunk, given the same prefix,
-        under the initial student (= the frozen reference) and under the trained student. If training
-        moved the student toward what the teacher writes, the teacher texts' log-prob rises more than
-        the student's own chunks'.
-        """
-        from omniopd_verl.student import encode_text, score_token_ids
-
-        if "before" not in self._eval_samples:
-            return {}
-        rollouts, audits = self._eval_samples["before"]
-        prefixes, texts, kinds = [], [], []
-        for r, a in zip(rollouts, audits, strict=True):
-            for c in a.chunks:
-                prefix = r.prompt_ids + r.response_ids[: c.start]
-                for t in c.teacher_texts:
-                    ids = encode_text(self.tokenizer, t)
-                    if ids:
-                        prefixes.append(prefix), texts.append(ids), kinds.append("teacher")
-                prefixes.append(prefix), texts.append(r.response_ids[c.start : c.end]), kinds.append("student")
-        if not texts:
-            return {}
-        out: dict[str, float] = {"pairs": float(len(texts))}
-        pad = pad_id(self.tokenizer)
-        self.model.eval()
-        for label, model in (("before", self.ref_model), ("after", self.model)):
-            scores = score_token_ids(model, prefixes, texts, pad_token_id=pad)
-            for kind in ("teacher", "student"):
-                lps = [float(lp.mean()) for (lp, _), k in zip(scores, kinds, strict=True) if k == kind]
-                out[f"{kind}_text_logprob_{label}"] = sum(lps) / len(lps) if lps else float("nan")
-        self.model.train()
-        return out
 
     # ------------------------------------------------------------------ the run
 
@@ -293,56 +277,39 @@ class LocalTrainer:
         return self.step
 
     def write_report(self) -> Path | None:
-        if not self.last_audits:
-            return None
-        jsonl = self.output_dir / "last_step_audits.jsonl"
-        with jsonl.open("w") as fh:
-            for a in self.last_audits:
-                fh.write(json.dumps(audit_to_dict(a)) + "\n")
-        from omniopd_verl.audit.report import ReportItem, render_report
-        from omniopd_verl.audit.text import ResponseText
+        from omniopd_verl.local.report import write_last_step_report
 
-        items = []
-        for r, a in zip(self.last_rollouts, self.last_audits, strict=True):
-            record = audit_to_dict(a)
-            bounds, kinds = [0], []
-            for k, c in enumerate(a.chunks):
-                if c.start > bounds[-1]:
-                    bounds.append(c.start)
-                    kinds.append(None)
-                bounds.append(c.end)
-                kinds.append(k)
-            if bounds[-1] < len(r.response_ids):
-                bounds.append(len(r.response_ids))
-                kinds.append(None)
-            texts = ResponseText(self.tokenizer, r.response_ids).segments(bounds)
-            items.append(ReportItem(r.uid, r.prompt_text, list(zip(texts, kinds, strict=True)), record))
-        html = self.output_dir / "last_step_report.html"
-        summary = {
-            "step": str(self.step),
-            "teacher": f"{self.run.omniopd.teacher.name}:{self.run.omniopd.teacher.model}",
-            "similarity": self.run.omniopd.similarity,
-        }
-        html.write_text(
-            render_report(items, title=f"OmniOPD local engine: audits of step {self.step}", summary=summary),
-            encoding="utf-8",
+        return write_last_step_report(
+            self.output_dir, self.tokenizer, self.last_rollouts, self.last_audits, self.run, self.step
         )
-        return html
 
-    def fit(self) -> dict[str, Any]:
+    def fit(self, heldout=None) -> dict[str, Any]:
+        """Train cfg.steps steps. With held-out prompts (or `heldout` = (items, gaps_before) from
+        prepare_heldout, shared between arms) the paired evaluation runs before and after."""
+        from omniopd_verl.local import paired_eval as pe
+
         cfg = self.cfg
         resumed = self.resume()
         logger = MetricsLogger(self.output_dir, tensorboard=cfg.tensorboard, resume_step=resumed)
-        eval_path = self.output_dir / "eval.json"
+        eval_path, set_path = self.output_dir / "eval.json", self.output_dir / "heldout_set.jsonl"
         evals = json.loads(eval_path.read_text()) if resumed is not None and eval_path.exists() else {}
-        if "before" not in evals and self.heldout_problems and self.step == 0:
-            evals["before"] = self.evaluate("before")
+        items = before = None
+        if heldout is not None:
+            items, before = heldout
+        elif "gaps_before" in evals and set_path.exists():
+            items, before = pe.load_items(set_path), evals["gaps_before"]
+        elif self.heldout_problems and self.step == 0:
+            items, before = self.prepare_heldout()
+        if items is not None:
+            pe.save_items(items, set_path)
+            evals["gaps_before"] = before
             eval_path.write_text(json.dumps(evals, indent=2))
         bar = None
         if cfg.progress:
             from tqdm.auto import tqdm
 
             bar = tqdm(total=cfg.steps, initial=self.step, desc="omniopd local", unit="step", file=sys.stderr)
+            self._phase = lambda name: bar.set_description(f"step {self.step + 1}/{cfg.steps}: {name}")
         try:
             while self.step < cfg.steps:
                 metrics = self.train_step()
@@ -358,24 +325,24 @@ class LocalTrainer:
                 if cfg.save_every and self.step % cfg.save_every == 0 and self.step < cfg.steps:
                     self.save()
         finally:
+            self._phase = _no_phase
             if bar is not None:
                 bar.close()
             logger.close()
         checkpoint = self.save()
         report = self.write_report()
-        if self.heldout_problems:
-            evals["after"] = self.evaluate("after")
-            paired = self.paired_eval()
-            if paired:
-                evals["paired"] = paired
+        if items:
+            evals["paired"] = self.heldout_after(items, before)
             eval_path.write_text(json.dumps(evals, indent=2))
         summary = {
             "output_dir": str(self.output_dir),
             "checkpoint": str(checkpoint),
             "report": str(report) if report else None,
             "metrics": str(logger.path),
-            "eval": evals,
+            "eval": {k: v for k, v in evals.items() if k != "gaps_before"},
         }
+        if "paired" in summary["eval"]:
+            summary["eval"]["paired"] = {k: v for k, v in evals["paired"].items() if k != "gaps_after"}
         (self.output_dir / "summary.json").write_text(json.dumps(summary, indent=2))
         return summary
 

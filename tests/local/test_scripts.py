@@ -12,7 +12,7 @@ ROOT = Path(__file__).resolve().parents[2]
 
 
 def test_demo_table_has_one_row_per_step_and_marks_missing_values():
-    from omniopd_verl.demo import format_eval, format_table
+    from omniopd_verl.demo import format_table
 
     rows = [
         {
@@ -43,15 +43,15 @@ def test_demo_table_has_one_row_per_step_and_marks_missing_values():
     ]
     assert lines[2].split() == ["1", "0.250", "0.500", "12.5%", "3.000", "0.0000", "16", "0", "12.5"]
     assert lines[3].split()[1] == "n/a" and lines[3].split()[4] == "2.500"
-    text = format_eval(
-        {
-            "before": {"prompts": 8, "agreement": 0.30, "chunks": 16},
-            "after": {"prompts": 8, "agreement": 0.35, "chunks": 16},
-        }
-    )
-    assert "8 held-out" in text
-    assert "0.3000" in text and "0.3500" in text and "+0.0500" in text
-    assert "not configured" in format_eval({})
+    from omniopd_verl.demo import format_result
+
+    r = {"effect": 0.05, "ci95": [0.02, 0.08], "prompts": 40, "prefixes": 80}
+    summary = {"metric": "m", **r, "control": {"effect": 0.0, "ci95": [-0.03, 0.03]},
+               "arm_minus_control": {"effect": 0.05, "ci95": [0.01, 0.09]}}  # fmt: skip
+    text = format_result(summary)
+    assert "+5.1% higher likelihood" in text and "control: +0.0%" in text and "Effect shown" in text
+    summary["ci95"] = [-0.01, 0.08]
+    assert "NOT shown" in format_result(summary)
 
 
 def test_gpu_timing_script_runs_at_its_tiny_cpu_shape(monkeypatch, capsys):
