@@ -22,7 +22,7 @@ CONTROLS = ("none", "shuffle_pi_hat")
 
 def shuffle_pi_hat(audits: Sequence[ResponseAudit], seed: int) -> list[ResponseAudit]:
     """New audits whose chunks carry a seeded permutation of the batch's (pi_hat, pi_bar) pairs."""
-    pairs = [(c.weight, c.prior_mean) for a in audits for c in a.chunks]
+    pairs = [(c.pi_hat, c.pi_bar) for a in audits for c in a.chunks]
     order = list(range(len(pairs)))
     random.Random(seed).shuffle(order)
     shuffled = iter([pairs[i] for i in order])
@@ -30,7 +30,7 @@ def shuffle_pi_hat(audits: Sequence[ResponseAudit], seed: int) -> list[ResponseA
     for a in audits:
         chunks = []
         for c in a.chunks:
-            weight, prior = next(shuffled)
-            chunks.append(dataclasses.replace(c, weight=weight, prior_mean=prior))
+            pi_hat, pi_bar = next(shuffled)
+            chunks.append(dataclasses.replace(c, pi_hat=pi_hat, pi_bar=pi_bar))
         out.append(dataclasses.replace(a, chunks=chunks))
     return out

@@ -25,7 +25,7 @@ def audits():
 
 
 def pairs(aa):
-    return [(c.weight, c.prior_mean) for a in aa for c in a.chunks]
+    return [(c.pi_hat, c.pi_bar) for a in aa for c in a.chunks]
 
 
 def test_shuffle_permutes_the_batchs_pi_hat_pairs_and_nothing_else():
