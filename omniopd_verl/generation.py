@@ -275,12 +275,14 @@ def score_continuations(
     *,
     pad_token_id: int,
     max_rows: int = 64,
+    logit_bias_V: torch.Tensor | None = None,
 ) -> list[list[torch.Tensor]]:
     """log p(token | prefix, earlier tokens) of every continuation of every prefix, float32 [T] tensors on the CPU.
 
     Each prefix is prefilled once; its continuations are scored in one forward from copies of that KV
     cache (the held-out paired evaluation scores K teacher texts and K base samples per prefix, so this
     saves 2K-1 prefills per prefix). Equal to a full teacher-forced pass up to float rounding.
+    `logit_bias_V` is added to the logits first (the log-probs of a steered demonstration teacher).
     """
     if len(prefixes) != len(continuations):
         raise ValueError(f"{len(prefixes)} prefixes but {len(continuations)} continuation lists")
@@ -292,16 +294,16 @@ def score_continuations(
             raise ValueError(f"prefix {i} has no tokens: the first continuation token needs a context")
         k = len(continuations[i])
         if group and rows + k > max_rows:
-            _score_group(model, prefixes, continuations, group, out, pad_token_id)
+            _score_group(model, prefixes, continuations, group, out, pad_token_id, logit_bias_V)
             group, rows = [], 0
         group.append(i)
         rows += k
     if group:
-        _score_group(model, prefixes, continuations, group, out, pad_token_id)
+        _score_group(model, prefixes, continuations, group, out, pad_token_id, logit_bias_V)
     return out
 
 
-def _score_group(model, prefixes, continuations, group, out, pad_token_id) -> None:
+def _score_group(model, prefixes, continuations, group, out, pad_token_id, logit_bias_V) -> None:
     device = next(model.parameters()).device
     was_training = model.training
     model.eval()
@@ -327,7 +329,8 @@ def _score_group(model, prefixes, continuations, group, out, pad_token_id) -> No
         **kwargs,
     )
     cache = result.past_key_values
-    first_logp_BV = torch.log_softmax(result.logits[:, -1, :].float(), dim=-1)
+    bias = 0.0 if logit_bias_V is None else logit_bias_V.to(device=result.logits.device, dtype=torch.float32)
+    first_logp_BV = torch.log_softmax(result.logits[:, -1, :].float() + bias, dim=-1)
     owner = [(b, k) for b, i in enumerate(live) for k in range(len(continuations[i])) if len(continuations[i][k])]
     if not owner:
         return
@@ -349,7 +352,7 @@ def _score_group(model, prefixes, continuations, group, out, pad_token_id) -> No
         past_key_values=cache,
         use_cache=True,
     ).logits.float()
-    logp_RTV = torch.log_softmax(logits, dim=-1)
+    logp_RTV = torch.log_softmax(logits + bias, dim=-1)
     for r, ((b, k), t) in enumerate(zip(owner, texts, strict=True)):
         targets = torch.tensor(t, dtype=torch.long, device=logp_RTV.device)
         first = first_logp_BV[b, targets[0]].reshape(1)

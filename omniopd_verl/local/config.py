@@ -21,6 +21,8 @@ from omniopd_verl.errors import ConfigError
 
 DEVICES = ("auto", "cpu", "cuda")
 DTYPES = ("float32", "bfloat16")
+METHODS = ("omniopd", "token_opd")  # local/token_opd.py: the white-box token-level OPD baseline
+CONTROLS = ("none", "shuffle_pi_hat")  # local/control.py: the control arm
 
 
 def _fail(key: str, value: Any, allowed: str) -> ConfigError:
@@ -129,6 +131,8 @@ class LocalEngineConfig:
     """Show a progress bar on stderr."""
     tensorboard: bool = True
     """Also write metrics as TensorBoard events (output_dir/tensorboard)."""
+    method: str = "omniopd"
+    """'omniopd', or 'token_opd': the white-box token-level OPD baseline (local/token_opd.py; needs a local teacher)."""
     control: str = "none"
     """'none', or 'shuffle_pi_hat': the control arm, pi_hat permuted across the batch's chunks (local/control.py)."""
 
@@ -169,8 +173,8 @@ class LocalEngineConfig:
             raise _fail("device", self.device, f"one of {list(DEVICES)}")
         if self.dtype not in DTYPES:
             raise _fail("dtype", self.dtype, f"one of {list(DTYPES)}")
-        from omniopd_verl.local.control import CONTROLS
-
+        if self.method not in METHODS:
+            raise _fail("method", self.method, f"one of {list(METHODS)}")
         if self.control not in CONTROLS:
             raise _fail("control", self.control, f"one of {list(CONTROLS)}")
         _nonempty_str("output_dir", self.output_dir)

@@ -17,8 +17,6 @@ from collections.abc import Sequence
 
 from omniopd_verl.audit.types import ResponseAudit
 
-CONTROLS = ("none", "shuffle_pi_hat")
-
 
 def shuffle_pi_hat(audits: Sequence[ResponseAudit], seed: int) -> list[ResponseAudit]:
     """New audits whose chunks carry a seeded permutation of the batch's (pi_hat, pi_bar) pairs."""

@@ -94,6 +94,15 @@ class LocalTrainer:
         if teacher is None:
             teacher = self._shared_reference_teacher()
         self.auditor = Auditor(run.omniopd, self.tokenizer, teacher=teacher, similarity=similarity)
+        if cfg.method == "token_opd":
+            from omniopd_verl.local.token_opd import WhiteBoxTeacher
+
+            self.white_box = WhiteBoxTeacher.from_config(
+                run.omniopd.teacher,
+                student_model_name=cfg.model,
+                reference_model=self.ref_model,
+                tokenizer=self.tokenizer,
+            )
         self.train_problems, self.heldout_problems = load_splits(cfg.data)
         self.output_dir = Path(cfg.output_dir)
         self.output_dir.mkdir(parents=True, exist_ok=True)
@@ -165,10 +174,17 @@ class LocalTrainer:
             audits = shuffle_pi_hat(audits, _stable_seed(self.cfg.seed, "control", self.step))
         prompts, responses = [r.prompt_ids for r in rollouts], [r.response_ids for r in rollouts]
         batch = collate(prompts, responses, pad_id(self.tokenizer))
-        credit = audits_to_token_credit(audits, batch.response_mask_BT, self.run.omniopd.advantage)
-        # the very function verl's `omniopd` estimator calls: scores -> advantage, 0 on padding
-        advantage_BT = omniopd_advantage(dense_token_scores(credit), batch.response_mask_BT)
-        credit = dataclasses.replace(credit, advantage_BT=advantage_BT)
+        if self.cfg.method == "token_opd":  # the white-box baseline: log pi_T - log pi_theta on every token
+            from omniopd_verl.local.token_opd import token_opd_credit
+
+            with timer("teacher_logprobs"):
+                teacher_lp = self.white_box.token_logprobs(prompts, responses, pad_token_id=pad_id(self.tokenizer))
+            credit = token_opd_credit(teacher_lp, [r.logprobs_T for r in rollouts], batch.response_mask_BT)
+        else:
+            credit = audits_to_token_credit(audits, batch.response_mask_BT, self.run.omniopd.advantage)
+            # the very function verl's `omniopd` estimator calls: scores -> advantage, 0 on padding
+            advantage_BT = omniopd_advantage(dense_token_scores(credit), batch.response_mask_BT)
+            credit = dataclasses.replace(credit, advantage_BT=advantage_BT)
         metrics = policy_update(
             self.model,
             self.ref_model,
@@ -202,10 +218,12 @@ class LocalTrainer:
                 responses_per_prompt=cfg.responses_per_prompt,
             )
         self.auditor.reset_metrics()
-        self._phase("audit (teacher + similarity)")
-        with timer("audit"):
-            audits = self.audit(rollouts)
-        audit_metrics = self.auditor.metrics()
+        audits, audit_metrics = [], {}
+        if cfg.method == "omniopd":  # token_opd needs no audit: the teacher's log-probs cover every token
+            self._phase("audit (teacher + similarity)")
+            with timer("audit"):
+                audits = self.audit(rollouts)
+            audit_metrics = self.auditor.metrics()
         self._phase("update")
         metrics = self.update(rollouts, audits, timer)
         lengths = [len(r.response_ids) for r in rollouts]
@@ -227,29 +245,45 @@ class LocalTrainer:
         """The fixed held-out set and the initial student's gaps on it (omniopd_verl.local.paired_eval)."""
         from omniopd_verl.local import paired_eval as pe
 
-        problems = self.heldout_problems
-        rollouts = sample_responses(
-            self.ref_model,
-            self.tokenizer,
-            problems,
-            responses_per_prompt=1,
-            max_new_tokens=self.cfg.max_new_tokens,
-            max_prompt_tokens=self.cfg.max_prompt_tokens,
-            temperature=self.cfg.temperature,
-            top_p=self.cfg.top_p,
-            seed=_stable_seed(self.cfg.seed, "eval"),
-            uid_prefix="eval-",
-        )
-        self.auditor.reset_metrics()
-        audits = self.audit(rollouts)
-        items = pe.build_heldout_set(
-            rollouts,
-            audits,
-            self.ref_model,
-            self.tokenizer,
-            chunk_len=self.run.omniopd.chunk_len,
-            seed=_stable_seed(self.cfg.seed, "eval-base"),
-        )
+        problems, items, per = self.heldout_problems, [], 8
+        bar = None
+        if self.cfg.progress:
+            from tqdm.auto import tqdm
+
+            bar = tqdm(
+                total=len(problems),
+                desc="held-out set (rollout, teacher, base samples)",
+                unit="prompt",
+                file=sys.stderr,
+            )
+        for lo in range(0, len(problems), per):  # in parts, so the bar moves
+            part = problems[lo : lo + per]
+            rollouts = sample_responses(
+                self.ref_model,
+                self.tokenizer,
+                part,
+                responses_per_prompt=1,
+                max_new_tokens=self.cfg.max_new_tokens,
+                max_prompt_tokens=self.cfg.max_prompt_tokens,
+                temperature=self.cfg.temperature,
+                top_p=self.cfg.top_p,
+                seed=_stable_seed(self.cfg.seed, "eval", lo),
+                uid_prefix="eval-",
+            )
+            self.auditor.reset_metrics()
+            audits = self.audit(rollouts)
+            items += pe.build_heldout_set(
+                rollouts,
+                audits,
+                self.ref_model,
+                self.tokenizer,
+                chunk_len=self.run.omniopd.chunk_len,
+                seed=_stable_seed(self.cfg.seed, "eval-base", lo),
+            )
+            if bar is not None:
+                bar.update(len(part))
+        if bar is not None:
+            bar.close()
         before = pe.gaps(self.ref_model, items, pad_token_id=pad_id(self.tokenizer), progress=self.cfg.progress)
         return items, before
 
