@@ -14,7 +14,7 @@ export TOKENIZERS_PARALLELISM := false
 export RAY_AUTH_MODE := disabled
 export RAY_USAGE_STATS_ENABLED := 0
 
-.PHONY: setup test test-all demo bench lint clean
+.PHONY: setup test test-all demo experiment bench lint clean
 
 setup: $(STAMP)
 
@@ -41,6 +41,11 @@ test-all: setup
 
 demo: setup
 	$(PY) -m omniopd_verl.demo
+
+# the paper's comparison at small scale (<= 90 min on an idle 2-core machine): table + plot into docs/
+experiment: setup
+	$(PIP) install -q -c constraints.txt -e '.[experiment]'
+	$(PY) -m omniopd_verl.experiment --docs docs
 
 bench: setup
 	@for f in benchmarks/bench_*.py; do echo "== $$f"; $(PY) $$f || exit 1; done

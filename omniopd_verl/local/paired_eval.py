@@ -75,6 +75,7 @@ def build_heldout_set(rollouts, audits, ref_model, tokenizer, *, chunk_len: int,
         seeds=[derive_seed(seed, i) for i in range(len(prefixes))],
         pad_token_id=pad,
         eos_token_ids=eos_token_ids(ref_model, tokenizer),
+        max_rows=64,
     )
     for item, row in zip(items, samples, strict=True):
         texts = [tokenizer.decode(s.token_ids, skip_special_tokens=True) for s in row]

@@ -180,6 +180,11 @@ class LocalTrainer:
             with timer("teacher_logprobs"):
                 teacher_lp = self.white_box.token_logprobs(prompts, responses, pad_token_id=pad_id(self.tokenizer))
             credit = token_opd_credit(teacher_lp, [r.logprobs_T for r in rollouts], batch.response_mask_BT)
+            teacher_metrics = {  # one teacher forward per response, over its prompt and response tokens
+                "teacher/calls": float(len(rollouts)),
+                "teacher/prompt_tokens": float(sum(len(p) + len(r) for p, r in zip(prompts, responses, strict=True))),
+                "teacher/completion_tokens": 0.0,
+            }
         else:
             credit = audits_to_token_credit(audits, batch.response_mask_BT, self.run.omniopd.advantage)
             # the very function verl's `omniopd` estimator calls: scores -> advantage, 0 on padding
@@ -200,6 +205,8 @@ class LocalTrainer:
             timer=timer,
         )
         metrics["train/lr"] = self.cfg.lr
+        if self.cfg.method == "token_opd":
+            metrics.update(teacher_metrics)
         return metrics
 
     def train_step(self) -> dict[str, float]:
@@ -317,9 +324,10 @@ class LocalTrainer:
             self.output_dir, self.tokenizer, self.last_rollouts, self.last_audits, self.run, self.step
         )
 
-    def fit(self, heldout=None) -> dict[str, Any]:
+    def fit(self, heldout=None, on_step=None) -> dict[str, Any]:
         """Train cfg.steps steps. With held-out prompts (or `heldout` = (items, gaps_before) from
-        prepare_heldout, shared between arms) the paired evaluation runs before and after."""
+        prepare_heldout, shared between arms) the paired evaluation runs before and after.
+        `on_step(trainer, metrics)` is called after every step (the experiment's per-step metric)."""
         from omniopd_verl.local import paired_eval as pe
 
         cfg = self.cfg
@@ -349,6 +357,8 @@ class LocalTrainer:
                 metrics = self.train_step()
                 self.step += 1
                 logger.log(self.step, metrics)
+                if on_step is not None:
+                    on_step(self, metrics)
                 if bar is not None:
                     bar.set_postfix(
                         pi_hat=f"{metrics.get('audit/pi_hat_mean', float('nan')):.3f}",
