@@ -6,7 +6,11 @@ folder, and prints each stage's seconds and share of the step from the run's own
 The process's CPU time is printed too: on a shared machine wall time depends on the neighbours, CPU
 time much less.
 
-Usage: python benchmarks/bench_local_step_breakdown.py [--steps 2] [--tiny] [key=value ...]
+With --compare the same steps run twice, first with the old sampling path (every teacher sample and
+every rollout response prefilled on its own row) and then with the shared-prefix one, and the step
+time ratio old/new is printed.
+
+Usage: python benchmarks/bench_local_step_breakdown.py [--steps 2] [--tiny] [--compare] [key=value ...]
 """
 
 from __future__ import annotations
@@ -23,16 +27,32 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 RECIPE = Path(__file__).resolve().parents[1] / "recipes" / "quickstart_cpu" / "quickstart_cpu.yaml"
-STAGES = ("rollout", "audit", "reference", "update")
+STAGES = ("rollout", "audit", "reference", "update", "teacher_logprobs")
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--steps", type=int, default=2)
     parser.add_argument("--tiny", action="store_true", help="tiny random model and ned similarity (seconds)")
+    parser.add_argument("--compare", action="store_true", help="also time the old one-row-per-sample path")
     parser.add_argument("overrides", nargs="*")
     args = parser.parse_args()
+    if args.compare:
+        from omniopd_verl import generation
 
+        generation.DEFAULT_SHARE_PREFIX = False
+        old = run_steps(args)
+        generation.DEFAULT_SHARE_PREFIX = True
+        new = run_steps(args)
+        old_s, new_s = sum(r["time/step"] for r in old), sum(r["time/step"] for r in new)
+        print(f"\nstep time, old path (one prefill per sample row): {old_s / len(old):.1f} s/step")
+        print(f"step time, new path (one prefill per prefix):      {new_s / len(new):.1f} s/step")
+        print(f"demo step time ratio old/new: {old_s / new_s:.2f}x")
+        return
+    run_steps(args)
+
+
+def run_steps(args) -> list[dict]:
     from omniopd_verl.local.metrics import read_metrics
     from omniopd_verl.local.train import run
 
@@ -71,6 +91,7 @@ def main() -> None:
     )
     print(f"process CPU time: user {usage.ru_utime:.0f} s + sys {usage.ru_stime:.0f} s (includes model loads)")
     print("note: wall times on a shared CPU are noisy; compare shares within one run")
+    return rows
 
 
 if __name__ == "__main__":

@@ -40,6 +40,8 @@ import torch
 from transformers.cache_utils import DynamicCache, DynamicLayer
 
 SEED_MODULUS = 2**63
+DEFAULT_SHARE_PREFIX = True
+"""What `share_prefix=None` means; benchmarks/bench_local_step_breakdown.py --compare flips it to time the old path."""
 
 
 @dataclass
@@ -145,7 +147,7 @@ def sample_continuations(
     eos_token_ids: Sequence[int] = (),
     min_new_tokens: int = 0,
     logit_bias_V: torch.Tensor | None = None,
-    share_prefix: bool = True,
+    share_prefix: bool | None = None,
     max_rows: int | None = None,
 ) -> list[list[Sample]]:
     """For each prefix (token ids), `n` sampled continuations; see the module docstring.
@@ -153,6 +155,8 @@ def sample_continuations(
     `n`, `max_new_tokens` and `seeds` are one value for all prefixes or one per prefix. Requests are
     grouped into generations of at most `max_rows` sample rows (a request is never split).
     """
+    if share_prefix is None:
+        share_prefix = DEFAULT_SHARE_PREFIX
     count = len(prefixes)
     ns = [int(k) for k in _per_request(n, count, "n")]
     limits = [int(k) for k in _per_request(max_new_tokens, count, "max_new_tokens")]

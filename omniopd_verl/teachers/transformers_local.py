@@ -57,7 +57,7 @@ class LocalSampler:
         self.pad_token_id = pad
         self.eos_token_ids = eos_token_ids(model, tokenizer)
         self.logit_bias_V = None  # an optional [V] logit bias (a steered demonstration teacher)
-        self.share_prefix = True  # False = prefill every sample's row separately (benchmark baseline)
+        self.share_prefix = None  # False = prefill every sample's row separately (benchmark baseline)
         self._lock = threading.Lock()
 
     @classmethod
