@@ -31,7 +31,7 @@ from typing import Any
 
 from omniopd_verl.config import TeacherConfig
 from omniopd_verl.errors import ConfigError
-from omniopd_verl.protocols import RawAnswer, RawRequest, RawSample, TeacherCapabilities
+from omniopd_verl.protocols import STOP_REASONS, RawAnswer, RawRequest, RawSample, TeacherCapabilities
 from omniopd_verl.teachers.reliability import import_litellm
 from omniopd_verl.teachers.secrets import PROVIDER_DEFAULT_ENV, read_api_key
 
@@ -117,10 +117,16 @@ class LiteLLMTeacher:
         response = await litellm.acompletion(**kwargs)
         usage = getattr(response, "usage", None)
         return RawAnswer(
-            samples=[
-                RawSample(getattr(c.message, "content", None), getattr(c, "finish_reason", None))
-                for c in response.choices or []
-            ],
+            samples=[_sample(c) for c in response.choices or []],
             prompt_tokens=int(getattr(usage, "prompt_tokens", 0) or 0),
             completion_tokens=int(getattr(usage, "completion_tokens", 0) or 0),
         )
+
+
+def _sample(choice: Any) -> RawSample:
+    """litellm turns an empty Anthropic text block into content None: with a stop, that is the empty answer."""
+    text = getattr(choice.message, "content", None)
+    finish = getattr(choice, "finish_reason", None)
+    if text is None and finish in STOP_REASONS:
+        text = ""
+    return RawSample(text, finish)
