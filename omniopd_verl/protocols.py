@@ -45,6 +45,8 @@ class TeacherCapabilities:
     call at a time, no timeout. False (HTTP): one request per raw call, max_concurrency calls in flight."""
     priced: bool = True
     """Calls cost money: a budget (max_cost_usd) then needs a price. False: local compute, cost 0."""
+    reports_cost: bool = False
+    """Every RawAnswer carries cost_usd (what the server charged): a budget needs no price table."""
     max_tokens_factor: float = 1.25
     """Default teacher tokens asked per student token (options.max_tokens_factor overrides)."""
 

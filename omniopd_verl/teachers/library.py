@@ -177,7 +177,8 @@ class Teacher:
         self._async = inspect.iscoroutinefunction(plugin.sample_raw)
         self._render_chat = getattr(plugin, "render_chat", None)
         self._loops: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, _LoopState] = weakref.WeakKeyDictionary()
-        if config.max_cost_usd is not None and self.capabilities.priced and self.price(1000, 1000) is None:
+        caps = self.capabilities
+        if config.max_cost_usd is not None and caps.priced and not caps.reports_cost and self.price(1, 1) is None:
             raise ConfigError(
                 f"omniopd.teacher.max_cost_usd={config.max_cost_usd!r} cannot be enforced: no price for the "
                 f"{name} teacher (model {self.price_model!r} is not in litellm's price table); set "
