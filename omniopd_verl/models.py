@@ -81,15 +81,30 @@ def _ensure_converted(name: str) -> Path:
         return target
 
 
+def load_tokenizer(name_or_path: str):
+    """The tokenizer of a built-in name or a local folder (pad = eos when it has none); no weights are read."""
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(resolve_model_path(name_or_path))
+    if tokenizer.pad_token_id is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    return tokenizer
+
+
+def load_model_config(name_or_path: str):
+    """The transformers config (config.json) of a built-in name or a local folder; no weights are read."""
+    from transformers import AutoConfig
+
+    return AutoConfig.from_pretrained(resolve_model_path(name_or_path))
+
+
 def load_causal_lm(name_or_path: str, *, dtype=None, device: str = "cpu"):
     """(model, tokenizer) for a built-in name or a local transformers folder, in eval mode."""
     import torch
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers import AutoModelForCausalLM
 
     path = resolve_model_path(name_or_path)
-    tokenizer = AutoTokenizer.from_pretrained(path)
-    if tokenizer.pad_token_id is None:
-        tokenizer.pad_token = tokenizer.eos_token
+    tokenizer = load_tokenizer(path)
     model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype or torch.float32).to(device)
     model.eval()
     return model, tokenizer
