@@ -190,9 +190,7 @@ def long_rows():
     return items
 
 
-def test_input_beyond_the_student_context_is_refused_naming_row_and_lengths(
-    tmp_path, server, tiny_model_path, capsys
-):
+def test_input_beyond_the_student_context_is_refused_naming_row_and_lengths(tmp_path, server, tiny_model_path, capsys):
     inp = write_jsonl(tmp_path / "in.jsonl", long_rows())
     calls = server.calls()
     assert main(argv(inp, tmp_path / "o.jsonl", tiny_model_path, server)) == 2
