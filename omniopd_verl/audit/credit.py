@@ -25,12 +25,12 @@ def chunk_advantages(audits: Sequence[ResponseAudit], mode: str = "posterior") -
     if mode not in ADVANTAGE_MODES:
         raise ConfigError(f"omniopd.advantage={mode!r} is invalid: allowed one of {list(ADVANTAGE_MODES)}")
     if mode == "posterior":
-        return [[c.weight for c in a.chunks] for a in audits]
+        return [[c.pi_hat for c in a.chunks] for a in audits]
     if mode == "centered_prior":
-        return [[c.weight - c.prior_mean for c in a.chunks] for a in audits]
-    weights = [c.weight for a in audits for c in a.chunks]
+        return [[c.pi_hat - c.pi_bar for c in a.chunks] for a in audits]
+    weights = [c.pi_hat for a in audits for c in a.chunks]
     mean = sum(weights) / len(weights) if weights else 0.0
-    return [[c.weight - mean for c in a.chunks] for a in audits]
+    return [[c.pi_hat - mean for c in a.chunks] for a in audits]
 
 
 def audits_to_token_credit(
@@ -55,7 +55,7 @@ def audits_to_token_credit(
     weights_BM = torch.zeros((B, M), dtype=torch.float32)
     for b, a in enumerate(audits):
         for m, c in enumerate(a.chunks):
-            starts_BM[b, m], ends_BM[b, m], weights_BM[b, m] = c.start, c.end, c.weight
+            starts_BM[b, m], ends_BM[b, m], weights_BM[b, m] = c.start, c.end, c.pi_hat
     credit = chunk_token_credit(starts_BM, ends_BM, weights_BM, response_mask_BT)
     if mode == "posterior":
         return credit

@@ -5,9 +5,9 @@ through the student's chat template; optional "teacher_context": privileged text
 only), runs the student teacher-forced for exact entropies and log-probs, audits every response with
 the configured teacher / similarity / scheduler (the same Auditor both training engines use), and
 writes OUT.jsonl with one line per input, in input order:
-    {"id", "entropy_source", "similarity", "scheduler", "response_len", "dropped_anchors",
+    {"id", "entropy_source", "similarity", "scheduler", "response_len", "anchors_dropped",
      "chunks": [{"start", "end", "entropy", "student_text", "teacher_texts", "similarities",
-                 "k_sem", "prior_mean", "weight"}, ...],
+                 "k_sem", "k_sem_frac", "pi_bar", "pi_hat"}, ...],
      "teacher": {"calls", "retries", "failures", "cache_hits", "prompt_tokens", "completion_tokens",
                  "cost_usd", "seconds"}}
 A summary goes to stderr; --report writes a self-contained HTML page.
@@ -479,7 +479,7 @@ def _record(audit, config) -> dict[str, Any]:
         "similarity": config.similarity,
         "scheduler": config.scheduler,
         "response_len": audit.response_len,
-        "dropped_anchors": audit.dropped_anchors,
+        "anchors_dropped": audit.anchors_dropped,
         "chunks": [
             {
                 "start": c.start,
@@ -489,8 +489,9 @@ def _record(audit, config) -> dict[str, Any]:
                 "teacher_texts": c.teacher_texts,
                 "similarities": c.similarities,
                 "k_sem": c.k_sem,
-                "prior_mean": c.prior_mean,
-                "weight": c.weight,
+                "k_sem_frac": c.k_sem_frac,
+                "pi_bar": c.pi_bar,
+                "pi_hat": c.pi_hat,
             }
             for c in audit.chunks
         ],
@@ -514,10 +515,10 @@ def _summary(records, metrics, config, t_student, t_audit) -> dict[str, str]:
         "chunks audited": f"{len(chunks)} ({metrics['audit/chunks_per_response']:.2f}/response, "
         f"{100 * metrics['audit/token_fraction']:.1f}% of tokens)",
         "rows without audit": str(int(metrics["audit/rows_without_audit"])),
-        "dropped anchors": str(int(metrics["audit/dropped_anchors"])),
-        "weight (pi_hat)": stat("pi_hat"),
+        "anchors dropped": str(int(metrics["audit/anchors_dropped"])),
+        "pi_hat (posterior mean)": stat("pi_hat"),
         "k_sem / N": stat("k_sem_frac"),
-        "prior mean": stat("prior_mean"),
+        "pi_bar (prior mean)": stat("pi_bar"),
         "k_sem inside (5%,95%)": f"{100 * metrics['audit/k_sem_inside_frac']:.1f}% of chunks",
         "config": f"M={config.chunks} N={config.samples} C={config.chunk_len} alpha={config.alpha} "
         f"scheduler={config.scheduler} similarity={config.similarity} teacher={config.teacher.name}",

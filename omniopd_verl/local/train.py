@@ -229,9 +229,9 @@ class LocalTrainer:
         result = {
             "prompts": float(len(rollouts)),
             "chunks": float(len(chunks)),
-            "agreement": m.get("audit/k_sem_frac_mean", float("nan")),
+            "k_sem_frac_mean": m.get("audit/k_sem_frac_mean", float("nan")),
             "pi_hat_mean": m.get("audit/pi_hat_mean", float("nan")),
-            "prior_mean": m.get("audit/prior_mean_mean", float("nan")),
+            "pi_bar_mean": m.get("audit/pi_bar_mean", float("nan")),
             "response_len_mean": sum(len(r.response_ids) for r in rollouts) / len(rollouts),
             "logprob_mean": float(torch.cat([r.logprobs_T for r in rollouts]).mean()),
         }

@@ -23,13 +23,15 @@ class TeacherCapabilities:
 
 @dataclass(frozen=True)
 class TeacherRequest:
-    """Continue the student's prefix x + y_<t: `n` samples of at most `max_tokens` student-token-equivalents."""
+    """Continue the student's prefix x + y_<t: `n` samples of at most `student_tokens` student-token-equivalents (C)."""
 
     request_id: str  # "<uid>:<anchor>", stable across reruns
     prompt_text: str  # x as the student saw it (chat template applied)
     response_prefix: str  # y_<t decoded: the partial answer to continue (never the chunk itself)
     n: int
-    max_tokens: int
+    student_tokens: (
+        int  # C, counted in student tokens; a teacher API gets teacher_max_tokens = this x max_tokens_factor
+    )
     seed: int  # deterministic per (config seed, uid, anchor)
     prompt_messages: tuple[dict[str, Any], ...] | None = None  # original chat messages (chat-API teachers)
     teacher_context: str | None = None  # privileged text for the teacher only (e.g. a reference solution)

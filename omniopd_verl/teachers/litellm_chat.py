@@ -116,7 +116,7 @@ class LiteLLMTeacher(ReliableTeacher):
         content = {"messages": messages, "continuation": self.continuation}
         chars = sum(len(str(m["content"])) for m in messages)
         return CallPlan(
-            content=content, max_tokens=self.teacher_max_tokens(request), prompt_chars=chars, extra={"cut": cut}
+            content=content, teacher_max_tokens=self.teacher_max_tokens(request), prompt_chars=chars, extra={"cut": cut}
         )
 
     async def _call(self, request: TeacherRequest, plan: CallPlan, unit: Unit) -> Answer:
@@ -124,7 +124,7 @@ class LiteLLMTeacher(ReliableTeacher):
         kwargs: dict[str, Any] = dict(
             model=self.model,
             messages=plan.content["messages"],
-            max_tokens=plan.max_tokens,
+            max_tokens=plan.teacher_max_tokens,
             temperature=self.config.temperature,
             timeout=self.config.timeout_s,
             max_retries=0,

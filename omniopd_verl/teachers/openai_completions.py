@@ -52,7 +52,7 @@ class OpenAICompletionsTeacher(ReliableTeacher):
 
     def _plan(self, request: TeacherRequest) -> CallPlan:
         prompt = self.teacher_prompt(request)
-        return CallPlan(content=prompt, max_tokens=self.teacher_max_tokens(request), prompt_chars=len(prompt))
+        return CallPlan(content=prompt, teacher_max_tokens=self.teacher_max_tokens(request), prompt_chars=len(prompt))
 
     def _client(self) -> Any:
         state = self._state()
@@ -72,7 +72,7 @@ class OpenAICompletionsTeacher(ReliableTeacher):
             model=str(self.config.model),
             prompt=plan.content,
             n=unit.n,
-            max_tokens=plan.max_tokens,
+            max_tokens=plan.teacher_max_tokens,
             temperature=self.config.temperature,
             top_p=self.config.top_p,
             seed=unit.seed,

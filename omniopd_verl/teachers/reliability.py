@@ -10,7 +10,7 @@ supplies `_plan(request) -> CallPlan` (what the teacher sees, for the cache key 
   that did arrive are never thrown away or paid twice;
 - bounded concurrency (`max_concurrency` HTTP calls in flight, across all requests), client-side
   requests-per-minute and tokens-per-minute limits (aiolimiter's leaky buckets; the token estimate is
-  prompt chars/4 + N x max_tokens);
+  prompt chars/4 + N x teacher_max_tokens);
 - a per-call timeout (`timeout_s`, passed to litellm and enforced again with asyncio.wait_for);
 - retries on 408/409/429/5xx, timeouts, connection errors and unusable answers (fewer than the asked
   samples, non-string texts, malformed bodies), with exponential backoff and jitter, honouring
@@ -76,7 +76,7 @@ class CallPlan:
     """What one request sends: `content` is everything the teacher sees (hashed into the cache key)."""
 
     content: Any
-    max_tokens: int
+    teacher_max_tokens: int  # what the API is sent as max_tokens
     prompt_chars: int
     extra: dict[str, Any] = field(default_factory=dict)
 
@@ -238,7 +238,7 @@ class ReliableTeacher:
 
     def teacher_max_tokens(self, request: TeacherRequest) -> int:
         """Teacher tokens to ask for: the student-token-equivalents times max_tokens_factor."""
-        return max(1, math.ceil(request.max_tokens * self.max_tokens_factor))
+        return max(1, math.ceil(request.student_tokens * self.max_tokens_factor))
 
     def price(self, model: str | None, prompt_tokens: int, completion_tokens: int) -> float | None:
         """USD for one call: the configured per-token prices, else litellm's price table; None if unknown."""
@@ -278,7 +278,7 @@ class ReliableTeacher:
             model=str(self.config.model),
             prefix=plan.content,
             n=request.n,
-            max_tokens=plan.max_tokens,
+            teacher_max_tokens=plan.teacher_max_tokens,
             temperature=self.config.temperature,
             top_p=self.config.top_p,
             seed=request.seed,
@@ -396,7 +396,7 @@ class ReliableTeacher:
         if self._rpm is not None:
             await self._rpm.acquire()
         if self._tpm is not None:
-            estimate = plan.prompt_chars / 4 + unit.n * plan.max_tokens
+            estimate = plan.prompt_chars / 4 + unit.n * plan.teacher_max_tokens
             await self._tpm.acquire(min(float(self._tpm.max_rate), estimate))
 
     @staticmethod

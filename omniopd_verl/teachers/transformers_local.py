@@ -208,7 +208,7 @@ class TransformersTeacher:
         return context_prefix(request.teacher_context) + request.prefix_text
 
     def _max_new_tokens(self, request: TeacherRequest) -> int:
-        return max(1, math.ceil(request.max_tokens * self.max_tokens_factor))
+        return max(1, math.ceil(request.student_tokens * self.max_tokens_factor))
 
     def _key(self, request: TeacherRequest, prompt: str) -> str:
         return cache_key(
@@ -216,7 +216,7 @@ class TransformersTeacher:
             model=str(self.config.model),
             prefix=prompt,
             n=request.n,
-            max_tokens=self._max_new_tokens(request),
+            teacher_max_tokens=self._max_new_tokens(request),
             temperature=self.config.temperature,
             top_p=self.config.top_p,
             seed=request.seed,

@@ -63,7 +63,7 @@ class VLLMTeacher:
     def sampling_params(self, request: TeacherRequest) -> Any:
         return self.vllm.SamplingParams(
             n=request.n,
-            max_tokens=max(1, math.ceil(request.max_tokens * self.max_tokens_factor)),
+            max_tokens=max(1, math.ceil(request.student_tokens * self.max_tokens_factor)),
             temperature=self.config.temperature,
             top_p=self.config.top_p,
             seed=request.seed,
@@ -75,7 +75,7 @@ class VLLMTeacher:
             model=str(self.config.model),
             prefix=prompt,
             n=request.n,
-            max_tokens=params.max_tokens,
+            teacher_max_tokens=params.max_tokens,
             temperature=self.config.temperature,
             top_p=self.config.top_p,
             seed=request.seed,

@@ -159,15 +159,15 @@ class OmniOPDRewardManager(RewardManagerBase):
                 logger.warning("OmniOPD: task accuracy is not reported (the scorer failed: %r)", exc)
         scores_T = dense_token_scores(credit, task_B, cfg.task_reward_weight)[0]
 
-        weights = [c.weight for c in audit.chunks]
+        weights = [c.pi_hat for c in audit.chunks]
         info.update(
             {
                 TOKEN_SCORES_KEY: scores_T.tolist(),
-                "omniopd/chunks": float(len(audit.chunks)),
-                "omniopd/token_fraction": float(credit.audit_mask_BT.sum()) / T if T else 0.0,
-                "omniopd/pi_hat_mean": sum(weights) / len(weights) if weights else 0.0,
-                "omniopd/dropped_anchors": float(audit.dropped_anchors),
-                "omniopd/entropy_source": audit.entropy_source,
+                "audit/chunks": float(len(audit.chunks)),
+                "audit/token_fraction": float(credit.audit_mask_BT.sum()) / T if T else 0.0,
+                "audit/pi_hat_mean": sum(weights) / len(weights) if weights else 0.0,
+                "audit/anchors_dropped": float(audit.anchors_dropped),
+                "audit/entropy_source": audit.entropy_source,
             }
         )
         self._log_metrics()

@@ -36,9 +36,9 @@ def test_token_credit_matches_naive_loops(mode):
             if owner:
                 c = owner[0]
                 expected = {
-                    "posterior": c.weight,
-                    "centered_prior": c.weight - c.prior_mean,
-                    "centered_batch": c.weight - batch_mean,
+                    "posterior": c.pi_hat,
+                    "centered_prior": c.pi_hat - c.pi_bar,
+                    "centered_batch": c.pi_hat - batch_mean,
                 }[mode]
             assert credit.advantage_BT[b, t].item() == pytest.approx(expected, abs=1e-6)
             assert credit.audit_mask_BT[b, t].item() == bool(owner)

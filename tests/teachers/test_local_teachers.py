@@ -20,13 +20,13 @@ def tiny_sampler(tiny_model_path):
     return LocalSampler.load(tiny_model_path)
 
 
-def req(i, *, n=3, max_tokens=6, seed=None, context=None, messages=None, prefix=" Then"):
+def req(i, *, n=3, student_tokens=6, seed=None, context=None, messages=None, prefix=" Then"):
     return TeacherRequest(
         f"u{i}:{i}",
         f"Story {i}:",
         prefix,
         n=n,
-        max_tokens=max_tokens,
+        student_tokens=student_tokens,
         seed=100 + i if seed is None else seed,
         prompt_messages=messages,
         teacher_context=context,
@@ -68,7 +68,7 @@ def test_tiny_model_samples_are_seeded_batched_and_bounded(tiny_sampler, tmp_pat
     results = a + b
     assert counting.generate_calls == 1 and counting.rows == [3 + 3 + 2]  # one generate for everything
     assert [len(r.texts) for r in results] == [3, 3, 2]
-    assert counting.new_tokens == [6]  # max_tokens student-token-equivalents x max_tokens_factor 1.0
+    assert counting.new_tokens == [6]  # student_tokens x max_tokens_factor 1.0
     assert len({t for r in results for t in r.texts}) > 4  # samples differ
     # same seed -> same texts, alone or in another batch; another seed -> other texts
     alone = asyncio.run(teacher(sampler).sample([req(1)]))[0]
@@ -143,7 +143,7 @@ def test_transformers_teacher_through_the_registry_with_smollm2(smollm2_path, tm
     config = TeacherConfig(name="transformers", model="smollm2-135m-instruct", options={"batch_rows": 8})
     t = registry.load("teachers", "transformers")(config)
     prompt = "<|im_start|>user\nWhat is 2+3?<|im_end|>\n<|im_start|>assistant\n"
-    request = TeacherRequest("q:3", prompt, "2 + 3 =", n=2, max_tokens=8, seed=11)
+    request = TeacherRequest("q:3", prompt, "2 + 3 =", n=2, student_tokens=8, seed=11)
     results = asyncio.run(t.sample([request]))
     assert len(results[0].texts) == 2 and all(isinstance(s, str) and s.strip() for s in results[0].texts)
     assert t.metrics()["teacher/prompt_tokens"] > 10

@@ -40,7 +40,7 @@ def mask_for(lengths, width):
 
 
 def naive_advantage(audits, lengths, width, mode="posterior", task=None, lam=0.0):
-    weights = [c.weight for a in audits for c in a.chunks]
+    weights = [c.pi_hat for a in audits for c in a.chunks]
     batch_mean = sum(weights) / len(weights) if weights else 0.0
     out = [[0.0] * width for _ in audits]
     for b, a in enumerate(audits):
@@ -49,9 +49,9 @@ def naive_advantage(audits, lengths, width, mode="posterior", task=None, lam=0.0
             for c in a.chunks:
                 if c.start <= t < c.end:
                     value += {
-                        "posterior": c.weight,
-                        "centered_prior": c.weight - c.prior_mean,
-                        "centered_batch": c.weight - batch_mean,
+                        "posterior": c.pi_hat,
+                        "centered_prior": c.pi_hat - c.pi_bar,
+                        "centered_batch": c.pi_hat - batch_mean,
                     }[mode]
             out[b][t] = value
     return torch.tensor(out)
