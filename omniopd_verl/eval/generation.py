@@ -71,8 +71,9 @@ class TransformersGenerator:
         self.tokenizer.padding_side = "left"
         self.device, self.batch_size = device, batch_size
 
-    def generate(self, prompts: list[list[dict]], spec: SamplingSpec) -> list[list[str]]:
-        """n answers per chat prompt; prompt i is sampled with seed derive_seed(spec.seed, i), prefilled once."""
+    def generate(self, prompts: list[list[dict]], spec: SamplingSpec, progress=None) -> list[list[str]]:
+        """n answers per chat prompt (prompt i seeded by derive_seed(spec.seed, i), prefilled once for its n);
+        `progress(done, total)` is called after every batch when given."""
         from omniopd_verl.generation import derive_seed, sample_continuations
         from omniopd_verl.teachers.transformers_local import eos_token_ids
 
@@ -96,6 +97,8 @@ class TransformersGenerator:
             )
             for i, row in zip(idx, samples, strict=True):
                 outputs[i] = [self.tokenizer.decode(s.token_ids, skip_special_tokens=True) for s in row]
+            if progress is not None:
+                progress(min(start + self.batch_size, len(order)), len(order))
         return outputs
 
 

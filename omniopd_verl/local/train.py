@@ -12,8 +12,9 @@ uninterrupted one), checkpoints, metrics to JSONL + TensorBoard, a progress bar,
 training (`local/paired_eval.py`: the pre-declared teacher-minus-base log-likelihood change, in eval.json).
 `local.control: shuffle_pi_hat` makes the run the control arm (`local/control.py`).
 
-When the teacher is the `transformers` plugin on the same model as the student (privileged
-self-distillation), it reuses the frozen reference copy instead of loading the weights a third time.
+The teacher is built through the registry like any user's (no teacher class is imported here); a
+`transformers` teacher with `options.model: reference` samples from the frozen reference copy instead
+of loading the weights a third time.
 """
 
 from __future__ import annotations
@@ -92,7 +93,7 @@ class LocalTrainer:
             micro_batch_size=cfg.micro_batch_size,
         )
         if teacher is None:
-            teacher = self._shared_reference_teacher()
+            teacher = self._build_teacher()
         self.auditor = Auditor(run.omniopd, self.tokenizer, teacher=teacher, similarity=similarity)
         if cfg.method == "token_opd":
             from omniopd_verl.local.token_opd import WhiteBoxTeacher
@@ -112,18 +113,19 @@ class LocalTrainer:
         self.last_rollouts: list[Rollout] = []
         self._phase = _no_phase  # fit() points this at the progress bar: which phase a step is in
 
-    def _shared_reference_teacher(self):
-        """The privileged self-distillation teacher IS the initial student: reuse pi_ref's weights."""
-        tcfg = self.run.omniopd.teacher
-        if tcfg.name != "transformers" or tcfg.model not in (self.cfg.model, None):
-            return None  # the Auditor builds whatever teacher the config names
-        extra = set(tcfg.options) - {"batch_rows", "max_tokens_factor", "steer"}
-        if extra:  # device/dtype options ask for a separate copy: let the plugin load one
-            return None
-        from omniopd_verl.teachers.transformers_local import LocalSampler, TransformersTeacher
+    def _build_teacher(self):
+        """The teacher the config names, built through the registry exactly as a user would build it.
 
-        sampler = LocalSampler(self.ref_model, self.tokenizer, str(self.device))
-        return TransformersTeacher(tcfg, sampler=sampler)
+        The engine offers one resource, its frozen reference copy of the initial student, to a teacher
+        whose config asks for it explicitly (`omniopd.teacher.options.model: reference`, an option of the
+        `transformers` teacher): then the teacher samples from pi_ref's weights instead of loading them again.
+        """
+        from omniopd_verl import registry
+
+        tcfg = self.run.omniopd.teacher
+        if tcfg.options.get("model") != "reference":
+            return registry.create_teacher(tcfg)
+        return registry.create_teacher(tcfg, resources={"reference_model": (self.ref_model, self.tokenizer)})
 
     # ------------------------------------------------------------------ steps
 
