@@ -137,3 +137,43 @@ def test_config_errors_name_key_value_and_allowed(tmp_path, benchmarks_dir):
         load_run_config(path, ["omniopd.task_reward_weight=0.5"])
     with pytest.raises(ConfigError, match=r"omniopd\.entropy_source='rollout_topk' is not used by the local engine"):
         load_run_config(path, ["omniopd.entropy_source=rollout_topk"])
+
+
+@pytest.mark.parametrize("variant", [{"control": "shuffle_pi_hat"}, {"method": "token_opd"}])
+def test_paired_heldout_evaluation_control_and_token_opd_end_to_end(tmp_path, tiny_model_path, benchmarks_dir, variant):
+    """One step with the held-out paired metric: the control arm and the token-OPD baseline run through fit()."""
+    from omniopd_verl.local.paired_eval import METRIC
+    from omniopd_verl.local.train import LocalTrainer
+
+    path = write_run(
+        tmp_path,
+        tiny_model_path,
+        benchmarks_dir,
+        steps=1,
+        tensorboard=False,
+        data={
+            "path": str(benchmarks_dir / "gsm8k" / "train.jsonl"),
+            "heldout_path": str(benchmarks_dir / "gsm8k" / "test.jsonl"),
+            "heldout_prompts": 2,
+            "max_prompts": 50,
+        },
+        **variant,
+    )
+    cfg = load_run_config(str(path), ["omniopd.teacher.options.model=reference"])
+    trainer = LocalTrainer(cfg)
+    assert trainer.auditor.teacher is not None
+    try:
+        summary = trainer.fit()
+    finally:
+        trainer.close()
+    paired = summary["eval"]["paired"]
+    assert paired["metric"] == METRIC and paired["prefixes"] >= 1 and paired["prompts"] <= 2
+    lo, hi = paired["ci95"]
+    assert lo <= paired["effect"] <= hi and paired["effect"] != 0.0  # one lr-1e-3 step moves the student
+    saved = json.loads((tmp_path / "run" / "eval.json").read_text())
+    assert len(saved["gaps_before"]) == paired["prefixes"] == len(saved["paired"]["gaps_after"])
+    rows = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    if variant.get("method") == "token_opd":
+        assert rows[0]["loss/l_kl"] == 0.0 and rows[0]["teacher/calls"] == 4.0 and "audit/pi_hat_mean" not in rows[0]
+    else:
+        assert rows[0]["audit/pi_hat_mean"] > 0
