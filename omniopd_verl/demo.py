@@ -133,7 +133,8 @@ def main(argv: list[str] | None = None) -> int:
             f"  share of {steer['tokens']} tokens: teacher texts {share['teacher']:.1%}, student's own {share['base']:.1%}"
         )
     print(
-        f"  the initial student finds the teacher's texts {percent(gap0):+.1f}% as likely per token as its own ({gap0:+.3f} nat)"
+        f"  the initial student gives the teacher's texts {abs(percent(gap0)):.1f}% {'lower' if gap0 < 0 else 'higher'} "
+        f"likelihood per token than its own ({gap0:+.3f} nat/token)"
     )
 
     results = {}
