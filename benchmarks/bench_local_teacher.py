@@ -38,9 +38,8 @@ def main() -> None:
 
     import torch
 
-    from omniopd_verl.generation import sample_continuations
+    from omniopd_verl.generation import eos_token_ids, sample_continuations
     from omniopd_verl.models import load_causal_lm
-    from omniopd_verl.teachers.transformers_local import eos_token_ids
 
     torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "1")))
     model, tok = load_causal_lm(args.model)

@@ -52,6 +52,17 @@ class Sample:
     finished: bool
 
 
+def eos_token_ids(model, tokenizer) -> list[int]:
+    """The tokenizer's EOS plus the model's generation-config EOS ids (where a sample stops)."""
+    ids = set()
+    for source in (tokenizer.eos_token_id, getattr(getattr(model, "generation_config", None), "eos_token_id", None)):
+        if isinstance(source, int):
+            ids.add(source)
+        elif isinstance(source, (list, tuple)):
+            ids.update(int(x) for x in source)
+    return sorted(ids)
+
+
 def derive_seed(seed: int, index: int) -> int:
     """A per-request seed from a batch seed and the request's index (splitmix64: neighbours decorrelate)."""
     z = (int(seed) * 0x9E3779B97F4A7C15 + int(index) + 1) % 2**64

@@ -74,8 +74,7 @@ class TransformersGenerator:
     def generate(self, prompts: list[list[dict]], spec: SamplingSpec, progress=None) -> list[list[str]]:
         """n answers per chat prompt (prompt i seeded by derive_seed(spec.seed, i), prefilled once for its n);
         `progress(done, total)` is called after every batch when given."""
-        from omniopd_verl.generation import derive_seed, sample_continuations
-        from omniopd_verl.teachers.transformers_local import eos_token_ids
+        from omniopd_verl.generation import derive_seed, eos_token_ids, sample_continuations
 
         texts = [self.tokenizer.apply_chat_template(p, tokenize=False, add_generation_prompt=True) for p in prompts]
         ids = [self.tokenizer(t, add_special_tokens=False)["input_ids"] for t in texts]

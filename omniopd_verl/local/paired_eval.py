@@ -53,7 +53,7 @@ def trimmed_ids(tokenizer, text: str, max_tokens: int) -> list[int]:
 def build_heldout_set(rollouts, audits, ref_model, tokenizer, *, chunk_len: int, seed: int) -> list[HeldoutItem]:
     """Items from the initial student's held-out responses and their audits (one item per audited chunk)."""
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
-    from omniopd_verl.teachers.transformers_local import eos_token_ids
+    from omniopd_verl.generation import eos_token_ids
 
     items, prefixes, ns = [], [], []
     for r, a in zip(rollouts, audits, strict=True):

@@ -28,6 +28,7 @@ from typing import Any
 
 from omniopd_verl.config import TeacherConfig
 from omniopd_verl.errors import ConfigError
+from omniopd_verl.generation import eos_token_ids
 from omniopd_verl.protocols import RawAnswer, RawRequest, RawSample, TeacherCapabilities
 
 
@@ -107,17 +108,6 @@ class LocalSampler:
         results = [[self.tokenizer.decode(s.token_ids, skip_special_tokens=True) for s in row] for row in samples]
         finishes = [["stop" if s.finished else "length" for s in row] for row in samples]
         return (results, finishes) if with_finish else results
-
-
-def eos_token_ids(model: Any, tokenizer: Any) -> list[int]:
-    """The tokenizer's EOS plus the model's generation-config EOS ids (where a sample stops)."""
-    ids = set()
-    for source in (tokenizer.eos_token_id, getattr(getattr(model, "generation_config", None), "eos_token_id", None)):
-        if isinstance(source, int):
-            ids.add(source)
-        elif isinstance(source, (list, tuple)):
-            ids.update(int(x) for x in source)
-    return sorted(ids)
 
 
 class TransformersTeacher:
