@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Quickstart on CPU: privileged self-distillation of SmolLM2-135M-Instruct on GSM8K with the local engine.
+# Quickstart on CPU: SmolLM2-135M-Instruct on GSM8K prompts with the local engine and the demonstration teacher (one arm; `make demo` runs it with a control).
 # Run from the repository root after `make setup`; extra arguments are key=value overrides,
 # e.g.  recipes/quickstart_cpu/run.sh local.steps=2 omniopd.beta=0.2
 set -euo pipefail
