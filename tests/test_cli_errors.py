@@ -175,3 +175,12 @@ def test_train_verl_unknown_omniopd_key_suggests_the_close_one(override, capsys)
     err = capsys.readouterr().err
     assert "unknown key omniopd.alpah; did you mean alpha?" in err and "Traceback" not in err
     assert "append to your config" not in err  # Hydra's "+key" advice would add a key nothing reads
+
+
+def test_train_local_refuses_a_prompt_and_response_budget_beyond_the_student_context(tiny_model_path, capsys):
+    # the tiny student has max_position_embeddings 2048: 2000 prompt + 100 new tokens cannot fit
+    argv = ["train", "--engine", "local", "--config", str(QUICKSTART), "--dry-run", f"local.model={tiny_model_path}"]
+    assert main([*argv, "local.max_prompt_tokens=2000", "local.max_new_tokens=100"]) == 2
+    line = one_error_line(capsys.readouterr().err)
+    assert "local.max_prompt_tokens=2000 + local.max_new_tokens=100 = 2100" in line and "2048" in line
+    assert main([*argv, "local.max_prompt_tokens=1948", "local.max_new_tokens=100"]) == 0
