@@ -66,6 +66,30 @@ def test_data_prepare_unknown_benchmark_is_one_line(tmp_path, capsys):
     assert "unknown benchmark 'gsm9k'" in line
 
 
+@pytest.mark.parametrize(
+    ("content", "message"),
+    [
+        (b'{"question": "q", "answer": "a"}\nnot json\n', "line 2 is not JSON"),
+        (b'{"question": "q", "answer": "a"}\n{"question": "caf\xe9", "answer": "a"}\n', "line 2 is not UTF-8"),
+        (b'{"question": "q", "answer": "a"}\n[1, 2]\n', "line 2 must be a JSON object"),
+    ],
+)
+def test_data_prepare_bad_input_lines_are_named(tmp_path, content, message, capsys):
+    inp = tmp_path / "mine.jsonl"
+    inp.write_bytes(content)
+    assert main(["data", "prepare", "--input", str(inp), "--name", "x", "--out", str(tmp_path / "o")]) == 2
+    line = one_error_line(capsys.readouterr().err)
+    assert f"{inp} {message}" in line
+
+
+def test_data_prepare_out_that_cannot_be_created_is_named(tmp_path, capsys):
+    blocker = tmp_path / "a_file"
+    blocker.write_text("")
+    assert main(["data", "prepare", "--benchmarks", "gsm8k", "--out", str(blocker / "verl")]) == 2
+    line = one_error_line(capsys.readouterr().err)
+    assert "--out" in line and str(blocker / "verl") in line
+
+
 # ---- eval ------------------------------------------------------------------------------------------------
 
 
