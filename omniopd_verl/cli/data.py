@@ -114,11 +114,10 @@ def _check_creatable(flag: str, folder: str) -> None:
 
 def _sft(args) -> int:
     import json
+    import os
 
     from omniopd_verl.data.verl_format import sft_rows, write_parquet
     from omniopd_verl.errors import ConfigError
-
-    import os
 
     _check_creatable("--out", os.path.dirname(os.path.abspath(args.out)))
     records = []
