@@ -146,9 +146,8 @@ class Auditor:
     def __init__(self, config: OmniOPDConfig, tokenizer, *, teacher=None, similarity=None, scheduler=None):
         self.config = config
         self.tokenizer = tokenizer
-        self.teacher = (
-            teacher if teacher is not None else registry.load("teachers", config.teacher.name)(config.teacher)
-        )
+        # built through the registry like any user's teacher: the plugin wrapped in the teacher library
+        self.teacher = teacher if teacher is not None else registry.create_teacher(config.teacher)
         self.similarity = (
             similarity
             if similarity is not None

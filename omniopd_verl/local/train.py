@@ -106,10 +106,14 @@ class LocalTrainer:
         extra = set(tcfg.options) - {"batch_rows", "max_tokens_factor"}
         if extra:  # device/dtype options ask for a separate copy: let the plugin load one
             return None
-        from omniopd_verl.teachers.transformers_local import LocalSampler, TransformersTeacher
+        import dataclasses
 
-        sampler = LocalSampler(self.ref_model, self.tokenizer, str(self.device))
-        return TransformersTeacher(tcfg, sampler=sampler)
+        from omniopd_verl import registry
+
+        shared = dataclasses.replace(
+            tcfg, model=tcfg.model or self.cfg.model, options={**tcfg.options, "model": "reference"}
+        )
+        return registry.create_teacher(shared, resources={"reference_model": (self.ref_model, self.tokenizer)})
 
     # ------------------------------------------------------------------ steps
 

@@ -140,9 +140,23 @@ class CompatServer:
             groups.append((prompt, texts))
         return groups
 
+    def authorize(self, path: str, headers: dict[str, str]) -> Reply | None:
+        """None if the request may proceed; else the 401 to send (when the server has an api_key)."""
+        if self.api_key is None:
+            return None
+        sent = sent_key(headers)
+        if sent == self.api_key:
+            return None
+        return Reply(401, error_body(path == "/v1/messages", "authentication_error", "invalid API key"))
+
     def reply(self, path: str, call: GenerationCall, record: ReceivedRequest) -> Reply:
         """The answer to one valid, authorised request (the fault server overrides this)."""
         return Reply(200, build_response(path, call, self.generate(call), self.model_name))
+
+
+def sent_key(headers: dict[str, str]) -> str:
+    """The API key a request carries (x-api-key, or Authorization: Bearer)."""
+    return headers.get("x-api-key") or headers.get("authorization", "").removeprefix("Bearer ").strip()
 
 
 def _canonical(path: str) -> str:
@@ -196,11 +210,10 @@ def _make_handler(server: CompatServer) -> type[BaseHTTPRequestHandler]:
             except json.JSONDecodeError:
                 record.status = 400
                 return self._send(400, error_body(anthropic, "invalid_request_error", "request body is not JSON"))
-            if server.api_key is not None:
-                sent = headers.get("x-api-key") or headers.get("authorization", "").removeprefix("Bearer ").strip()
-                if sent != server.api_key:
-                    record.status = 401
-                    return self._send(401, error_body(anthropic, "authentication_error", "invalid API key"))
+            denied = server.authorize(path, headers)
+            if denied is not None:
+                record.status = denied.status
+                return self._send(denied.status, denied.payload, denied.headers)
             try:
                 call = _parse_call(path, body)
             except (KeyError, TypeError, ValueError) as exc:

@@ -17,7 +17,8 @@ request no fault matches is served normally. Kinds:
 - "empty_length" (200 whose sample `sample` has text "" and finish reason "length": malformed, the
   length limit was hit yet nothing came back), "empty_stop" (text "" with finish reason "stop": the
   teacher's real answer "end here"). Anthropic: stop_reason "max_tokens" / "end_turn".
-`latency_s` adds a fixed delay to every answered request (benchmarks).
+`latency_s` adds a fixed delay to every answered request (benchmarks). A request with a wrong key gets
+401 with the sent key echoed in the message, as OpenAI's API does (so tests can catch a client leaking it).
 """
 
 from __future__ import annotations
@@ -39,6 +40,7 @@ from omniopd_verl.serving.openai_compat import (
     build_response,
     error_body,
     run_server,
+    sent_key,
 )
 
 FAULT_KINDS = (
@@ -127,6 +129,15 @@ class FaultServer(CompatServer):
                 entry["left"] -= 1
                 return fault
         return None
+
+    def authorize(self, path: str, headers: dict[str, str]) -> Reply | None:
+        """As the real server, but the 401 echoes the key that was sent, as OpenAI's does ("Incorrect API key
+        provided: sk-..."): a client that prints server errors verbatim would leak it, which tests must catch."""
+        denied = super().authorize(path, headers)
+        if denied is None:
+            return None
+        message = f"Incorrect API key provided: {sent_key(headers)}. You can find your API key in your account."
+        return Reply(401, error_body(path == "/v1/messages", "authentication_error", message))
 
     def reply(self, path: str, call: GenerationCall, record: ReceivedRequest) -> Reply:
         anthropic = path == "/v1/messages"

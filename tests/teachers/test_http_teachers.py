@@ -49,7 +49,7 @@ def make_teacher(server, fmt, tmp_path=None, **overrides):
         kwargs["cache_path"] = str(tmp_path / "cache.sqlite")
     kwargs.update(overrides)
     config = TeacherConfig(**kwargs)
-    return registry.load("teachers", config.name)(config)
+    return registry.create_teacher(config)
 
 
 def request(i=0, *, n=N, prefix="The answer is ", context=None, messages=True):
