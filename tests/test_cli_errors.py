@@ -232,3 +232,11 @@ def test_train_local_bad_data_line_is_named_before_any_model_loads(tmp_path, no_
     assert main([*argv, "local.data.heldout_path=null", "local.data.heldout_prompts=0"]) == 2
     line = one_error_line(capsys.readouterr().err)
     assert f"{data} line 2 is not JSON" in line
+
+
+def test_train_verl_unparsable_yaml_is_one_line(tmp_path, capsys):
+    bad = tmp_path / "recipe.yaml"
+    bad.write_text("defaults:\n  - omniopd_fsdp\nomniopd: [1\n")
+    assert main(["train", "--dry-run", "--config", str(bad)]) == 2
+    line = one_error_line(capsys.readouterr().err)
+    assert str(bad) in line and "line 4" in line and "not valid YAML" in line

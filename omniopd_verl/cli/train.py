@@ -225,6 +225,8 @@ def _run_verl(args: argparse.Namespace) -> int:
         return 3
     try:
         config_dir, config_name = config_location(args.config, args.config_name)
+        if args.config:
+            check_yaml(args.config)  # a syntax error: one line with the file and line, not PyYAML's four
         cfg = compose_verl_config(config_dir, config_name, args.overrides)
         with contextlib.redirect_stdout(sys.stderr):  # verl's validate_config prints; stdout is the YAML
             validate(cfg)
