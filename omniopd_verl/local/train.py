@@ -3,7 +3,7 @@
 Per step (ALGORITHM.md steps 1-7):
   rollout    transformers sampling from pi_theta, then exact entropies and log-probs from the logits
   audit      the shared Auditor (scheduler, teacher, similarity, Dirichlet smoothing) -> pi_hat per chunk
-  credit     the shared advantage path (`omniopd_verl.audit.audits_to_token_credit`, config.advantage)
+  credit     the shared advantage path (`omniopd_verl.advantage.advantage_from_audits`, config.advantage)
   update     verl's policy loss + aggregation for L_chunk, the exact-vocabulary KL to the frozen initial
              student on unaudited tokens, AdamW, gradient clipping; micro-batches accumulate gradients
 Around it: seeds (every random draw of step k is seeded from (seed, k), so a resumed run equals an
@@ -155,14 +155,12 @@ class LocalTrainer:
         """One optimizer step on the batch (see `omniopd_verl.local.update.policy_update`)."""
         import dataclasses
 
-        from omniopd_verl.advantage import dense_token_scores, omniopd_advantage
-        from omniopd_verl.audit.credit import audits_to_token_credit
+        from omniopd_verl.advantage import advantage_from_audits
 
         prompts, responses = [r.prompt_ids for r in rollouts], [r.response_ids for r in rollouts]
         batch = collate(prompts, responses, pad_id(self.tokenizer))
-        credit = audits_to_token_credit(audits, batch.response_mask_BT, self.run.omniopd.advantage)
-        # the very function verl's `omniopd` estimator calls: scores -> advantage, 0 on padding
-        advantage_BT = omniopd_advantage(dense_token_scores(credit), batch.response_mask_BT)
+        # the one audits -> advantage path, every mode; verl runs the same two steps split at its seam
+        advantage_BT, credit = advantage_from_audits(audits, batch.response_mask_BT, self.run.omniopd.advantage)
         credit = dataclasses.replace(credit, advantage_BT=advantage_BT)
         metrics = policy_update(
             self.model,

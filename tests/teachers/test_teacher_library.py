@@ -83,7 +83,8 @@ def test_empty_sample_with_a_stop_is_a_real_answer(fmt):
         [result] = asyncio.run(teacher.sample([request(0)]))
         assert result.texts is not None and len(result.texts) == N
         empty = [j for j, t in enumerate(result.texts) if t == ""]
-        assert empty == ([2] if fmt != "anthropic" else [0])  # kept in place, to be scored
+        # kept in place, to be scored (Anthropic: N one-sample calls race, the fault hits whichever comes first)
+        assert empty == [2] if fmt != "anthropic" else len(empty) == 1
         m = teacher.metrics()
         assert m["teacher/retries"] == 0 and m["teacher/empty_stop_samples"] == 1 and m["teacher/failures"] == 0
 
