@@ -204,8 +204,17 @@ def build_dataclass(cls: type, data: Any, prefix: str, node: str = "omniopd") ->
     names = [f.name for f in dataclasses.fields(cls)]
     for key in data:
         if key not in names:
-            raise ConfigError(f"{node}.{prefix}{key} is not a known key; allowed keys: {names}")
+            raise unknown_key(f"{node}.{prefix}{key}", names)
     return cls(**dict(data))
+
+
+def unknown_key(full_key: str, allowed: list[str]) -> ConfigError:
+    """ "unknown key omniopd.alpah; did you mean alpha?" (difflib), else the list of allowed keys."""
+    import difflib
+
+    close = difflib.get_close_matches(full_key.rsplit(".", 1)[-1], allowed, n=1)
+    hint = f"did you mean {close[0]}?" if close else f"allowed keys: {allowed}"
+    return ConfigError(f"unknown key {full_key}; {hint}")
 
 
 _build = build_dataclass
