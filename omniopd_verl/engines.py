@@ -68,12 +68,15 @@ SUPPORT: tuple[Rule, ...] = (
 def check_engine_support(config: OmniOPDConfig, engine: str, *, scheduler_needs_entropy: bool | None = None) -> None:
     """Raise ConfigError for the first setting of `config` that `engine` does not support.
 
+    First checks that the configured plugin names are installed (`registry.check_plugin_names`).
     `scheduler_needs_entropy` defaults to the configured scheduler plugin's `needs_entropy` (loaded).
     """
+    from omniopd_verl import registry
+
     if engine not in ENGINES:
         raise ConfigError(f"engine={engine!r} is invalid: allowed one of {list(ENGINES)}")
+    registry.check_plugin_names(config)  # plugin names are checked where runs are built, not in the config
     if scheduler_needs_entropy is None:
-        from omniopd_verl import registry
 
         scheduler_needs_entropy = bool(getattr(registry.load("schedulers", config.scheduler), "needs_entropy", True))
     for rule in SUPPORT:

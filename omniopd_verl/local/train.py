@@ -23,7 +23,6 @@ import os
 import sys
 import time
 from collections.abc import Sequence
-from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
@@ -55,8 +54,11 @@ def resolve_device(name: str) -> torch.device:
     return torch.device(name)
 
 
-def audit_to_dict(audit: ResponseAudit) -> dict[str, Any]:
-    return asdict(audit)
+def audit_to_dict(audit: ResponseAudit, config=None) -> dict[str, Any]:
+    """The one audit serializer (omniopd_verl.audit.records), the shape of `omniopd-verl audit`'s JSONL."""
+    from omniopd_verl.audit.records import audit_record
+
+    return audit_record(audit, config)
 
 
 class LocalTrainer:
@@ -239,7 +241,7 @@ class LocalTrainer:
         }
         with open(self.output_dir / f"eval_{label}_audits.jsonl", "w") as fh:
             for a in audits:
-                fh.write(json.dumps(audit_to_dict(a)) + "\n")
+                fh.write(json.dumps(audit_to_dict(a, self.run.omniopd)) + "\n")
         self._eval_samples[label] = (rollouts, audits)
         return result
 
@@ -300,13 +302,13 @@ class LocalTrainer:
         jsonl = self.output_dir / "last_step_audits.jsonl"
         with jsonl.open("w") as fh:
             for a in self.last_audits:
-                fh.write(json.dumps(audit_to_dict(a)) + "\n")
+                fh.write(json.dumps(audit_to_dict(a, self.run.omniopd)) + "\n")
         from omniopd_verl.audit.report import ReportItem, render_report
         from omniopd_verl.audit.text import ResponseText
 
         items = []
         for r, a in zip(self.last_rollouts, self.last_audits, strict=True):
-            record = audit_to_dict(a)
+            record = audit_to_dict(a, self.run.omniopd)
             bounds, kinds = [0], []
             for k, c in enumerate(a.chunks):
                 if c.start > bounds[-1]:

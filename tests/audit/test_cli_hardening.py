@@ -14,14 +14,14 @@ import pytest
 import transformers
 
 from omniopd_verl.cli.main import main
-from omniopd_verl.serving.openai_compat import ScriptedGenerator, serve_openai_compat
+from omniopd_verl.testing import ScriptedGenerator, serve_fault_server
 
 WORDS = " ".join(f"w{i}" for i in range(30))
 
 
 @pytest.fixture(scope="module")
 def server():
-    with serve_openai_compat(generator=ScriptedGenerator(words=6)) as s:
+    with serve_fault_server(generator=ScriptedGenerator(words=6)) as s:
         yield s
 
 
