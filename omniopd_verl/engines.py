@@ -77,7 +77,6 @@ def check_engine_support(config: OmniOPDConfig, engine: str, *, scheduler_needs_
         raise ConfigError(f"engine={engine!r} is invalid: allowed one of {list(ENGINES)}")
     registry.check_plugin_names(config)  # plugin names are checked where runs are built, not in the config
     if scheduler_needs_entropy is None:
-
         scheduler_needs_entropy = bool(getattr(registry.load("schedulers", config.scheduler), "needs_entropy", True))
     for rule in SUPPORT:
         why = getattr(rule, engine)
