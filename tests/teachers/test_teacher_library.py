@@ -230,3 +230,35 @@ def _forbidden(path, headers):
 
     message = f"Key {sent_key(headers)} is not allowed to use this model"
     return Reply(403, error_body(path == "/v1/messages", "permission_error", message))
+
+
+def test_no_key_in_the_audit_cli_outputs_after_success_and_401(canaries, tmp_path, capfd):
+    """`omniopd-verl audit` with the litellm teacher and the key from the provider's default variable:
+    nothing of any canary in stdout, stderr, the JSONL, the HTML report or the cache."""
+    from omniopd_verl.cli.main import main
+
+    inp = tmp_path / "in.jsonl"
+    inp.write_text(
+        json.dumps({"id": "r0", "prompt": "Count to ten.", "response": " one two three four five six"}) + "\n"
+    )
+    out, report, cache = tmp_path / "out.jsonl", tmp_path / "report.html", tmp_path / "cache.sqlite"
+
+    def audit(server):
+        return main(
+            ["audit", "--input", str(inp), "--output", str(out), "--report", str(report), "--cache", str(cache),
+             "--student", "smollm2-135m-instruct", "--teacher", "litellm", "--teacher-model", "openai/tiny",
+             "--teacher-api-base", server.url, "--chunks", "1", "--samples", "2", "--chunk-len", "3",
+             "--similarity", "ned", "--max-retries", "2", "--teacher-option", "backoff_base_s=0.01"]
+        )  # fmt: skip
+
+    with serve_fault_server(api_key=canaries["OPENAI_API_KEY"], faults=[Fault("server_error")]) as server:
+        assert audit(server) == 0
+    texts = [out.read_text(), report.read_text(), cache.read_bytes().decode("utf-8", "replace")]
+    cache.unlink()
+    with serve_fault_server(api_key="sk-the-server-wants-another-key") as server:
+        assert audit(server) != 0
+    captured = capfd.readouterr()
+    assert "HTTP 401" in captured.err and "$OPENAI_API_KEY" in captured.err and "$None" not in captured.err
+    texts += [captured.out, captured.err]
+    leaks = {var for text in texts for var in _leaks(text)}
+    assert not leaks, leaks
