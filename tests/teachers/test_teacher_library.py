@@ -21,7 +21,14 @@ import pytest
 from omniopd_verl import registry
 from omniopd_verl.audit.auditor import _gather_or_cancel
 from omniopd_verl.config import TeacherConfig
-from omniopd_verl.teachers import TeacherAuthError, TeacherBudgetExceeded, TeacherRequest
+from omniopd_verl.teachers import (
+    RawAnswer,
+    RawSample,
+    TeacherAuthError,
+    TeacherBudgetExceeded,
+    TeacherCapabilities,
+    TeacherRequest,
+)
 from omniopd_verl.teachers.cache import TeacherCache
 from omniopd_verl.teachers.secrets import PROVIDER_KEY_VARS
 from omniopd_verl.testing import Fault, serve_fault_server
@@ -262,3 +269,38 @@ def test_no_key_in_the_audit_cli_outputs_after_success_and_401(canaries, tmp_pat
     texts += [captured.out, captured.err]
     leaks = {var for text in texts for var in _leaks(text)}
     assert not leaks, leaks
+
+
+class _EmptyThenText:
+    """A raw plugin (any backend looks like this to the library): the first answer has an empty sample
+    ending with `finish`, the next answers are full."""
+
+    capabilities = TeacherCapabilities(supports_n=True, raw_completion=True, batched=True, priced=False)
+
+    def __init__(self, finish):
+        self.finish, self.calls = finish, 0
+
+    def sample_raw(self, requests):
+        self.calls += 1
+        empty = self.calls == 1
+        return [
+            RawAnswer([RawSample("" if empty and j == 0 else f" s{j}", self.finish if empty and j == 0 else "length")
+                       for j in range(r.n)])
+            for r in requests
+        ]  # fmt: skip
+
+
+@pytest.mark.parametrize(("finish", "retried"), [("length", True), (None, True), ("stop", False), ("eos", False)])
+def test_the_empty_sample_rule_holds_for_any_plugin(finish, retried):
+    from omniopd_verl.teachers.library import Teacher
+
+    plugin = _EmptyThenText(finish)
+    teacher = Teacher("empty", plugin, TeacherConfig(name="transformers", model="m", max_retries=1))
+    [result] = asyncio.run(teacher.sample([request(0)]))
+    m = teacher.metrics()
+    if retried:
+        assert result.texts == [" s0", " s1", " s2"] and m["teacher/retries"] == 1 and plugin.calls == 2
+        assert m["teacher/empty_stop_samples"] == 0
+    else:
+        assert result.texts == ["", " s1", " s2"] and m["teacher/retries"] == 0 and plugin.calls == 1
+        assert m["teacher/empty_stop_samples"] == 1
