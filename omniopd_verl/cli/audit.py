@@ -116,7 +116,11 @@ def build_config(args: argparse.Namespace):
         value = getattr(args, key)
         if value is not None:
             data[key] = value
-    return OmniOPDConfig.from_dict(data)
+    from omniopd_verl import registry
+
+    config = OmniOPDConfig.from_dict(data)
+    registry.check_plugin_names(config)  # before the student loads: the config itself is plain data
+    return config
 
 
 def check_flags_and_paths(args: argparse.Namespace) -> None:
@@ -471,32 +475,9 @@ def _audit(args, config, rows) -> int:
 
 
 def _record(audit, config) -> dict[str, Any]:
-    counts = ("calls", "retries", "failures", "cache_hits", "prompt_tokens", "completion_tokens")
-    teacher = {k: (int(v) if k in counts else v) for k, v in audit.teacher.items()}
-    return {
-        "id": audit.uid,
-        "entropy_source": audit.entropy_source,
-        "similarity": config.similarity,
-        "scheduler": config.scheduler,
-        "response_len": audit.response_len,
-        "anchors_dropped": audit.anchors_dropped,
-        "chunks": [
-            {
-                "start": c.start,
-                "end": c.end,
-                "entropy": c.entropy,
-                "student_text": c.student_text,
-                "teacher_texts": c.teacher_texts,
-                "similarities": c.similarities,
-                "k_sem": c.k_sem,
-                "k_sem_frac": c.k_sem_frac,
-                "pi_bar": c.pi_bar,
-                "pi_hat": c.pi_hat,
-            }
-            for c in audit.chunks
-        ],
-        "teacher": teacher,
-    }
+    from omniopd_verl.audit.records import audit_record  # the one serializer (the local engine's too)
+
+    return audit_record(audit, config)
 
 
 def _summary(records, metrics, config, t_student, t_audit) -> dict[str, str]:

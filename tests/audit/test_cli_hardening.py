@@ -21,7 +21,7 @@ WORDS = " ".join(f"w{i}" for i in range(30))
 
 @pytest.fixture(scope="module")
 def server():
-    with serve_fault_server(ScriptedGenerator(words=6)) as s:
+    with serve_fault_server(generator=ScriptedGenerator(words=6)) as s:
         yield s
 
 
