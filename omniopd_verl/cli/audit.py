@@ -482,7 +482,10 @@ def _record(audit, config) -> dict[str, Any]:
 
 def _summary(records, metrics, config, t_student, t_audit) -> dict[str, str]:
     def total(key):
-        return sum(r["teacher"].get(key, 0) for r in records)
+        # the teacher's own meter: every call made and paid for, including those of rows a budget stop left
+        # unwritten; the per-row blocks are the fallback for a plugin that reports no metrics
+        metered = metrics.get(f"teacher/{key}")
+        return metered if metered is not None else sum(r["teacher"].get(key, 0) for r in records)
 
     chunks = [c for r in records for c in r["chunks"]]
 
