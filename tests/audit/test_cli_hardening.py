@@ -199,7 +199,8 @@ def test_budget_stop_inside_a_row_reports_the_spend_of_unwritten_rows(tmp_path, 
     answered = server.calls() - calls
     lines = [json.loads(line) for line in out.read_text().splitlines()]
     assert answered >= 1 and lines == [lines[-1]] and lines[-1]["rows_written"] == 0
-    assert lines[-1]["missing_ids"] == ["r0"]
+    assert lines[-1]["missing_ids"] == ["r0"] and lines[-1]["teacher_calls"] == answered
+    assert lines[-1]["teacher_cost_usd"] > 0
     assert f"calls {answered}," in err and "cost $0.0000" not in err
 
 
