@@ -65,12 +65,13 @@ def _run_local(args: argparse.Namespace) -> int:
         return 2
     try:
         check_yaml(args.config)
+        run_cfg = local_train.load_run_config(args.config, args.overrides)
+        check_local_context(run_cfg)
         if args.dry_run:
             import json
 
             import yaml
 
-            run_cfg = local_train.load_run_config(args.config, args.overrides)
             # through JSON: tuples (adam_betas) become lists, so safe_dump writes plain YAML
             print(yaml.safe_dump(json.loads(json.dumps(run_cfg.to_dict())), sort_keys=False), end="")
             print(f"# config {args.config} is valid (omniopd + local engine checks)", file=sys.stderr)
@@ -79,6 +80,23 @@ def _run_local(args: argparse.Namespace) -> int:
     except ConfigError as exc:  # a bad key or value: the message names it, a traceback would only bury it
         print(f"omniopd-verl train: invalid config: {exc}", file=sys.stderr)
         return 2
+
+
+def check_local_context(run_cfg) -> None:
+    """The longest sequence the local engine builds (a prompt left-truncated to local.max_prompt_tokens plus
+    local.max_new_tokens) must fit the student's context: positions past it would be trained on silently."""
+    from omniopd_verl.errors import ConfigError
+    from omniopd_verl.models import load_model_config, load_tokenizer
+    from omniopd_verl.student import context_limit
+
+    cfg = run_cfg.local
+    limit = context_limit(load_model_config(cfg.model), load_tokenizer(cfg.model))
+    total = cfg.max_prompt_tokens + cfg.max_new_tokens
+    if limit is not None and total > limit:
+        raise ConfigError(
+            f"local.max_prompt_tokens={cfg.max_prompt_tokens} + local.max_new_tokens={cfg.max_new_tokens} = {total} "
+            f"tokens is beyond the context of the student {cfg.model!r} ({limit} tokens): lower one of them"
+        )
 
 
 def check_yaml(path: str) -> None:
