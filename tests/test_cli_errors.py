@@ -209,3 +209,34 @@ def test_train_local_refuses_a_prompt_and_response_budget_beyond_the_student_con
     line = one_error_line(capsys.readouterr().err)
     assert "local.max_prompt_tokens=2000 + local.max_new_tokens=100 = 2100" in line and "2048" in line
     assert main([*argv, "local.max_prompt_tokens=1948", "local.max_new_tokens=100"]) == 0
+
+
+@pytest.mark.parametrize(
+    ("override", "message"),
+    [
+        ("local.data.path=no/such/train.jsonl", "local.data.path='no/such/train.jsonl' is invalid: no such file"),
+        ("local.data.heldout_path=no/such/h.jsonl", "local.data.heldout_path='no/such/h.jsonl' is invalid"),
+        ("local.output_dir=/proc/version/run", "local.output_dir='/proc/version/run' is invalid"),
+    ],
+)
+def test_train_local_paths_are_checked_before_any_model_loads(override, message, no_model_load, capsys):
+    assert main(["train", "--engine", "local", "--config", str(QUICKSTART), "--dry-run", override]) == 2
+    line = one_error_line(capsys.readouterr().err)
+    assert message in line
+
+
+def test_train_local_bad_data_line_is_named_before_any_model_loads(tmp_path, no_model_load, capsys):
+    data = tmp_path / "train.jsonl"
+    data.write_text('{"question": "q", "answer": "a"}\n{oops\n')
+    argv = ["train", "--engine", "local", "--config", str(QUICKSTART), "--dry-run", f"local.data.path={data}"]
+    assert main([*argv, "local.data.heldout_path=null", "local.data.heldout_prompts=0"]) == 2
+    line = one_error_line(capsys.readouterr().err)
+    assert f"{data} line 2 is not JSON" in line
+
+
+def test_train_verl_unparsable_yaml_is_one_line(tmp_path, capsys):
+    bad = tmp_path / "recipe.yaml"
+    bad.write_text("defaults:\n  - omniopd_fsdp\nomniopd: [1\n")
+    assert main(["train", "--dry-run", "--config", str(bad)]) == 2
+    line = one_error_line(capsys.readouterr().err)
+    assert str(bad) in line and "line 4" in line and "not valid YAML" in line

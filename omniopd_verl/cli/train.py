@@ -66,6 +66,7 @@ def _run_local(args: argparse.Namespace) -> int:
     try:
         check_yaml(args.config)
         run_cfg = local_train.load_run_config(args.config, args.overrides)
+        check_local_paths(run_cfg)
         check_local_context(run_cfg)
         if args.dry_run:
             import json
@@ -80,6 +81,26 @@ def _run_local(args: argparse.Namespace) -> int:
     except ConfigError as exc:  # a bad key or value: the message names it, a traceback would only bury it
         print(f"omniopd-verl train: invalid config: {exc}", file=sys.stderr)
         return 2
+
+
+def check_local_paths(run_cfg) -> None:
+    """The data files exist and parse, and the output folder can be created: checked before any model loads."""
+    from omniopd_verl.errors import ConfigError
+    from omniopd_verl.local.data import load_splits, resolve_data_path
+
+    cfg = run_cfg.local
+    resolve_data_path(cfg.data.path)  # raises ConfigError naming local.data.path
+    if cfg.data.heldout_path is not None:
+        try:
+            resolve_data_path(cfg.data.heldout_path)
+        except ConfigError as exc:
+            raise ConfigError(str(exc).replace("local.data.path=", "local.data.heldout_path=", 1)) from None
+    load_splits(cfg.data)  # every line parses and has the prompt/reference keys (cheap: no model involved)
+    probe = os.path.abspath(cfg.output_dir)
+    while not os.path.exists(probe):
+        probe = os.path.dirname(probe)
+    if not os.path.isdir(probe) or not os.access(probe, os.W_OK):
+        raise ConfigError(f"local.output_dir={cfg.output_dir!r} is invalid: {probe} is not a writable folder")
 
 
 def check_local_context(run_cfg) -> None:
@@ -204,6 +225,8 @@ def _run_verl(args: argparse.Namespace) -> int:
         return 3
     try:
         config_dir, config_name = config_location(args.config, args.config_name)
+        if args.config:
+            check_yaml(args.config)  # a syntax error: one line with the file and line, not PyYAML's four
         cfg = compose_verl_config(config_dir, config_name, args.overrides)
         with contextlib.redirect_stdout(sys.stderr):  # verl's validate_config prints; stdout is the YAML
             validate(cfg)
