@@ -29,7 +29,7 @@ from verl.experimental.agent_loop.agent_loop import AgentLoopOutput
 from verl.experimental.agent_loop.single_turn_agent_loop import SingleTurnAgentLoop
 
 from omniopd_verl.errors import GuardError
-from omniopd_verl.verl_integration.reward_manager import STUDENT_KEY, TOKEN_SCORES_KEY
+from omniopd_verl.verl_integration.names import STUDENT_KEY, TOKEN_SCORES_KEY
 
 logger = logging.getLogger("omniopd_verl.agent_loop")
 logger.setLevel(os.environ.get("OMNIOPD_LOGGING_LEVEL", "INFO"))

@@ -40,7 +40,7 @@ def _require(cfg: Any, key: str, allowed: Any, why: str) -> None:
 def check_verl_config(cfg: Any) -> OmniOPDConfig:
     """Validate the omniopd node and every verl key OmniOPD relies on."""
     from omniopd_verl import registry
-    from omniopd_verl.verl_integration.plugin import AGENT_LOOP_NAME, ESTIMATOR_NAME, REWARD_MANAGER_NAME
+    from omniopd_verl.verl_integration.names import AGENT_LOOP_NAME, ESTIMATOR_NAME, REWARD_MANAGER_NAME
 
     omniopd = omniopd_config_from_verl(cfg)
     _require(cfg, "algorithm.adv_estimator", ESTIMATOR_NAME, "the dense chunk scores need the omniopd estimator")
