@@ -46,8 +46,11 @@ logger = logging.getLogger("omniopd_verl.trainers")
 DUMP_FIELDS = ["responses", "response_mask", "rollout_log_probs", "old_log_probs", "rm_scores", "advantages"]
 
 
-def _valid(values, n: int) -> list[float]:
-    return [float(x) for x in values[:n]]
+def _rows(value) -> list:
+    """Per-row values of a TransferQueue field: nested (jagged) tensors, padded tensors or object lists."""
+    if getattr(value, "is_nested", False):
+        return list(value.unbind())
+    return value.tolist() if hasattr(value, "tolist") else list(value)
 
 
 class OmniOPDMetricsMixin:
@@ -58,7 +61,7 @@ class OmniOPDMetricsMixin:
 
         super()._compute_metrics(batch, metrics, timing_raw, global_steps, epoch)
         data = tq.kv_batch_get(keys=batch.keys, partition_id=batch.partition_id, select_fields=["extra_fields"])
-        extra = data["extra_fields"].tolist()
+        extra = _rows(data["extra_fields"])
         padding = [bool(tag.get("is_padding", False)) for tag in batch.tags]
         infos = [
             (e.get("reward_extra_info") if isinstance(e, dict) else None) if not pad else None
@@ -73,17 +76,14 @@ class OmniOPDMetricsMixin:
         import transfer_queue as tq
 
         data = tq.kv_batch_get(keys=batch.keys, partition_id=batch.partition_id, select_fields=DUMP_FIELDS)
-        fields = {name: data[name] for name in DUMP_FIELDS if name in data.keys()}
+        fields = {name: _rows(data[name]) for name in DUMP_FIELDS if name in data.keys()}
         rows = []
         for i, key in enumerate(batch.keys):
             if padding[i]:
                 continue
-            T = int(fields["response_mask"][i].sum())
             row = {"key": key, "step": global_steps, "reward_extra_info": infos[i]}
-            for name, value in fields.items():
-                row[name] = (
-                    [int(x) for x in value[i][:T]] if name in ("responses", "response_mask") else _valid(value[i], T)
-                )
+            for name, values in fields.items():
+                row[name] = [x.item() if hasattr(x, "item") else x for x in values[i]]
             rows.append(row)
         os.makedirs(dump_dir, exist_ok=True)
         with open(os.path.join(dump_dir, f"omniopd_step{global_steps}.jsonl"), "w") as f:
