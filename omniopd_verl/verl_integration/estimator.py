@@ -37,6 +37,9 @@ def omniopd_adv_estimator(
     a positive score: pi_hat > 0 always (alpha > 0, pi_bar > 0), and nothing else is added to the
     scores when that mode is allowed (no task reward, no in-reward KL; `checks.check_verl_config`).
     """
+    from omniopd_verl.verl_integration.fatal import raise_if_reported
+
+    raise_if_reported(token_level_rewards)  # a teacher failed with on_failure='error' (fatal.py)
     mode = _option(config, "advantage", "posterior")
     center_mask_BT = None
     if mode == "centered_batch":

@@ -103,12 +103,16 @@ class OmniOPDRewardManager(RewardManagerBase):
         """Audit one trajectory; dense scores, task accuracy and per-row audit stats in reward_extra_info."""
         from omniopd_verl.advantage import dense_token_scores
         from omniopd_verl.audit import audits_to_token_credit
+        from omniopd_verl.audit.auditor import TeacherFailureError
 
         cfg = self.omniopd
         item = data[-1:][0]  # single-turn: the trajectory's one (last) output
         response = self._student_response(item)
         T = len(response.response_ids)
-        audit = await self.auditor.audit_one(response)
+        try:
+            audit = await self.auditor.audit_one(response)
+        except TeacherFailureError as exc:  # verl would swallow it: stop the run from the estimator
+            return await self._stop_run(str(exc), T)
         # centred-by-batch needs the whole batch: the estimator does it; per response we keep pi_hat
         mode = "posterior" if cfg.advantage == "centered_batch" else cfg.advantage
         credit = audits_to_token_credit([audit], torch.ones(1, T, dtype=torch.long), mode)
@@ -119,6 +123,14 @@ class OmniOPDRewardManager(RewardManagerBase):
         info.update(row_stats(audit, int(credit.audit_mask_BT.sum()), cfg.samples))
         self._log_metrics()
         return {"reward_score": float(scores_T.sum()), "reward_extra_info": info}
+
+    async def _stop_run(self, message: str, T: int) -> dict:
+        """Record the teacher failure and mark this trajectory with NaN scores (see fatal.py)."""
+        from omniopd_verl.verl_integration import fatal
+
+        await asyncio.get_running_loop().run_in_executor(None, fatal.report, message)
+        nan = float("nan")
+        return {"reward_score": nan, "reward_extra_info": {TOKEN_SCORES_KEY: [nan] * T, "omniopd_error": message}}
 
     def _student_response(self, item) -> Any:
         """The StudentResponse the Auditor needs, from verl's trajectory and the agent loop's extra fields."""

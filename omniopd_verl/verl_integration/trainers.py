@@ -43,7 +43,7 @@ verl_private.check(
 
 logger = logging.getLogger("omniopd_verl.trainers")
 
-DUMP_FIELDS = ["responses", "response_mask", "rollout_log_probs", "old_log_probs", "rm_scores", "advantages"]
+DUMP_FIELDS = ["prompts", "responses", "response_mask", "rollout_log_probs", "old_log_probs", "rm_scores", "advantages"]
 
 
 def _rows(value) -> list:
