@@ -40,7 +40,8 @@ CPU_ENV = {
     "LITELLM_LOCAL_MODEL_COST_MAP": "True",
 }
 
-_STEP_LINE = re.compile(r"^step:(\d+) - (.*)$")
+# Ray prefixes worker output with "(TaskRunnerV1 pid=...)" and colour codes
+_STEP_LINE = re.compile(r"(?:^|[\s)m])step:(\d+) - (.*)$")
 
 
 def cpu_env(base: dict[str, str] | None = None) -> dict[str, str]:
@@ -76,7 +77,7 @@ def step_metrics_from_log(text: str) -> dict[int, dict[str, float]]:
     """Parse verl's console-logger step lines (later lines for the same step win)."""
     steps: dict[int, dict[str, float]] = {}
     for line in text.splitlines():
-        match = _STEP_LINE.match(line.strip())
+        match = _STEP_LINE.search(line.strip())
         if not match:
             continue
         metrics = {}

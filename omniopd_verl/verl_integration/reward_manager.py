@@ -69,7 +69,15 @@ class OmniOPDRewardManager(RewardManagerBase):
         **kwargs: Any,
     ):
         super().__init__(config, tokenizer, compute_score)
-        self.compute_score = compute_score or default_task_score
+        from omegaconf import DictConfig, OmegaConf
+
+        config = config if isinstance(config, DictConfig) else OmegaConf.create(dict(config or {}))
+        # without reward.custom_reward_function verl hands us its default_compute_score, which rejects the
+        # dataset names `omniopd-verl data prepare` writes: use the scorer that falls back to our graders
+        no_custom = OmegaConf.select(config, "reward.custom_reward_function", default=None) is not None and (
+            OmegaConf.select(config, "reward.custom_reward_function.path", default=None) is None
+        )
+        self.compute_score = default_task_score if compute_score is None or no_custom else compute_score
         self.is_async_reward_score = inspect.iscoroutinefunction(self.compute_score)
 
     @classmethod

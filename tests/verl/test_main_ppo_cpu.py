@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -53,9 +54,9 @@ def smoke(tmp_path_factory):
     return {"model": model, "data": data}
 
 
-def main_ppo(args: list[str], out_dir: Path, timeout: int = 420) -> tuple[int, str]:
-    cmd = [sys.executable, "-m", "verl.trainer.main_ppo", *args, f"trainer.default_local_dir={out_dir / 'ckpt'}"]
-    proc = subprocess.run(cmd, cwd=REPO, env=cpu_env(), capture_output=True, text=True, timeout=timeout)
+def main_ppo(args: list[str], out_dir: Path, timeout: int = 420, entry=("-m", "verl.trainer.main_ppo"), env=None):
+    cmd = [sys.executable, *entry, *args, f"trainer.default_local_dir={out_dir / 'ckpt'}"]
+    proc = subprocess.run(cmd, cwd=REPO, env=env or cpu_env(), capture_output=True, text=True, timeout=timeout)
     return proc.returncode, proc.stdout + proc.stderr
 
 
@@ -139,11 +140,27 @@ def test_grpo_baseline_recipe_runs_two_steps_with_the_cpu_overlay(smoke, tmp_pat
         assert "audit/pi_hat_mean" not in metrics  # no OmniOPD rows in a GRPO run
 
 
-def test_omniopd_runs_two_steps_and_trains_on_pi_hat(smoke, tmp_path):
+def test_omniopd_train_cli_runs_the_cpu_smoke_recipe_and_trains_on_pi_hat(smoke, tmp_path):
+    """`omniopd-verl train --config recipes/verl_cpu_smoke/verl_cpu_smoke.yaml` on this GPU-less machine:
+    CPU mode (the recipe lists the overlay), main_ppo, the HTTP teacher on 127.0.0.1."""
     dump = tmp_path / "dump"
+    folder = Path(smoke["model"]).parent
     with serve_openai_compat(generator=ScriptedGenerator()) as server:
-        rc, log = main_ppo(omniopd_args(smoke, server.url, dump), tmp_path)
+        env = dict(os.environ, SMOKE_DIR=str(folder), TEACHER_PORT=server.url.rsplit(":", 1)[1].split("/")[0])
+        env.pop("VERL_PLATFORM", None)  # the CLI sets it itself in CPU mode
+        rc, log = main_ppo(
+            [
+                "train",
+                "--config",
+                str(REPO / "recipes" / "verl_cpu_smoke" / "verl_cpu_smoke.yaml"),
+                f"trainer.rollout_data_dir={dump}",
+            ],
+            tmp_path,
+            entry=("-m", "omniopd_verl.cli.main"),
+            env=env,
+        )
         teacher_calls = server.calls("/v1/completions")
+    assert "CPU mode" in log  # the CLI said what CPU mode is for
     steps = step_metrics_from_log(log)
     assert rc == 0 and 2 in steps, log[-4000:]
 
