@@ -30,7 +30,7 @@ from omniopd_verl.audit.auditor import Auditor  # noqa: E402
 from omniopd_verl.audit.types import StudentResponse  # noqa: E402
 from omniopd_verl.config import OmniOPDConfig  # noqa: E402
 from omniopd_verl.models import resolve_model_path  # noqa: E402
-from omniopd_verl.serving.openai_compat import ScriptedGenerator, serve_openai_compat  # noqa: E402
+from omniopd_verl.testing import ScriptedGenerator, serve_fault_server  # noqa: E402
 
 B, M, N, C, T = 32, 4, 4, 16, 160
 CONCURRENCY, LATENCY_S = 16, 0.25
@@ -99,7 +99,7 @@ def main() -> None:
     responses = make_responses(tokenizer)
     with (
         tempfile.TemporaryDirectory() as tmp,
-        serve_openai_compat(generator=ScriptedGenerator(words=C), latency_s=LATENCY_S) as server,
+        serve_fault_server(generator=ScriptedGenerator(words=C), latency_s=LATENCY_S) as server,
     ):
         run_audit(server.url, tokenizer, responses[:2], None)  # warm imports and the connection path
         elapsed, _ = run_audit(server.url, tokenizer, responses, None)

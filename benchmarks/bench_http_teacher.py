@@ -9,18 +9,18 @@ import asyncio
 import time
 
 from omniopd_verl.config import TeacherConfig
-from omniopd_verl.serving.openai_compat import serve_openai_compat
 from omniopd_verl.teachers.base import TeacherRequest
 from omniopd_verl.teachers.openai_completions import OpenAICompletionsTeacher
+from omniopd_verl.testing import serve_fault_server
 
 LATENCY_S, CONCURRENCY, CALLS = 0.25, 16, 256
 
 
 def main() -> None:
-    with serve_openai_compat(latency_s=LATENCY_S) as server:
+    with serve_fault_server(latency_s=LATENCY_S) as server:
         cfg = TeacherConfig(name="openai_completions", model="tiny", api_base=server.url, max_concurrency=CONCURRENCY)
         teacher = OpenAICompletionsTeacher(cfg)
-        requests = [TeacherRequest(f"a{i}", f"p{i}", "q", n=4, max_tokens=8, seed=i) for i in range(CALLS)]
+        requests = [TeacherRequest(f"a{i}", f"p{i}", "q", n=4, student_tokens=8, seed=i) for i in range(CALLS)]
 
         async def run() -> float:
             await teacher.sample(requests[:2])  # warm the connection pool

@@ -54,9 +54,9 @@ def format_eval(evals: dict) -> str:
         f"  {'':<28}{'before':>10}{'after':>10}{'change':>10}",
     ]
     for label, key in (
-        ("mean k_sem/N (agreement)", "agreement"),
+        ("mean k_sem/N (agreement)", "k_sem_frac_mean"),
         ("mean pi_hat", "pi_hat_mean"),
-        ("mean prior pi_bar", "prior_mean"),
+        ("mean prior pi_bar", "pi_bar_mean"),
         ("mean student log-prob", "logprob_mean"),
         ("mean response tokens", "response_len_mean"),
         ("audited chunks", "chunks"),

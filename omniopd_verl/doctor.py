@@ -60,6 +60,16 @@ def main() -> int:
                 failures.append(str(exc))
                 print(f"FAIL plugin {kind}/{name}: {exc}")
     print(f"teachers installed: {registry.available('teachers')}")
+    from omniopd_verl.errors import ConfigError
+    from omniopd_verl.models import OFFLINE_FILES, verify_offline_files
+
+    for name in OFFLINE_FILES:  # the shipped model files against their recorded sha256 digests
+        try:
+            verify_offline_files(name)
+            print(f"ok   offline model files {name} (sha256 as recorded)")
+        except ConfigError as exc:
+            failures.append(str(exc))
+            print(f"FAIL offline model files {name}: {exc}")
     try:
         import torch
 

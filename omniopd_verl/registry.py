@@ -1,13 +1,15 @@
 """Plugin registry: teachers, similarity metrics and schedulers, found through entry points.
 
-Groups (pyproject `[project.entry-points."<group>"]`):
-    omniopd_verl.teachers     name -> TeacherBackend class
+Groups (pyproject `[project.entry-points."<group>"]`), protocols in `omniopd_verl.protocols`:
+    omniopd_verl.teachers     name -> TeacherPlugin class (the raw call; `create_teacher` wraps it in the
+                              teacher library, so every teacher gets cache, retries, limits, budget, ...)
     omniopd_verl.similarity   name -> Similarity class
     omniopd_verl.schedulers   name -> Scheduler class
 Built-ins are registered through these same groups in our own pyproject.toml: a third-party package
 is discovered exactly like them. Names are read from installed metadata without importing anything;
 a plugin is imported the first time it is asked for (so litellm or sentence-transformers cost nothing
-until used) and cached afterwards. Unknown names and broken plugins fail loudly.
+until used) and cached afterwards. Unknown names and broken plugins fail loudly; a plugin lacking a
+method of its protocol (`protocols.REQUIRED_METHODS`) fails at load, naming the plugin and the method.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ from importlib.metadata import EntryPoint, entry_points
 from typing import Any
 
 from omniopd_verl.errors import PluginError
+from omniopd_verl.protocols import REQUIRED_METHODS
 
 GROUPS: dict[str, str] = {
     "teachers": "omniopd_verl.teachers",
@@ -64,6 +67,22 @@ def check_name(kind: str, name: str, key: str) -> None:
         raise PluginError(f"{key}={name!r} is not an installed {kind} plugin; installed: {names}")
 
 
+def check_plugin_names(config: Any) -> None:
+    """Raise ConfigError (key, value, installed names) for an unknown teacher, similarity or scheduler name
+    in an OmniOPDConfig; imports nothing. Engines call it when they build a run, before loading a model."""
+    from omniopd_verl.errors import ConfigError
+
+    for kind, key, name in (
+        ("teachers", "omniopd.teacher.name", config.teacher.name),
+        ("similarity", "omniopd.similarity", config.similarity),
+        ("schedulers", "omniopd.scheduler", config.scheduler),
+    ):
+        try:
+            check_name(kind, name, key)
+        except PluginError as exc:
+            raise ConfigError(str(exc)) from None
+
+
 def load(kind: str, name: str) -> Any:
     """Import and return the object a plugin's entry point names (lazy, cached, thread-safe)."""
     eps = _discover(kind)
@@ -74,12 +93,45 @@ def load(kind: str, name: str) -> Any:
         if key not in _loaded:
             ep = eps[name]
             try:
-                _loaded[key] = ep.load()
+                obj = ep.load()
             except Exception as exc:  # report which plugin broke and why, never a bare ImportError
                 raise PluginError(
                     f"{kind} plugin {name!r} ({ep.value}) failed to import: {type(exc).__name__}: {exc}"
                 ) from exc
+            missing = [m for m in REQUIRED_METHODS[kind] if not callable(getattr(obj, m, None))]
+            if missing:
+                raise PluginError(
+                    f"{kind} plugin {name!r} ({ep.value}, from {provider(ep)}) lacks the required method "
+                    f"{', '.join(missing)} of the {kind} protocol (omniopd_verl.protocols; see docs/teachers.md "
+                    "for teachers)"
+                )
+            _loaded[key] = obj
         return _loaded[key]
+
+
+def provider(ep: EntryPoint) -> str:
+    """'<distribution> <version>' that installed an entry point ('unknown distribution' if metadata lacks it)."""
+    dist = getattr(ep, "dist", None)
+    if dist is None:
+        return "unknown distribution"
+    return f"{dist.metadata['Name']} {dist.version}"
+
+
+def providers(kind: str) -> dict[str, str]:
+    """name -> '<distribution> <version>' for every installed plugin of a kind; imports nothing."""
+    return {name: provider(ep) for name, ep in sorted(_discover(kind).items())}
+
+
+def create_teacher(config: Any, *, resources: dict[str, Any] | None = None) -> Any:
+    """The teacher `config.name` (a TeacherConfig), wrapped in the teacher library: what engines call.
+
+    `resources` are objects an engine shares with the plugin, passed as `Plugin(config, resources=...)`,
+    e.g. `{"reference_model": (model, tokenizer)}` for the `transformers` teacher's
+    `options.model: reference` (the local engine's frozen reference copy).
+    """
+    from omniopd_verl.teachers.library import build_teacher
+
+    return build_teacher(config.name, load("teachers", config.name), config, resources)
 
 
 def create(kind: str, name: str, /, **kwargs: Any) -> Any:

@@ -1,31 +1,16 @@
 """Built-in scheduler plugins (entry-point group `omniopd_verl.schedulers`).
 
-A scheduler picks a response's anchors. The protocol is one method; the algorithms live in
+A scheduler picks a response's anchors. The protocol (`omniopd_verl.protocols.Scheduler`) is one method; the algorithms live in
 `omniopd_verl.core.scheduling` as pure functions. Third-party schedulers implement the same protocol
 and register an entry point; see plugins/omniopd-example-plugin.
 """
 
 from __future__ import annotations
 
-from typing import Protocol, runtime_checkable
-
-import torch
-
 from omniopd_verl.core import scheduling
+from omniopd_verl.protocols import Scheduler
 
-
-@runtime_checkable
-class Scheduler(Protocol):
-    """Chooses anchor starts for one response. Must return ascending, non-overlapping, in-range anchors."""
-
-    needs_entropy: bool  # True: `entropy_T` is required; the auditor refuses to call without it
-    # Optional attribute `respects_chunks = False` declares that the scheduler ignores M (a dense
-    # baseline); the auditor then checks anchors without the M cap. Absent means True. (Not a protocol
-    # member, so plugins that omit it still satisfy isinstance(x, Scheduler).)
-
-    def select(
-        self, entropy_T: torch.Tensor | None, response_len: int, chunks: int, chunk_len: int, *, seed: int
-    ) -> list[int]: ...
+__all__ = ["AllPositionsScheduler", "PeakEntropyScheduler", "RandomScheduler", "Scheduler", "UniformScheduler"]
 
 
 class PeakEntropyScheduler:

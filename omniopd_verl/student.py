@@ -53,6 +53,40 @@ def encode_text(tokenizer, text: str) -> list[int]:
     return list(tokenizer(text, add_special_tokens=False)["input_ids"])
 
 
+# transformers sets tokenizer.model_max_length to int(1e30) when a tokenizer records no limit
+_NO_TOKENIZER_LIMIT = 10**9
+
+
+def context_limit(model_config, tokenizer=None) -> int | None:
+    """The longest prompt + response the student can score: the smaller of the model's
+    max_position_embeddings and the tokenizer's model_max_length (when either is recorded); None = unknown."""
+    limits = []
+    positions = getattr(model_config, "max_position_embeddings", None)
+    if isinstance(positions, int) and positions > 0:
+        limits.append(positions)
+    tok_limit = getattr(tokenizer, "model_max_length", None)
+    if isinstance(tok_limit, int) and 0 < tok_limit < _NO_TOKENIZER_LIMIT:
+        limits.append(tok_limit)
+    return min(limits) if limits else None
+
+
+def too_long(prompt_ids: Sequence[int], response_ids: Sequence[int], limit: int | None) -> str | None:
+    """Why (prompt, response) does not fit the student's context, or None when it fits."""
+    total = len(prompt_ids) + len(response_ids)
+    if limit is None or total <= limit:
+        return None
+    return (
+        f"prompt + response is {total} tokens ({len(prompt_ids)} + {len(response_ids)}), beyond the "
+        f"student's context of {limit} tokens"
+    )
+
+
+def encode_pair(tokenizer, prompt: Prompt, response: str) -> tuple[str, list[int], list[int]]:
+    """(prompt text, prompt ids, response ids) exactly as `score_responses` tokenizes them."""
+    prompt_text = render_prompt(tokenizer, prompt)
+    return prompt_text, encode_text(tokenizer, prompt_text), encode_text(tokenizer, response)
+
+
 def _accepts_logits_to_keep(model) -> bool:
     try:
         return "logits_to_keep" in inspect.signature(model.forward).parameters
@@ -143,13 +177,20 @@ def score_responses(
     """Teacher-force each (prompt, response text) through the student: exact entropies and log-probs.
 
     The response is tokenized on its own (as the student would have generated it after the prompt),
-    without special tokens.
+    without special tokens. A pair longer than the student's context (`context_limit`) raises
+    ConfigError naming the row and the lengths: positions past it would be scored without a word.
     """
     if len(prompts) != len(responses):
         raise ValueError(f"{len(prompts)} prompts but {len(responses)} responses")
-    prompt_texts = [render_prompt(tokenizer, p) for p in prompts]
-    prompt_ids = [encode_text(tokenizer, p) for p in prompt_texts]
-    response_ids = [encode_text(tokenizer, r) for r in responses]
+    encoded = [encode_pair(tokenizer, p, r) for p, r in zip(prompts, responses, strict=True)]
+    prompt_texts = [e[0] for e in encoded]
+    prompt_ids = [e[1] for e in encoded]
+    response_ids = [e[2] for e in encoded]
+    limit = context_limit(getattr(model, "config", None), tokenizer)
+    for i, (p_ids, r_ids) in enumerate(zip(prompt_ids, response_ids, strict=True)):
+        why = too_long(p_ids, r_ids, limit)
+        if why:
+            raise ConfigError(f"row {i}: {why}")
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else (tokenizer.eos_token_id or 0)
     scored = score_token_ids(model, prompt_ids, response_ids, pad_token_id=pad, max_batch_tokens=max_batch_tokens)
     return [

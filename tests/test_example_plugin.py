@@ -30,3 +30,102 @@ def test_example_plugins_load_and_compute():
 def test_config_accepts_third_party_names():
     c = OmniOPDConfig(similarity="jaccard", scheduler="tail_first")
     assert (c.similarity, c.scheduler) == ("jaccard", "tail_first")
+
+
+# ------------------------------------------------------------------------------------------ the teacher
+# Only public names: a third-party teacher written as a raw call gets the whole teacher library.
+
+import asyncio  # noqa: E402
+
+import pytest  # noqa: E402
+
+from omniopd_verl.audit import Auditor, StudentResponse, TeacherFailureError  # noqa: E402
+from omniopd_verl.config import TeacherConfig  # noqa: E402
+from omniopd_verl.teachers import TeacherBudgetExceeded, TeacherRequest  # noqa: E402
+
+N = 3
+
+
+def markov(tmp_path=None, **kw):
+    options = {"backoff_base_s": 0.01, "backoff_max_s": 0.02, **kw.pop("options", {})}
+    cache = {"cache_path": str(tmp_path / "cache.sqlite")} if tmp_path is not None else {}
+    return registry.create_teacher(TeacherConfig(name="markov", model="bigram", options=options, **cache, **kw))
+
+
+def requests(count=4):
+    return [
+        TeacherRequest(f"r{i}:{i}", f"the cat sat on the mat and the dog sat on the cat {i}", " and", N, 5, seed=i)
+        for i in range(count)
+    ]
+
+
+def test_example_teacher_is_installed_and_samples_deterministically():
+    assert ("omniopd_verl.teachers", "markov") in {
+        (ep.group, ep.name) for ep in distribution("omniopd-example-plugin").entry_points
+    }
+    first = asyncio.run(markov().sample(requests()))
+    again = asyncio.run(markov().sample(requests()))
+    assert [r.texts for r in first] == [r.texts for r in again]
+    assert all(len(r.texts) == N and all(len(t.split()) == 5 for t in r.texts) for r in first)
+    assert len({t for r in first for t in r.texts}) > 1  # samples and seeds differ, texts differ
+
+
+def test_example_teacher_gets_cache_hits_on_a_rerun(tmp_path):
+    first = markov(tmp_path)
+    texts = [r.texts for r in asyncio.run(first.sample(requests()))]
+    assert first.metrics()["teacher/calls"] == 4 and first.metrics()["teacher/cache_hits"] == 0
+    asyncio.run(first.aclose())
+    rerun = markov(tmp_path)  # a fresh process would do the same
+    results = asyncio.run(rerun.sample(requests()))
+    assert [r.texts for r in results] == texts and all(r.cached for r in results)
+    assert rerun.metrics()["teacher/calls"] == 0 and rerun.metrics()["teacher/cache_hits"] == 4
+
+
+def test_example_teacher_gets_retries_on_a_transient_error():
+    teacher = markov(max_concurrency=1, options={"fail_first": 2})
+    results = asyncio.run(teacher.sample(requests(2)))
+    assert all(r.texts is not None and len(r.texts) == N for r in results)
+    m = teacher.metrics()
+    assert m["teacher/retries"] == 2 and m["teacher/failures"] == 0 and m["teacher/calls"] == 2 + 2
+    # out of retries: a counted failure with the cause, never a silent disagreement
+    failing = markov(max_retries=1, options={"fail_first": 100})
+    [result] = asyncio.run(failing.sample(requests(1)))
+    assert result.texts is None and "scripted transient failure" in result.error and "after retries" in result.error
+    assert failing.metrics()["teacher/failures"] == 1
+
+
+def test_example_teacher_gets_a_budget_stop(tmp_path):
+    teacher = markov(tmp_path, max_concurrency=1, max_cost_usd=0.025, options={"cost_per_call": 0.01})
+    with pytest.raises(TeacherBudgetExceeded, match=r"max_cost_usd=\$0.025"):
+        asyncio.run(teacher.sample(requests(6)))
+    m = teacher.metrics()
+    assert m["teacher/calls"] == 3 and m["teacher/cost_usd"] == pytest.approx(0.03)  # stops at the budget
+    more = markov(tmp_path, max_cost_usd=1.0, options={"cost_per_call": 0.01})
+    asyncio.run(more.sample(requests(6)))
+    assert more.metrics()["teacher/cache_hits"] == 3 and more.metrics()["teacher/calls"] == 3  # paid once
+
+
+def test_example_teacher_returning_fewer_than_n_samples_is_a_clear_error(tiny_model_path):
+    teacher = markov(max_retries=1, options={"missing_samples": 1})
+    [result] = asyncio.run(teacher.sample(requests(1)))
+    assert result.texts is None
+    assert "teacher 'markov' returned 2 samples, asked for 3" in result.error
+    assert teacher.metrics()["teacher/retries"] == 1  # retried once, as a short answer from an API would be
+    # through the Auditor (on_failure='error'): the run stops naming the teacher, the request and the cause
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(tiny_model_path)
+    ids = tok("one two three four five six seven eight", add_special_tokens=False)["input_ids"]
+    cfg = OmniOPDConfig(
+        chunks=1,
+        samples=N,
+        chunk_len=2,
+        scheduler="uniform",
+        similarity="jaccard",
+        teacher=dict(name="markov", model="bigram", max_retries=0, options={"missing_samples": 1}),
+    )
+    auditor = Auditor(cfg, tok)
+    with pytest.raises(
+        TeacherFailureError, match=r"teacher 'markov' failed on r0:0 .* returned 2 samples, asked for 3"
+    ):
+        asyncio.run(auditor.audit([StudentResponse("r0", "Count:", ids, torch.full((len(ids),), -1.0))]))

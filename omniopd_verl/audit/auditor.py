@@ -4,7 +4,7 @@ Per response: anchors from the scheduler plugin -> one TeacherRequest per anchor
 x + y_<t, never the chunk; seeds from a stable hash of (config seed, uid, anchor)), sent to the
 teacher in ascending anchor order as one call -> teacher texts trimmed to the chunk's length in
 student tokens -> similarity phi(student chunk, teacher text) -> k_sem = soft_acceptance,
-prior_mean = chunk_prior_mean of the chunk's log-probs, weight = dirichlet_posterior_mean.
+pi_bar = chunk_prior_mean of the chunk's log-probs, pi_hat = dirichlet_posterior_mean.
 
 `audit(responses)` runs the teacher calls of all responses concurrently and then scores every
 (student chunk, teacher text) pair of the batch in one de-duplicated similarity call.
@@ -13,7 +13,7 @@ prior_mean = chunk_prior_mean of the chunk's log-probs, weight = dirichlet_poste
 
 A teacher result without texts (after the backend's retries) is never scored: with
 teacher.on_failure='error' the audit raises TeacherFailureError, with 'drop' the anchor is dropped
-and counted (ResponseAudit.dropped_anchors, metric audit/dropped_anchors).
+and counted (ResponseAudit.anchors_dropped, metric audit/anchors_dropped).
 """
 
 from __future__ import annotations
@@ -132,10 +132,10 @@ class _StepStats:
         self.response_tokens = 0
         self.audited_tokens = 0
         self.chunks = 0
-        self.dropped_anchors = 0
+        self.anchors_dropped = 0
         self.pi_hat: list[float] = []
         self.k_sem_frac: list[float] = []
-        self.prior_mean: list[float] = []
+        self.pi_bar: list[float] = []
         self.k_sem_inside = 0
         self.seconds = 0.0
 
@@ -146,9 +146,8 @@ class Auditor:
     def __init__(self, config: OmniOPDConfig, tokenizer, *, teacher=None, similarity=None, scheduler=None):
         self.config = config
         self.tokenizer = tokenizer
-        self.teacher = (
-            teacher if teacher is not None else registry.load("teachers", config.teacher.name)(config.teacher)
-        )
+        # built through the registry like any user's teacher: the plugin wrapped in the teacher library
+        self.teacher = teacher if teacher is not None else registry.create_teacher(config.teacher)
         self.similarity = (
             similarity
             if similarity is not None
@@ -203,11 +202,11 @@ class Auditor:
             "audit/chunks_per_response": s.chunks / s.responses if s.responses else 0.0,
             "audit/rows_without_audit": float(s.rows_without_audit),
             "audit/token_fraction": s.audited_tokens / s.response_tokens if s.response_tokens else 0.0,
-            "audit/dropped_anchors": float(s.dropped_anchors),
+            "audit/anchors_dropped": float(s.anchors_dropped),
             "audit/k_sem_inside_frac": s.k_sem_inside / s.chunks if s.chunks else 0.0,
             "audit/seconds": s.seconds,  # summed over audit()/audit_one() calls (concurrent calls overlap)
         }
-        for name, values in (("pi_hat", s.pi_hat), ("k_sem_frac", s.k_sem_frac), ("prior_mean", s.prior_mean)):
+        for name, values in (("pi_hat", s.pi_hat), ("k_sem_frac", s.k_sem_frac), ("pi_bar", s.pi_bar)):
             if values:
                 out[f"audit/{name}_mean"] = sum(values) / len(values)
                 out[f"audit/{name}_min"] = min(values)
@@ -257,7 +256,7 @@ class Auditor:
                 prompt_text=r.prompt_text,
                 response_prefix=text.prefix(t),
                 n=cfg.samples,
-                max_tokens=cfg.chunk_len,
+                student_tokens=cfg.chunk_len,
                 seed=stable_seed(cfg.seed, r.uid, t),
                 prompt_messages=messages,
                 teacher_context=r.teacher_context,
@@ -308,7 +307,7 @@ class Auditor:
         kept = [k for k, texts in enumerate(plan.teacher_texts) if texts is not None]
         dropped = len(plan.anchors) - len(kept)
         audit = ResponseAudit(
-            uid=r.uid, response_len=len(r.response_ids), dropped_anchors=dropped, entropy_source=r.entropy_source
+            uid=r.uid, response_len=len(r.response_ids), anchors_dropped=dropped, entropy_source=r.entropy_source
         )
         audit.teacher = _teacher_block(plan.results)
         if kept:
@@ -316,8 +315,8 @@ class Auditor:
             k_sem_M = soft_acceptance(sims_MN, samples=N)
             starts = [plan.anchors[k] for k in kept]
             chunk_lp_MC = torch.stack([r.logprobs_T[t : t + C].detach().double().cpu() for t in starts])
-            prior_M = chunk_prior_mean(chunk_lp_MC)
-            weight_M = dirichlet_posterior_mean(k_sem_M, prior_M, N, cfg.alpha)
+            pi_bar_M = chunk_prior_mean(chunk_lp_MC)
+            pi_hat_M = dirichlet_posterior_mean(k_sem_M, pi_bar_M, N, cfg.alpha)
             for m, k in enumerate(kept):
                 t = plan.anchors[k]
                 audit.chunks.append(
@@ -329,8 +328,8 @@ class Auditor:
                         teacher_texts=list(plan.teacher_texts[k]),
                         similarities=[float(x) for x in sims_MN[m].tolist()],
                         k_sem=float(k_sem_M[m]),
-                        prior_mean=float(prior_M[m]),
-                        weight=float(weight_M[m]),
+                        pi_bar=float(pi_bar_M[m]),
+                        pi_hat=float(pi_hat_M[m]),
                     )
                 )
         self._record(audit)
@@ -340,15 +339,15 @@ class Auditor:
         s, N = self._stats, self.config.samples
         s.responses += 1
         s.response_tokens += audit.response_len
-        s.dropped_anchors += audit.dropped_anchors
+        s.anchors_dropped += audit.anchors_dropped
         if not audit.chunks:
             s.rows_without_audit += 1
         for c in audit.chunks:
             s.chunks += 1
             s.audited_tokens += c.end - c.start
-            s.pi_hat.append(c.weight)
+            s.pi_hat.append(c.pi_hat)
             s.k_sem_frac.append(c.k_sem / N)
-            s.prior_mean.append(c.prior_mean)
+            s.pi_bar.append(c.pi_bar)
             if 0.05 * N < c.k_sem < 0.95 * N:
                 s.k_sem_inside += 1
 

@@ -63,7 +63,7 @@ def render_report(
         out.append("</table>")
     legend = "".join(f"<span style='background:{weight_colour(w)}'>{w:.2f}</span>" for w in (0.0, 0.25, 0.5, 0.75, 1.0))
     out.append(
-        f"<p class='legend'>Chunk colour = weight &pi;&#770; (posterior agreement with the teacher): {legend}</p>"
+        f"<p class='legend'>Chunk colour = &pi;&#770; (pi_hat, posterior agreement with the teacher): {legend}</p>"
     )
     for r, item in enumerate(items):
         rec = item.record
@@ -71,7 +71,7 @@ def render_report(
         out.append(f"<h2 id='r{r}'>{_e(item.id)}</h2>")
         teacher = rec.get("teacher", {})
         meta = (
-            f"{len(chunks)} chunks audited, {rec.get('dropped_anchors', 0)} dropped; "
+            f"{len(chunks)} chunks audited, {rec.get('anchors_dropped', 0)} dropped; "
             f"entropy: {rec.get('entropy_source', '')}; similarity: {rec.get('similarity', '')}; "
             f"teacher calls {teacher.get('calls', 0)}, retries {teacher.get('retries', 0)}, "
             f"failures {teacher.get('failures', 0)}, cache hits {teacher.get('cache_hits', 0)}"
@@ -84,20 +84,20 @@ def render_report(
                 body.append(_e(text))
                 continue
             c = chunks[k]
-            tip = f"chunk {k}: tokens [{c['start']}, {c['end']}) weight {c['weight']:.3f} k_sem {c['k_sem']:.2f} prior {c['prior_mean']:.3f}"
+            tip = f"chunk {k}: tokens [{c['start']}, {c['end']}) pi_hat {c['pi_hat']:.3f} k_sem {c['k_sem']:.2f} pi_bar {c['pi_bar']:.3f}"
             body.append(
-                f"<a class='chunk' href='#r{r}c{k}' title='{_e(tip)}' style='background:{weight_colour(c['weight'])}'>"
-                f"{_e(text)}<sup>{c['weight']:.2f}</sup></a>"
+                f"<a class='chunk' href='#r{r}c{k}' title='{_e(tip)}' style='background:{weight_colour(c['pi_hat'])}'>"
+                f"{_e(text)}<sup>{c['pi_hat']:.2f}</sup></a>"
             )
         out.append(f"<div class='response'>{''.join(body)}</div>")
         for k, c in enumerate(chunks):
             head = (
-                f"chunk {k} [{c['start']}, {c['end']}): weight {c['weight']:.3f}, k_sem {c['k_sem']:.2f}/"
-                f"{len(c['teacher_texts'])}, prior {c['prior_mean']:.3f}"
+                f"chunk {k} [{c['start']}, {c['end']}): pi_hat {c['pi_hat']:.3f}, k_sem {c['k_sem']:.2f}/"
+                f"{len(c['teacher_texts'])}, pi_bar {c['pi_bar']:.3f}"
                 + (f", entropy {c['entropy']:.2f}" if c.get("entropy") is not None else "")
             )
             out.append(
-                f"<details id='r{r}c{k}'><summary style='background:{weight_colour(c['weight'])}'>{_e(head)}</summary>"
+                f"<details id='r{r}c{k}'><summary style='background:{weight_colour(c['pi_hat'])}'>{_e(head)}</summary>"
                 f"<table><tr><th>student</th><td class='t' colspan='2'>{_e(c['student_text'])}</td></tr>"
             )
             for j, (t, s) in enumerate(zip(c["teacher_texts"], c["similarities"], strict=True)):

@@ -46,9 +46,16 @@ class ChunkAudit:
     """Exactly the texts that were scored (after trimming to the student's chunk length)."""
     similarities: list[float]
     k_sem: float
-    prior_mean: float
-    weight: float
-    """pi_hat = (k_sem + alpha * prior_mean) / (N + alpha)."""
+    """Soft acceptance k_sem = sum of the similarities (ALGORITHM.md step 4); k_sem_frac = k_sem / N."""
+    pi_bar: float
+    """Prior mean pi_bar = exp(mean log pi_theta(y_t | s_t)) over the chunk."""
+    pi_hat: float
+    """Posterior mean pi_hat = (k_sem + alpha * pi_bar) / (N + alpha): the chunk's advantage in mode 'posterior'."""
+
+    @property
+    def k_sem_frac(self) -> float:
+        """k_sem / N (N = the number of teacher samples scored)."""
+        return self.k_sem / len(self.similarities) if self.similarities else 0.0
 
 
 @dataclass
@@ -58,7 +65,7 @@ class ResponseAudit:
     uid: str
     response_len: int
     chunks: list[ChunkAudit] = field(default_factory=list)
-    dropped_anchors: int = 0
+    anchors_dropped: int = 0
     """Anchors whose teacher samples failed after all retries (only with teacher.on_failure='drop')."""
     entropy_source: str = "exact"
     teacher: dict[str, float] = field(default_factory=dict)

@@ -5,13 +5,24 @@ through the student's chat template; optional "teacher_context": privileged text
 only), runs the student teacher-forced for exact entropies and log-probs, audits every response with
 the configured teacher / similarity / scheduler (the same Auditor both training engines use), and
 writes OUT.jsonl with one line per input, in input order:
-    {"id", "entropy_source", "similarity", "scheduler", "response_len", "dropped_anchors",
+    {"id", "entropy_source", "similarity", "scheduler", "response_len", "anchors_dropped",
      "chunks": [{"start", "end", "entropy", "student_text", "teacher_texts", "similarities",
-                 "k_sem", "prior_mean", "weight"}, ...],
+                 "k_sem", "k_sem_frac", "pi_bar", "pi_hat"}, ...],
      "teacher": {"calls", "retries", "failures", "cache_hits", "prompt_tokens", "completion_tokens",
                  "cost_usd", "seconds"}}
-A summary goes to stderr; --report writes a self-contained HTML page. Exit codes: 0 ok, 2 bad input
-or configuration (the message names the key or line), 1 the audit itself failed (e.g. the teacher).
+A summary goes to stderr; --report writes a self-contained HTML page.
+
+Every flag, path (including the folders of --output/--report/--cache) and input line is checked before
+a model is loaded or a teacher is called. A row whose prompt + response exceeds the student's context
+is refused (or skipped and listed with --skip-too-long). When the teacher budget (--max-cost-usd)
+stops the run, the rows completed by then are written and the output ends with one trailer line
+    {"partial": true, "reason", "rows_written", "rows_total", "missing_ids"}
+(also said on stderr and in the report). Exit codes: 0 ok; 1 the audit itself failed (e.g. the teacher
+after its retries); 2 bad input or configuration (one line naming the flag, key or input line);
+3 partial output after a budget stop.
+
+Flow (`_audit`): check flags/paths/lines -> tokenize against the student -> build the teacher -> score
+the students and audit them (pipelined) -> write.
 """
 
 from __future__ import annotations
@@ -19,10 +30,14 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import sys
 import time
+from dataclasses import dataclass
 from typing import Any
 
+EXIT_OK, EXIT_FAILED, EXIT_BAD_INPUT, EXIT_PARTIAL = 0, 1, 2, 3
+STUDENT_ROWS_PER_STEP = 16  # rows per student scoring call; their audits start while the next rows are scored
 HELP = "audit finished responses against a text-only teacher: chunk weights as JSONL (+ an HTML report)"
 
 
@@ -53,6 +68,19 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--cache", help="SQLite file caching teacher answers across runs")
     parser.add_argument("--report", help="write a self-contained HTML report here")
     parser.add_argument("--batch-tokens", type=int, default=8192, help="padded tokens per student forward batch")
+    parser.add_argument(
+        "--max-cost-usd",
+        type=float,
+        help="teacher budget (omniopd.teacher.max_cost_usd): stop before the next paid call once spent; the "
+        f"rows finished by then are written, marked partial (exit {EXIT_PARTIAL})",
+    )
+    parser.add_argument("--teacher-timeout-s", type=float, help="per-request teacher timeout (default 120)")
+    parser.add_argument("--max-retries", type=int, help="teacher retries per request (default 5)")
+    parser.add_argument(
+        "--skip-too-long",
+        action="store_true",
+        help="skip (and list) rows whose prompt + response exceed the student's context, instead of refusing",
+    )
 
 
 def build_config(args: argparse.Namespace):
@@ -77,6 +105,9 @@ def build_config(args: argparse.Namespace):
         ("cache_path", args.cache),
         ("max_concurrency", args.max_concurrency),
         ("on_failure", args.on_teacher_failure),
+        ("max_cost_usd", args.max_cost_usd),
+        ("timeout_s", args.teacher_timeout_s),
+        ("max_retries", args.max_retries),
     ):
         if value is not None:
             teacher[key] = value
@@ -85,7 +116,71 @@ def build_config(args: argparse.Namespace):
         value = getattr(args, key)
         if value is not None:
             data[key] = value
-    return OmniOPDConfig.from_dict(data)
+    from omniopd_verl import registry
+
+    config = OmniOPDConfig.from_dict(data)
+    registry.check_plugin_names(config)  # before the student loads: the config itself is plain data
+    return config
+
+
+def check_flags_and_paths(args: argparse.Namespace) -> None:
+    """Every flag combination and path the run will need, checked before a model is loaded or a teacher
+    called (a missing output folder found after the audit would waste what the teacher was paid)."""
+    from omniopd_verl.errors import ConfigError
+    from omniopd_verl.models import BUILTIN_MODELS
+
+    if args.teacher_api_base and not args.teacher_model:
+        raise ConfigError(
+            f"--teacher-api-base {args.teacher_api_base} needs --teacher-model: the model name the server "
+            "serves (e.g. --teacher-model local-teacher for `python -m omniopd_verl.serving.openai_compat`)"
+        )
+    if args.batch_tokens < 1:
+        raise ConfigError(f"--batch-tokens={args.batch_tokens} is invalid: allowed an integer >= 1")
+    if args.student not in BUILTIN_MODELS and not os.path.isdir(args.student):
+        raise ConfigError(
+            f"--student {args.student!r} is neither a built-in model {sorted(BUILTIN_MODELS)} nor a local folder"
+        )
+    for flag, path in (("--output", args.output), ("--report", args.report), ("--cache", args.cache)):
+        if path is None:
+            continue
+        folder = os.path.dirname(os.path.abspath(path))
+        if not os.path.isdir(folder):
+            raise ConfigError(f"{flag} {path!r}: the folder {folder} does not exist (create it first)")
+        if os.path.isdir(path):
+            raise ConfigError(f"{flag} {path!r} is a folder: allowed a file path")
+        if not os.access(folder, os.W_OK):
+            raise ConfigError(f"{flag} {path!r}: the folder {folder} is not writable")
+    if os.path.abspath(args.output) == os.path.abspath(args.input):
+        raise ConfigError(f"--output {args.output!r} is the --input file: it would be overwritten")
+
+
+_SURROGATE = re.compile("[\ud800-\udfff]")
+
+
+def _decode_line(raw: bytes, where: str, first: bool) -> str:
+    try:
+        return raw.decode("utf-8-sig" if first else "utf-8")
+    except UnicodeDecodeError as exc:
+        from omniopd_verl.errors import ConfigError
+
+        raise ConfigError(
+            f"{where} is not UTF-8 text: byte 0x{raw[exc.start]:02x} at byte {exc.start + 1} of the line "
+            "(save the file as UTF-8)"
+        ) from None
+
+
+def _check_text(value: Any, where: str, key: str) -> None:
+    """Refuse a lone surrogate (valid JSON "\\ud800", but no text can hold half a UTF-16 pair)."""
+    from omniopd_verl.errors import ConfigError
+
+    strings = [value] if isinstance(value, str) else [v for m in value for v in m.values() if isinstance(v, str)]
+    for text in strings:
+        bad = _SURROGATE.search(text)
+        if bad:
+            raise ConfigError(
+                f"{where}: {key} holds a lone surrogate \\u{ord(bad.group()):04x} at character {bad.start()}: "
+                "not valid Unicode text (half of a UTF-16 pair)"
+            )
 
 
 def read_input(path: str) -> list[dict[str, Any]]:
@@ -94,14 +189,15 @@ def read_input(path: str) -> list[dict[str, Any]]:
 
     rows, seen = [], set()
     try:
-        handle = open(path, encoding="utf-8")
+        handle = open(path, "rb")  # decoded line by line, so a bad byte is reported with its line
     except OSError as exc:
         raise ConfigError(f"--input {path!r} cannot be read: {exc.strerror}") from None
     with handle:
-        for lineno, line in enumerate(handle, 1):
+        for lineno, raw in enumerate(handle, 1):
+            where = f"{path} line {lineno}"
+            line = _decode_line(raw, where, lineno == 1)
             if not line.strip():
                 continue
-            where = f"{path} line {lineno}"
             try:
                 row = json.loads(line)
             except json.JSONDecodeError as exc:
@@ -132,115 +228,207 @@ def read_input(path: str) -> list[dict[str, Any]]:
             context = row.get("teacher_context")
             if context is not None and not isinstance(context, str):
                 raise ConfigError(f"{where}: teacher_context is invalid: allowed a string or null")
-            rows.append({"id": uid, "prompt": prompt, "response": row["response"], "teacher_context": context})
+            for key in ("id", "prompt", "response", "teacher_context"):
+                if row.get(key) is not None and not isinstance(row[key], int):
+                    _check_text(row[key], where, key)
+            rows.append(
+                {
+                    "id": uid,
+                    "prompt": prompt,
+                    "response": row["response"],
+                    "teacher_context": context,
+                    "line": lineno,
+                }
+            )
     if not rows:
         raise ConfigError(f"--input {path!r} has no rows")
     return rows
 
 
-def run(args: argparse.Namespace) -> int:
-    from omniopd_verl.errors import ConfigError, OmniOPDError
+@dataclass
+class PreparedRow:
+    """An input row tokenized exactly as the student scores it (student.encode_pair)."""
 
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    row: dict[str, Any]
+    prompt_text: str
+    prompt_ids: list[int]
+    response_ids: list[int]
+
+
+@dataclass
+class AuditOutcome:
+    """What the audit produced: the completed rows in input order, and why it stopped early, if it did."""
+
+    responses: list  # StudentResponse of every completed row
+    audits: list  # ResponseAudit, aligned with responses
+    metrics: dict[str, float]
+    seconds_student: float
+    seconds_total: float
+    stopped: str | None = None  # the budget-stop message when the teacher's budget ended the run
+
+
+def load_student_tokenizer(student: str):
+    """(tokenizer, context limit) of the student, without reading its weights."""
+    from omniopd_verl.models import load_model_config, load_tokenizer
+    from omniopd_verl.student import context_limit
+
+    tokenizer = load_tokenizer(student)
+    return tokenizer, context_limit(load_model_config(student), tokenizer)
+
+
+def prepare_rows(tokenizer, limit, rows, *, skip_too_long: bool) -> tuple[list[PreparedRow], list[tuple[str, str]]]:
+    """Tokenize every row; one beyond the student's context is refused (or skipped with --skip-too-long)."""
+    from omniopd_verl.errors import ConfigError
+    from omniopd_verl.student import encode_pair, too_long
+
+    prepared, skipped = [], []
+    for row in rows:
+        where = f"--input line {row['line']} (id={row['id']!r})"
+        try:
+            prompt_text, prompt_ids, response_ids = encode_pair(tokenizer, row["prompt"], row["response"])
+        except ConfigError as exc:
+            raise ConfigError(f"{where}: {exc}") from None
+        if not prompt_ids:
+            raise ConfigError(f"{where}: the prompt has no tokens; the first response token needs a context")
+        why = too_long(prompt_ids, response_ids, limit)
+        if why and not skip_too_long:
+            raise ConfigError(f"{where}: {why}; shorten it, or pass --skip-too-long to skip such rows")
+        if why:
+            skipped.append((row["id"], why))
+            continue
+        prepared.append(PreparedRow(row, prompt_text, prompt_ids, response_ids))
+    if not prepared:
+        raise ConfigError(f"every row of --input is beyond the student's context of {limit} tokens")
+    return prepared, skipped
+
+
+async def build_teacher_and_audit(args, config, tokenizer, prepared: list[PreparedRow]) -> AuditOutcome:
+    """Build the Auditor (teacher, similarity, scheduler) first, so a bad teacher setting fails before the
+    student's weights load; then score and audit."""
+    from omniopd_verl.audit.auditor import Auditor
+    from omniopd_verl.models import load_causal_lm
+
+    auditor = Auditor(config, tokenizer)
     try:
-        config = build_config(args)
-        rows = read_input(args.input)
-        if args.batch_tokens < 1:
-            raise ConfigError(f"--batch-tokens={args.batch_tokens} is invalid: allowed an integer >= 1")
-    except ConfigError as exc:
-        print(f"omniopd-verl audit: error: {exc}", file=sys.stderr)
-        return 2
-    try:
-        return _audit(args, config, rows)
-    except ConfigError as exc:
-        print(f"omniopd-verl audit: error: {exc}", file=sys.stderr)
-        return 2
-    except OmniOPDError as exc:
-        print(f"omniopd-verl audit: failed: {type(exc).__name__}: {exc}", file=sys.stderr)
-        return 1
+        model, _ = load_causal_lm(args.student)
+        return await score_and_audit(auditor, model, tokenizer, prepared, args.batch_tokens)
+    finally:
+        await auditor.aclose()
 
 
-def _audit(args, config, rows) -> int:
+def _student_response(p: PreparedRow, logprobs_T, entropy_T):
+    from omniopd_verl.audit.types import StudentResponse
+
+    prompt = p.row["prompt"]
+    return StudentResponse(
+        uid=p.row["id"],
+        prompt_text=p.prompt_text,
+        response_ids=p.response_ids,
+        logprobs_T=logprobs_T,
+        entropy_T=entropy_T,
+        entropy_source="exact",
+        prompt_messages=prompt if isinstance(prompt, list) else None,
+        teacher_context=p.row["teacher_context"],
+    )
+
+
+async def score_and_audit(auditor, model, tokenizer, prepared: list[PreparedRow], batch_tokens: int) -> AuditOutcome:
+    """Score rows teacher-forced in steps of STUDENT_ROWS_PER_STEP (in a thread) while the audits of the rows
+    already scored run. A teacher budget stop ends the run: answers in flight still finish (no new paid
+    call can start), and every row completed by then is kept."""
     import asyncio
 
     from tqdm import tqdm
 
-    from omniopd_verl.audit.auditor import Auditor
-    from omniopd_verl.audit.types import StudentResponse
-    from omniopd_verl.models import load_causal_lm
-    from omniopd_verl.student import score_responses
+    from omniopd_verl.student import score_token_ids
+    from omniopd_verl.teachers import TeacherBudgetExceeded
 
-    model, tokenizer = load_causal_lm(args.student)
-    step = 16  # rows per student scoring call; their audits start while the next rows are scored
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else (tokenizer.eos_token_id or 0)
+    responses, tasks, done = [], [], {}
+    seconds_student, stopped = 0.0, None
+    t_start = time.perf_counter()
+    with (
+        tqdm(total=len(prepared), desc="student", unit="resp", file=sys.stderr, position=0) as student_bar,
+        tqdm(total=len(prepared), desc="audit", unit="resp", file=sys.stderr, position=1) as audit_bar,
+    ):
 
-    async def pipeline():
-        # the teacher is built before any scoring, so a bad teacher setting fails at once
-        auditor = Auditor(config, tokenizer)
-        responses: list[StudentResponse] = []
-        results: dict[str, Any] = {}
-        tasks: list[asyncio.Future] = []
-        seconds_student = 0.0
+        async def one(r) -> None:
+            done[r.uid] = await auditor.audit_one(r)
+            audit_bar.update(1)
+
         try:
-            with (
-                tqdm(total=len(rows), desc="student", unit="resp", file=sys.stderr, position=0) as student_bar,
-                tqdm(total=len(rows), desc="audit", unit="resp", file=sys.stderr, position=1) as audit_bar,
-            ):
-
-                async def one(r: StudentResponse) -> None:
-                    results[r.uid] = await auditor.audit_one(r)
-                    audit_bar.update(1)
-
-                for lo in range(0, len(rows), step):
-                    part = rows[lo : lo + step]
-                    t0 = time.perf_counter()
-                    scored = await asyncio.to_thread(
-                        score_responses,
-                        model,
-                        tokenizer,
-                        [r["prompt"] for r in part],
-                        [r["response"] for r in part],
-                        max_batch_tokens=args.batch_tokens,
-                    )
-                    seconds_student += time.perf_counter() - t0
-                    for row, s in zip(part, scored, strict=True):
-                        r = StudentResponse(
-                            uid=row["id"],
-                            prompt_text=s.prompt_text,
-                            response_ids=s.response_ids,
-                            logprobs_T=s.logprobs_T,
-                            entropy_T=s.entropy_T,
-                            entropy_source="exact",
-                            prompt_messages=row["prompt"] if isinstance(row["prompt"], list) else None,
-                            teacher_context=row["teacher_context"],
-                        )
-                        responses.append(r)
-                        tasks.append(asyncio.ensure_future(one(r)))
-                    student_bar.update(len(part))
-                    for t in tasks:  # surface a failed audit now, not after scoring everything
-                        if t.done() and t.exception() is not None:
-                            raise t.exception()
-                await asyncio.gather(*tasks)
+            for lo in range(0, len(prepared), STUDENT_ROWS_PER_STEP):
+                part = prepared[lo : lo + STUDENT_ROWS_PER_STEP]
+                t0 = time.perf_counter()
+                scored = await asyncio.to_thread(
+                    score_token_ids,
+                    model,
+                    [p.prompt_ids for p in part],
+                    [p.response_ids for p in part],
+                    pad_token_id=pad,
+                    max_batch_tokens=batch_tokens,
+                )
+                seconds_student += time.perf_counter() - t0
+                for p, (logprobs_T, entropy_T) in zip(part, scored, strict=True):
+                    responses.append(_student_response(p, logprobs_T, entropy_T))
+                    tasks.append(asyncio.ensure_future(one(responses[-1])))
+                student_bar.update(len(part))
+                for t in tasks:  # surface a failed audit now, not after scoring everything
+                    if t.done() and t.exception() is not None:
+                        raise t.exception()
+            await asyncio.gather(*tasks)
+        except TeacherBudgetExceeded as exc:
+            stopped = str(exc)
+            await asyncio.gather(*tasks, return_exceptions=True)
         except BaseException:
             for t in tasks:
                 t.cancel()
             await asyncio.gather(*tasks, return_exceptions=True)
             raise
-        finally:
-            await auditor.aclose()
-        return responses, [results[r.uid] for r in responses], auditor.metrics(), seconds_student
+    completed = [r for r in responses if r.uid in done]
+    return AuditOutcome(
+        responses=completed,
+        audits=[done[r.uid] for r in completed],
+        metrics=auditor.metrics(),
+        seconds_student=seconds_student,
+        seconds_total=time.perf_counter() - t_start,
+        stopped=stopped,
+    )
 
-    t1 = time.perf_counter()
-    responses, audits, metrics, t_student = asyncio.run(pipeline())
-    t_audit = time.perf_counter() - t1
 
-    records = [_record(a, config) for a in audits]
+def write_outputs(args, config, tokenizer, prepared, skipped, outcome: AuditOutcome) -> None:
+    """OUT.jsonl (+ a `partial` trailer line after a budget stop), the HTML report, the stderr summary."""
+    records = [_record(a, config) for a in outcome.audits]
+    written = {r["id"] for r in records}
+    partial = None
+    if outcome.stopped:
+        partial = {
+            "partial": True,
+            "reason": outcome.stopped,
+            "rows_written": len(records),
+            "rows_total": len(prepared),
+            "missing_ids": [p.row["id"] for p in prepared if p.row["id"] not in written],
+        }
     with open(args.output, "w", encoding="utf-8") as out:
         for rec in records:
             out.write(json.dumps(rec, ensure_ascii=False) + "\n")
-    summary = _summary(records, metrics, config, t_student, t_audit)
+        if partial:
+            out.write(json.dumps(partial, ensure_ascii=False) + "\n")
+    summary = _summary(records, outcome.metrics, config, outcome.seconds_student, outcome.seconds_total)
+    if skipped:
+        summary["skipped (too long)"] = f"{len(skipped)} row(s) beyond the student's context: " + ", ".join(
+            repr(uid) for uid, _ in skipped
+        )
+    if partial:
+        summary["PARTIAL OUTPUT"] = (
+            f"{len(records)} of {len(prepared)} rows written; the teacher budget stopped the run "
+            "(the last line of the output says which rows are missing)"
+        )
     if args.report:
-        _write_report(args.report, tokenizer, rows, responses, records, summary)
+        by_id = {p.row["id"]: p.row for p in prepared}
+        _write_report(
+            args.report, tokenizer, [by_id[r.uid] for r in outcome.responses], outcome.responses, records, summary
+        )
     width = max(len(k) for k in summary)
     print("omniopd-verl audit summary", file=sys.stderr)
     for key, value in summary.items():
@@ -248,35 +436,48 @@ def _audit(args, config, rows) -> int:
     print(
         f"  {'output':<{width}}  {args.output}" + (f"  report: {args.report}" if args.report else ""), file=sys.stderr
     )
-    return 0
+    if partial:
+        print(
+            f"omniopd-verl audit: PARTIAL OUTPUT: {len(records)} of {len(prepared)} rows written to {args.output}. "
+            f"{outcome.stopped}",
+            file=sys.stderr,
+        )
+
+
+def run(args: argparse.Namespace) -> int:
+    """Check every flag, path and input line, then audit. Nothing is loaded or paid for before the checks."""
+    from omniopd_verl.errors import ConfigError, OmniOPDError
+
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    try:
+        config = build_config(args)
+        check_flags_and_paths(args)
+        rows = read_input(args.input)
+        return _audit(args, config, rows)
+    except ConfigError as exc:
+        print(f"omniopd-verl audit: error: {exc}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    except OmniOPDError as exc:
+        print(f"omniopd-verl audit: failed: {type(exc).__name__}: {exc}", file=sys.stderr)
+        return EXIT_FAILED
+
+
+def _audit(args, config, rows) -> int:
+    """check inputs against the student -> build the teacher -> score the students -> audit -> write."""
+    import asyncio
+
+    tokenizer, limit = load_student_tokenizer(args.student)
+    prepared, skipped = prepare_rows(tokenizer, limit, rows, skip_too_long=args.skip_too_long)
+    outcome = asyncio.run(build_teacher_and_audit(args, config, tokenizer, prepared))
+    write_outputs(args, config, tokenizer, prepared, skipped, outcome)
+    return EXIT_PARTIAL if outcome.stopped else EXIT_OK
 
 
 def _record(audit, config) -> dict[str, Any]:
-    counts = ("calls", "retries", "failures", "cache_hits", "prompt_tokens", "completion_tokens")
-    teacher = {k: (int(v) if k in counts else v) for k, v in audit.teacher.items()}
-    return {
-        "id": audit.uid,
-        "entropy_source": audit.entropy_source,
-        "similarity": config.similarity,
-        "scheduler": config.scheduler,
-        "response_len": audit.response_len,
-        "dropped_anchors": audit.dropped_anchors,
-        "chunks": [
-            {
-                "start": c.start,
-                "end": c.end,
-                "entropy": c.entropy,
-                "student_text": c.student_text,
-                "teacher_texts": c.teacher_texts,
-                "similarities": c.similarities,
-                "k_sem": c.k_sem,
-                "prior_mean": c.prior_mean,
-                "weight": c.weight,
-            }
-            for c in audit.chunks
-        ],
-        "teacher": teacher,
-    }
+    from omniopd_verl.audit.records import audit_record  # the one serializer (the local engine's too)
+
+    return audit_record(audit, config)
 
 
 def _summary(records, metrics, config, t_student, t_audit) -> dict[str, str]:
@@ -295,10 +496,10 @@ def _summary(records, metrics, config, t_student, t_audit) -> dict[str, str]:
         "chunks audited": f"{len(chunks)} ({metrics['audit/chunks_per_response']:.2f}/response, "
         f"{100 * metrics['audit/token_fraction']:.1f}% of tokens)",
         "rows without audit": str(int(metrics["audit/rows_without_audit"])),
-        "dropped anchors": str(int(metrics["audit/dropped_anchors"])),
-        "weight (pi_hat)": stat("pi_hat"),
+        "anchors dropped": str(int(metrics["audit/anchors_dropped"])),
+        "pi_hat (posterior mean)": stat("pi_hat"),
         "k_sem / N": stat("k_sem_frac"),
-        "prior mean": stat("prior_mean"),
+        "pi_bar (prior mean)": stat("pi_bar"),
         "k_sem inside (5%,95%)": f"{100 * metrics['audit/k_sem_inside_frac']:.1f}% of chunks",
         "config": f"M={config.chunks} N={config.samples} C={config.chunk_len} alpha={config.alpha} "
         f"scheduler={config.scheduler} similarity={config.similarity} teacher={config.teacher.name}",

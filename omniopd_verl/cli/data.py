@@ -61,12 +61,17 @@ def _list(args) -> int:
 
 
 def _prepare(args) -> int:
+    import os
+
     from omniopd_verl.data import benchmarks
     from omniopd_verl.data.prepare import prepare_benchmarks, prepare_user_rows
+    from omniopd_verl.errors import ConfigError
 
     if args.input:
         if not args.name:
-            raise SystemExit("data prepare --input needs --name (the data_source of the rows)")
+            raise ConfigError("data prepare --input needs --name (the data_source of the rows)")
+        if not os.path.isfile(args.input):
+            raise ConfigError(f"--input {args.input!r}: no such file")
         n, path = prepare_user_rows(args)
         print(f"{args.name:16s} {n:7d} rows  {path}")
         return 0
@@ -95,12 +100,31 @@ def _sft(args) -> int:
     import json
 
     from omniopd_verl.data.verl_format import sft_rows, write_parquet
+    from omniopd_verl.errors import ConfigError
 
-    with open(args.generations, encoding="utf-8") as fh:
-        records = [json.loads(line) for line in fh if line.strip()]
-    rows, dropped = sft_rows(records, only_correct=not args.keep_wrong)
+    records = []
+    try:
+        with open(args.generations, encoding="utf-8") as fh:
+            for lineno, line in enumerate(fh, 1):
+                if not line.strip():
+                    continue
+                try:
+                    records.append(json.loads(line))
+                except json.JSONDecodeError as exc:
+                    raise ConfigError(
+                        f"--generations {args.generations} line {lineno} is not JSON: {exc.msg}"
+                    ) from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"--generations {args.generations!r} cannot be read: {exc}") from None
+    try:
+        rows, dropped = sft_rows(records, only_correct=not args.keep_wrong)
+    except (KeyError, TypeError, ValueError) as exc:
+        raise ConfigError(
+            f"--generations {args.generations}: a record is malformed ({type(exc).__name__}: {exc}); expected the "
+            "JSONL written by eval --save-generations"
+        ) from None
     if not rows:
-        raise SystemExit(f"no SFT rows: all {dropped} samples in {args.generations} were graded wrong")
+        raise ConfigError(f"no SFT rows: all {dropped} samples in {args.generations} were graded wrong")
     path = write_parquet(rows, args.out)
     print(f"sft {len(rows)} rows ({dropped} wrong samples dropped)  {path}")
     return 0

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import argparse
 
-HELP = "evaluate a model on the math and code benchmarks (table + JSON)"
+HELP = "evaluate a model on the math and code benchmarks (table + JSON; progress on stderr)"
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -44,7 +44,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--tensor-parallel-size", type=int, default=1, help="vllm back-end")
     parser.add_argument("--max-model-len", type=int, default=None, help="vllm back-end")
     parser.add_argument("--code-timeout", type=float, default=10.0, help="seconds per code test program")
-    parser.add_argument("--output", default=None, help="write the JSON report here")
+    parser.add_argument("--output", default=None, help="write the JSON report here (instead of to stdout)")
     parser.add_argument(
         "--save-generations",
         default=None,
@@ -62,23 +62,59 @@ def _names(spec: str) -> list[str]:
     return names
 
 
-def run(args: argparse.Namespace) -> int:
-    import json
+def _pass_ks(spec: str, n: int) -> list[int]:
+    from omniopd_verl.errors import ConfigError
+
+    try:
+        ks = sorted({int(k) for k in spec.split(",") if k.strip()})
+    except ValueError:
+        raise ConfigError(f"--pass-k {spec!r} is invalid: allowed comma-separated integers, e.g. 1,8,16") from None
+    if not ks or ks[0] < 1:
+        raise ConfigError(f"--pass-k {spec!r} is invalid: allowed comma-separated integers >= 1")
+    if any(k > n for k in ks):
+        raise ConfigError(f"--pass-k {spec} has k > --n {n}: pass@k needs n >= k samples per problem")
+    return ks
+
+
+def _ensure_folder(flag: str, path: str) -> None:
+    """Create the folder of an output file now, so a path that cannot be written fails before generation."""
     import os
 
-    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     from omniopd_verl.errors import ConfigError
+
+    if os.path.isdir(path):
+        raise ConfigError(f"{flag} {path!r} is a folder: allowed a file path")
+    try:
+        os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    except OSError as exc:
+        raise ConfigError(f"{flag} {path!r}: its folder cannot be created: {exc.strerror}") from None
+
+
+def run(args: argparse.Namespace) -> int:
+    """Check every flag and path, load the model, generate (progress on stderr), grade, report.
+
+    stdout gets the table, and the JSON report too unless --output is given (then the JSON goes only there).
+    """
+    import json
+    import os
+    import sys
+
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    from omniopd_verl.data import benchmarks
     from omniopd_verl.eval import math_grader
     from omniopd_verl.eval.generation import SamplingSpec, make_generator
     from omniopd_verl.eval.runner import evaluate, format_table
 
     names = _names(args.benchmarks)
-    ks = sorted({int(k) for k in args.pass_k.split(",") if k.strip()})
-    if any(k > args.n for k in ks):
-        raise ConfigError(f"--pass-k {args.pass_k} has k > --n {args.n}: pass@k needs n >= k samples per problem")
+    for name in names:
+        benchmarks.spec(name)  # a typo fails now, not after the model has loaded
+    ks = _pass_ks(args.pass_k, args.n)
     spec = SamplingSpec(
         n=args.n, max_new_tokens=args.max_new_tokens, temperature=args.temperature, top_p=args.top_p, seed=args.seed
     )
+    for flag, path in (("--output", args.output), ("--save-generations", args.save_generations)):
+        if path:
+            _ensure_folder(flag, path)
     if args.backend == "vllm":
         options = {"tensor_parallel_size": args.tensor_parallel_size, "max_model_len": args.max_model_len}
     else:
@@ -115,6 +151,7 @@ def run(args: argparse.Namespace) -> int:
             system_prompt=args.system_prompt,
             code_timeout_s=args.code_timeout,
             on_records=save if gen_file else None,
+            log=lambda line: print(f"eval: {line}", file=sys.stderr, flush=True),
         )
     finally:
         if gen_file:
@@ -124,9 +161,10 @@ def run(args: argparse.Namespace) -> int:
             torch.set_num_threads(previous_threads)
     report["model"] = args.model
     print(format_table(report))
-    print(json.dumps(report, indent=2))
     if args.output:
-        os.makedirs(os.path.dirname(os.path.abspath(args.output)), exist_ok=True)
         with open(args.output, "w", encoding="utf-8") as fh:
             json.dump(report, fh, indent=2)
+        print(f"eval: report written to {args.output}", file=sys.stderr)
+    else:
+        print(json.dumps(report, indent=2))
     return 0

@@ -36,8 +36,20 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Run a subcommand. A project error becomes one line on stderr, never a traceback: exit 2 for bad
+    input or configuration (ConfigError: the message names the file/line, key or flag), 1 for any other
+    OmniOPDError (a failed teacher, a violated guard)."""
+    from omniopd_verl.errors import ConfigError, OmniOPDError
+
     args = build_parser().parse_args(argv)
-    return int(args._run(args) or 0)
+    try:
+        return int(args._run(args) or 0)
+    except ConfigError as exc:
+        print(f"omniopd-verl {args.command}: error: {exc}", file=sys.stderr)
+        return 2
+    except OmniOPDError as exc:
+        print(f"omniopd-verl {args.command}: failed: {type(exc).__name__}: {exc}", file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":

@@ -75,13 +75,64 @@ def _run_local(args: argparse.Namespace) -> int:
         )
         return 2
     try:
+        check_yaml(args.config)
         if args.dry_run:
-            print(local_train.load_run_config(args.config, args.overrides))
+            import json
+
+            import yaml
+
+            run_cfg = local_train.load_run_config(args.config, args.overrides)
+            # through JSON: tuples (adam_betas) become lists, so safe_dump writes plain YAML
+            print(yaml.safe_dump(json.loads(json.dumps(run_cfg.to_dict())), sort_keys=False), end="")
+            print(f"# config {args.config} is valid (omniopd + local engine checks)", file=sys.stderr)
             return 0
         return int(local_train.run(args.config, args.overrides) or 0)
     except ConfigError as exc:  # a bad key or value: the message names it, a traceback would only bury it
         print(f"omniopd-verl train: invalid config: {exc}", file=sys.stderr)
         return 2
+
+
+def check_yaml(path: str) -> None:
+    """Parse the YAML file once up front, so a syntax error names the file and the line (ConfigError)."""
+    import yaml
+
+    from omniopd_verl.errors import ConfigError
+
+    try:
+        with open(path, encoding="utf-8") as fh:
+            yaml.safe_load(fh)
+    except FileNotFoundError:
+        raise ConfigError(f"--config {path!r}: no such file") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"--config {path!r} cannot be read: {exc}") from None
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" line {mark.line + 1} column {mark.column + 1}" if mark is not None else ""
+        problem = getattr(exc, "problem", None) or str(exc)
+        raise ConfigError(f"--config {path}{where} is not valid YAML: {problem}") from None
+
+
+def _unknown_omniopd_override(exc: Exception) -> str | None:
+    """Hydra's "Could not override 'omniopd.alpah' ... use +omniopd.alpah" for an omniopd.* key that
+    OmniOPDConfig does not have, as "unknown key omniopd.alpah; did you mean alpha?" (a '+' would add a
+    key nothing reads)."""
+    import dataclasses
+    import re
+
+    from omniopd_verl.config import OmniOPDConfig, TeacherConfig, unknown_key
+
+    found = re.search(r"Could not override '(omniopd\.[\w.]+)'", str(exc))
+    if not found:
+        return None
+    *parents, key = found.group(1).split(".")[1:]
+    cls = OmniOPDConfig
+    for part in parents:  # only dataclass nodes; free-form option maps keep Hydra's message
+        if cls is OmniOPDConfig and part == "teacher":
+            cls = TeacherConfig
+        else:
+            return None
+    names = [f.name for f in dataclasses.fields(cls)]
+    return None if key in names else str(unknown_key(found.group(1), names))
 
 
 def config_location(config: str | None, config_name: str | None) -> tuple[Path, str]:
@@ -175,6 +226,10 @@ def _run_verl(args: argparse.Namespace) -> int:
         print(f"omniopd-verl train: invalid config: {exc}", file=sys.stderr)
         return 2
     except Exception as exc:  # Hydra composition / interpolation errors name the key themselves
+        unknown = _unknown_omniopd_override(exc)
+        if unknown:
+            print(f"omniopd-verl train: invalid config: {unknown}", file=sys.stderr)
+            return 2
         print(f"omniopd-verl train: cannot compose the config: {type(exc).__name__}: {exc}", file=sys.stderr)
         return 2
     if args.dry_run:

@@ -70,7 +70,8 @@ class TransformersGenerator:
         self.tokenizer.padding_side = "left"
         self.device, self.batch_size = device, batch_size
 
-    def generate(self, prompts: list[list[dict]], spec: SamplingSpec) -> list[list[str]]:
+    def generate(self, prompts: list[list[dict]], spec: SamplingSpec, progress=None) -> list[list[str]]:
+        """n completions per prompt; `progress(done, total)` is called after every batch when given."""
         import torch
 
         texts = [self.tokenizer.apply_chat_template(p, tokenize=False, add_generation_prompt=True) for p in prompts]
@@ -99,6 +100,8 @@ class TransformersGenerator:
             decoded = self.tokenizer.batch_decode(new_BT, skip_special_tokens=True)
             for j, i in enumerate(idx):
                 outputs[i] = decoded[j * spec.n : (j + 1) * spec.n]
+            if progress is not None:
+                progress(min(start + self.batch_size, len(order)), len(order))
         return outputs
 
 

@@ -7,6 +7,7 @@ builds them (same templates), so evaluation sees what training saw.
 
 from __future__ import annotations
 
+import inspect
 import time
 from dataclasses import asdict
 
@@ -52,9 +53,11 @@ def evaluate(
     system_prompt: str | None = None,
     code_timeout_s: float = 10.0,
     on_records=None,
+    log=None,
 ) -> dict:
     """{'sampling': ..., 'benchmarks': {name: metrics + seconds}}; `on_records(name, records)` gets the
-    per-problem generations and grades (for --save-generations)."""
+    per-problem generations and grades (for --save-generations); `log(line)` gets progress lines (per
+    benchmark, and per generated batch when the back-end's generate takes a `progress` callback)."""
     for name in names:
         benchmarks.spec(name)  # fail on a typo before loading a model's worth of work
     report = {
@@ -69,8 +72,19 @@ def evaluate(
         problems = eval_problems(name, limit=limit, benchmarks_dir=benchmarks_dir)
         prompts = [chat_prompt(p.question, template, system_prompt) for p in problems]
         t0 = time.perf_counter()
-        responses = generator.generate(prompts, spec)
+        if log is not None:
+            log(f"{name}: generating {len(prompts)} prompts x {spec.n} samples")
+        if log is not None and "progress" in inspect.signature(generator.generate).parameters:
+
+            def progress(done: int, total: int, name=name, t0=t0) -> None:
+                log(f"{name}: {done}/{total} prompts generated ({time.perf_counter() - t0:.0f}s)")
+
+            responses = generator.generate(prompts, spec, progress=progress)
+        else:
+            responses = generator.generate(prompts, spec)
         t1 = time.perf_counter()
+        if log is not None:
+            log(f"{name}: generated in {t1 - t0:.1f}s; grading")
         correct = grade_responses(name, problems, responses, code_timeout_s=code_timeout_s)
         t2 = time.perf_counter()
         metrics = summarize(correct, ks)

@@ -3,7 +3,7 @@
 Per step (ALGORITHM.md steps 1-7):
   rollout    transformers sampling from pi_theta, then exact entropies and log-probs from the logits
   audit      the shared Auditor (scheduler, teacher, similarity, Dirichlet smoothing) -> pi_hat per chunk
-  credit     the shared advantage path (`omniopd_verl.audit.audits_to_token_credit`, config.advantage)
+  credit     the shared advantage path (`omniopd_verl.advantage.advantage_from_audits`, config.advantage)
   update     verl's policy loss + aggregation for L_chunk, the exact-vocabulary KL to the frozen initial
              student on unaudited tokens, AdamW, gradient clipping; micro-batches accumulate gradients
 Around it: seeds (every random draw of step k is seeded from (seed, k), so a resumed run equals an
@@ -23,7 +23,6 @@ import os
 import sys
 import time
 from collections.abc import Sequence
-from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
@@ -55,8 +54,11 @@ def resolve_device(name: str) -> torch.device:
     return torch.device(name)
 
 
-def audit_to_dict(audit: ResponseAudit) -> dict[str, Any]:
-    return asdict(audit)
+def audit_to_dict(audit: ResponseAudit, config=None) -> dict[str, Any]:
+    """The one audit serializer (omniopd_verl.audit.records), the shape of `omniopd-verl audit`'s JSONL."""
+    from omniopd_verl.audit.records import audit_record
+
+    return audit_record(audit, config)
 
 
 class LocalTrainer:
@@ -106,10 +108,14 @@ class LocalTrainer:
         extra = set(tcfg.options) - {"batch_rows", "max_tokens_factor"}
         if extra:  # device/dtype options ask for a separate copy: let the plugin load one
             return None
-        from omniopd_verl.teachers.transformers_local import LocalSampler, TransformersTeacher
+        import dataclasses
 
-        sampler = LocalSampler(self.ref_model, self.tokenizer, str(self.device))
-        return TransformersTeacher(tcfg, sampler=sampler)
+        from omniopd_verl import registry
+
+        shared = dataclasses.replace(
+            tcfg, model=tcfg.model or self.cfg.model, options={**tcfg.options, "model": "reference"}
+        )
+        return registry.create_teacher(shared, resources={"reference_model": (self.ref_model, self.tokenizer)})
 
     # ------------------------------------------------------------------ steps
 
@@ -151,14 +157,12 @@ class LocalTrainer:
         """One optimizer step on the batch (see `omniopd_verl.local.update.policy_update`)."""
         import dataclasses
 
-        from omniopd_verl.advantage import dense_token_scores, omniopd_advantage
-        from omniopd_verl.audit.credit import audits_to_token_credit
+        from omniopd_verl.advantage import advantage_from_audits
 
         prompts, responses = [r.prompt_ids for r in rollouts], [r.response_ids for r in rollouts]
         batch = collate(prompts, responses, pad_id(self.tokenizer))
-        credit = audits_to_token_credit(audits, batch.response_mask_BT, self.run.omniopd.advantage)
-        # the very function verl's `omniopd` estimator calls: scores -> advantage, 0 on padding
-        advantage_BT = omniopd_advantage(dense_token_scores(credit), batch.response_mask_BT)
+        # the one audits -> advantage path, every mode; verl runs the same two steps split at its seam
+        advantage_BT, credit = advantage_from_audits(audits, batch.response_mask_BT, self.run.omniopd.advantage)
         credit = dataclasses.replace(credit, advantage_BT=advantage_BT)
         metrics = policy_update(
             self.model,
@@ -229,15 +233,15 @@ class LocalTrainer:
         result = {
             "prompts": float(len(rollouts)),
             "chunks": float(len(chunks)),
-            "agreement": m.get("audit/k_sem_frac_mean", float("nan")),
+            "k_sem_frac_mean": m.get("audit/k_sem_frac_mean", float("nan")),
             "pi_hat_mean": m.get("audit/pi_hat_mean", float("nan")),
-            "prior_mean": m.get("audit/prior_mean_mean", float("nan")),
+            "pi_bar_mean": m.get("audit/pi_bar_mean", float("nan")),
             "response_len_mean": sum(len(r.response_ids) for r in rollouts) / len(rollouts),
             "logprob_mean": float(torch.cat([r.logprobs_T for r in rollouts]).mean()),
         }
         with open(self.output_dir / f"eval_{label}_audits.jsonl", "w") as fh:
             for a in audits:
-                fh.write(json.dumps(audit_to_dict(a)) + "\n")
+                fh.write(json.dumps(audit_to_dict(a, self.run.omniopd)) + "\n")
         self._eval_samples[label] = (rollouts, audits)
         return result
 
@@ -298,13 +302,13 @@ class LocalTrainer:
         jsonl = self.output_dir / "last_step_audits.jsonl"
         with jsonl.open("w") as fh:
             for a in self.last_audits:
-                fh.write(json.dumps(audit_to_dict(a)) + "\n")
+                fh.write(json.dumps(audit_to_dict(a, self.run.omniopd)) + "\n")
         from omniopd_verl.audit.report import ReportItem, render_report
         from omniopd_verl.audit.text import ResponseText
 
         items = []
         for r, a in zip(self.last_rollouts, self.last_audits, strict=True):
-            record = audit_to_dict(a)
+            record = audit_to_dict(a, self.run.omniopd)
             bounds, kinds = [0], []
             for k, c in enumerate(a.chunks):
                 if c.start > bounds[-1]:

@@ -1,1 +1,1 @@
-"""Serving helpers: a local OpenAI/Anthropic-compatible teacher server (`openai_compat`)."""
+"""Serving: the local OpenAI/Anthropic-compatible CPU teacher server (`openai_compat`). Test tools: `omniopd_verl.testing`."""

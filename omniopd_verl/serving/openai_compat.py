@@ -1,12 +1,12 @@
 """A small real HTTP teacher server on 127.0.0.1: OpenAI chat, OpenAI completions, Anthropic messages.
 
-Two uses: serve a local CPU teacher to any OpenAI-compatible client (`omniopd-verl` or otherwise), and
-test the HTTP teacher backends against a real socket with injected faults.
+Serves a local CPU teacher to any OpenAI-compatible client (`omniopd-verl` or otherwise):
 
-    from omniopd_verl.serving.openai_compat import Fault, ScriptedGenerator, serve_openai_compat
+    python -m omniopd_verl.serving.openai_compat --model smollm2-135m-instruct --port 8000
 
-    with serve_openai_compat(generator=ScriptedGenerator(), faults=[Fault("rate_limit", retry_after=1)],
-                             api_key="sk-test", latency_s=0.0) as server:
+or from Python, for the `with` block:
+
+    with serve_openai_compat(generator=TransformersGenerator("smollm2-135m-instruct"), api_key=None) as server:
         server.url              # "http://127.0.0.1:<port>/v1"  (pass as TeacherConfig.api_base)
         server.root_url         # "http://127.0.0.1:<port>"  (Anthropic clients append /v1/messages themselves)
         server.requests         # list[ReceivedRequest]: path, headers (lower-cased), body, status, fault
@@ -17,17 +17,12 @@ POST /v1/chat/completions (messages, n, max_tokens | max_completion_tokens, ...)
 (Anthropic: messages, system, max_tokens; one sample per call, a trailing assistant message is a
 prefill to continue), GET /v1/models. Paths also work without the /v1 prefix.
 
-Generators (`generator=`) implement `generate(call: GenerationCall) -> list[str]` (exactly call.n texts):
-- `ScriptedGenerator`: deterministic texts derived from (prompt, sample index, seed); no model.
-- `TransformersGenerator`: a local causal LM (a path or "smollm2-135m-instruct") through the
-  `transformers` teacher's batched sampler; chat requests are rendered with the model's chat template.
+Generators (`generator=`) implement `generate(call: GenerationCall) -> list[str]` (exactly call.n texts);
+`TransformersGenerator` is a local causal LM (a path or "smollm2-135m-instruct") through the
+`transformers` teacher's batched sampler; chat requests are rendered with the model's chat template.
 
-Faults (`faults=`) are consumed in order, each by `times` matching requests (`match`: a substring of
-the request's prompt/messages JSON, `path`: only that endpoint); a request no fault matches is served
-normally. Kinds: "rate_limit" (429 + Retry-After), "server_error" (500), "hang" (sleep `hang_s`, then
-answer, normally after the client gave up), "malformed" (200 with a body that is not JSON),
-"bad_schema" (200 JSON without choices), "short" (fewer choices than asked), "disconnect" (close the
-socket without answering). `latency_s` adds a fixed delay to every answered request (benchmarks).
+Test tools live apart, in `omniopd_verl.testing`: the fault-injecting server (a `CompatServer`
+subclass that overrides `reply`) and the model-free `ScriptedGenerator`.
 
 If `api_key` is set, requests without it (Bearer or x-api-key) get 401. The server never logs request
 headers; it only records them in memory so tests can prove a key was sent (and nowhere else).
@@ -39,13 +34,11 @@ import hashlib
 import json
 import threading
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any, Protocol
-
-FAULT_KINDS = ("rate_limit", "server_error", "hang", "malformed", "bad_schema", "short", "disconnect")
 
 
 @dataclass
@@ -68,23 +61,6 @@ class Generator(Protocol):
 
 
 @dataclass
-class Fault:
-    kind: str
-    times: int = 1
-    match: str | None = None  # substring of the request's prompt / messages JSON
-    path: str | None = None  # e.g. "/v1/completions"
-    retry_after: float | None = None  # rate_limit: the Retry-After header value, seconds
-    hang_s: float = 30.0  # hang: how long to sleep before answering
-    choices: int | None = None  # short: how many choices to return (default n - 1)
-
-    def __post_init__(self) -> None:
-        if self.kind not in FAULT_KINDS:
-            raise ValueError(f"Fault.kind={self.kind!r} is invalid: allowed one of {list(FAULT_KINDS)}")
-        if self.times < 1:
-            raise ValueError(f"Fault.times={self.times!r} is invalid: allowed an integer >= 1")
-
-
-@dataclass
 class ReceivedRequest:
     path: str
     headers: dict[str, str]
@@ -92,29 +68,6 @@ class ReceivedRequest:
     status: int = 0
     fault: str | None = None
     time: float = field(default_factory=time.monotonic)
-
-
-class ScriptedGenerator:
-    """Deterministic texts: "<word> w1 w2 ..." derived from the prompt, sample index and seed.
-
-    The texts differ across samples and seeds (so caching and seeding are observable) and have
-    `words` words (capped by max_tokens, one word per token), each preceded by a space.
-    """
-
-    def __init__(self, words: int = 8, fn: Callable[[GenerationCall], list[str]] | None = None):
-        self.words = words
-        self.fn = fn
-
-    def generate(self, call: GenerationCall) -> list[str]:
-        if self.fn is not None:
-            return self.fn(call)
-        source = call.prompt if call.prompt is not None else json.dumps(call.messages, sort_keys=True)
-        texts = []
-        for i in range(call.n):
-            digest = hashlib.sha256(f"{source}\x00{call.seed}\x00{i}".encode()).hexdigest()
-            count = max(1, min(self.words, call.max_tokens))
-            texts.append("".join(f" w{digest[2 * j : 2 * j + 2]}" for j in range(count)))
-        return texts
 
 
 class TransformersGenerator:
@@ -142,16 +95,23 @@ class TransformersGenerator:
             )[0]
 
 
-class CompatServer:
-    """A running server: `url`, the recorded `requests`, and the fault queue."""
+@dataclass
+class Reply:
+    """What the handler sends for one POST: a JSON payload (or raw bytes), or nothing (`disconnect`)."""
 
-    def __init__(
-        self, generator: Generator, faults: Sequence[Fault], api_key: str | None, latency_s: float, model_name: str
-    ):
+    status: int
+    payload: Any = None
+    headers: dict[str, str] = field(default_factory=dict)
+    raw: bytes | None = None
+    disconnect: bool = False
+
+
+class CompatServer:
+    """A running server: `url` and the recorded `requests`. `reply` turns one parsed request into a Reply."""
+
+    def __init__(self, generator: Generator, api_key: str | None, model_name: str):
         self.generator = generator
-        self.faults = [dict(fault=f, left=f.times) for f in faults]
         self.api_key = api_key
-        self.latency_s = latency_s
         self.model_name = model_name
         self.requests: list[ReceivedRequest] = []
         self._lock = threading.Lock()
@@ -163,31 +123,39 @@ class CompatServer:
         with self._lock:
             return sum(1 for r in self.requests if path is None or r.path == path)
 
-    def add_faults(self, faults: Sequence[Fault]) -> None:
-        with self._lock:
-            self.faults.extend(dict(fault=f, left=f.times) for f in faults)
-
-    def faults_left(self) -> int:
-        with self._lock:
-            return sum(entry["left"] for entry in self.faults)
-
-    def _take_fault(self, path: str, content: str) -> Fault | None:
-        with self._lock:
-            for entry in self.faults:
-                fault = entry["fault"]
-                if entry["left"] <= 0:
-                    continue
-                if fault.path is not None and fault.path != path:
-                    continue
-                if fault.match is not None and fault.match not in content:
-                    continue
-                entry["left"] -= 1
-                return fault
-        return None
-
     def _record(self, record: ReceivedRequest) -> None:
         with self._lock:
             self.requests.append(record)
+
+    def generate(self, call: GenerationCall) -> list[tuple[Any, list[str]]]:
+        """(prompt, exactly call.n texts) for each prompt of the call (a completions call may carry several)."""
+        prompts = call.prompt if isinstance(call.prompt, list) else [call.prompt]
+        groups = []
+        for prompt in prompts:
+            one = GenerationCall(**{**call.__dict__, "prompt": prompt})
+            texts = self.generator.generate(one)
+            if len(texts) != call.n:
+                raise RuntimeError(f"generator returned {len(texts)} texts, asked for {call.n}")
+            groups.append((prompt, texts))
+        return groups
+
+    def authorize(self, path: str, headers: dict[str, str]) -> Reply | None:
+        """None if the request may proceed; else the 401 to send (when the server has an api_key)."""
+        if self.api_key is None:
+            return None
+        sent = sent_key(headers)
+        if sent == self.api_key:
+            return None
+        return Reply(401, error_body(path == "/v1/messages", "authentication_error", "invalid API key"))
+
+    def reply(self, path: str, call: GenerationCall, record: ReceivedRequest) -> Reply:
+        """The answer to one valid, authorised request (the fault server overrides this)."""
+        return Reply(200, build_response(path, call, self.generate(call), self.model_name))
+
+
+def sent_key(headers: dict[str, str]) -> str:
+    """The API key a request carries (x-api-key, or Authorization: Bearer)."""
+    return headers.get("x-api-key") or headers.get("authorization", "").removeprefix("Bearer ").strip()
 
 
 def _canonical(path: str) -> str:
@@ -238,66 +206,34 @@ def _make_handler(server: CompatServer) -> type[BaseHTTPRequestHandler]:
                 record.body = body
             except json.JSONDecodeError:
                 record.status = 400
-                return self._send(400, _error(anthropic, "invalid_request_error", "request body is not JSON"))
-            if server.api_key is not None:
-                sent = headers.get("x-api-key") or headers.get("authorization", "").removeprefix("Bearer ").strip()
-                if sent != server.api_key:
-                    record.status = 401
-                    return self._send(401, _error(anthropic, "authentication_error", "invalid API key"))
+                return self._send(400, error_body(anthropic, "invalid_request_error", "request body is not JSON"))
+            denied = server.authorize(path, headers)
+            if denied is not None:
+                record.status = denied.status
+                return self._send(denied.status, denied.payload, denied.headers)
             try:
                 call = _parse_call(path, body)
             except (KeyError, TypeError, ValueError) as exc:
                 record.status = 400
-                return self._send(400, _error(anthropic, "invalid_request_error", f"bad request: {exc}"))
+                return self._send(400, error_body(anthropic, "invalid_request_error", f"bad request: {exc}"))
             if call is None:
                 record.status = 404
-                return self._send(404, _error(anthropic, "not_found_error", f"unknown path {path}"))
-            content = call.prompt if call.prompt is not None else json.dumps(call.messages)
-            fault = server._take_fault(path, content if isinstance(content, str) else json.dumps(content))
-            record.fault = fault.kind if fault else None
-            if fault is not None and fault.kind == "disconnect":
-                record.status = -1
+                return self._send(404, error_body(anthropic, "not_found_error", f"unknown path {path}"))
+            reply = server.reply(path, call, record)
+            record.status = -1 if reply.disconnect else reply.status
+            if reply.disconnect:
                 self.close_connection = True
                 try:
                     self.connection.shutdown(2)
                 except OSError:
                     pass
                 return None
-            if fault is not None and fault.kind == "rate_limit":
-                record.status = 429
-                extra = {} if fault.retry_after is None else {"Retry-After": f"{fault.retry_after:g}"}
-                return self._send(429, _error(anthropic, "rate_limit_error", "rate limited (injected)"), extra)
-            if fault is not None and fault.kind == "server_error":
-                record.status = 500
-                return self._send(500, _error(anthropic, "api_error", "internal error (injected)"))
-            if fault is not None and fault.kind == "hang":
-                time.sleep(fault.hang_s)
-            if server.latency_s:
-                time.sleep(server.latency_s)
-            if fault is not None and fault.kind == "malformed":
-                record.status = 200
-                return self._send(200, None, raw=b'{"choices": [ this is not json')
-            if fault is not None and fault.kind == "bad_schema":
-                record.status = 200
-                return self._send(200, {"id": "x", "object": "unexpected"})
-            prompts = call.prompt if isinstance(call.prompt, list) else [call.prompt]
-            groups = []
-            for prompt in prompts:
-                one = GenerationCall(**{**call.__dict__, "prompt": prompt})
-                texts = server.generator.generate(one)
-                if len(texts) != call.n:
-                    raise RuntimeError(f"generator returned {len(texts)} texts, asked for {call.n}")
-                groups.append((prompt, texts))
-            if fault is not None and fault.kind == "short":
-                keep = fault.choices if fault.choices is not None else max(0, call.n - 1)
-                groups = [(p, texts[:keep]) for p, texts in groups]
-            record.status = 200
-            self._send(200, _response(path, call, groups, server.model_name))
+            self._send(reply.status, reply.payload, reply.headers, raw=reply.raw)
 
     return Handler
 
 
-def _error(anthropic: bool, kind: str, message: str) -> dict[str, Any]:
+def error_body(anthropic: bool, kind: str, message: str) -> dict[str, Any]:
     if anthropic:
         return {"type": "error", "error": {"type": kind, "message": message}}
     return {"error": {"message": message, "type": kind, "code": None}}
@@ -349,13 +285,23 @@ def _usage_words(text: str) -> int:
     return len(text.split())
 
 
-def _response(path: str, call: GenerationCall, groups: list[tuple[Any, list[str]]], model: str) -> dict[str, Any]:
+def build_response(
+    path: str,
+    call: GenerationCall,
+    groups: list[tuple[Any, list[str]]],
+    model: str,
+    finish_reasons: list[list[str]] | None = None,
+) -> dict[str, Any]:
+    """The endpoint's JSON body for the generated texts. `finish_reasons` (per group, per text: "stop" or
+    "length") overrides the default: "length" when a text has max_tokens words, else "stop"."""
     prompt_tokens = sum(_usage_words(p if p is not None else json.dumps(call.messages)) for p, _ in groups)
     completion_tokens = sum(_usage_words(t) for _, texts in groups for t in texts)
     created = int(time.time())
     rid = hashlib.sha256(f"{time.monotonic_ns()}".encode()).hexdigest()[:16]
 
-    def finish(text: str) -> str:
+    def finish(g: int, i: int, text: str) -> str:
+        if finish_reasons is not None:
+            return finish_reasons[g][i]
         return "length" if _usage_words(text) >= call.max_tokens else "stop"
 
     if path == "/v1/messages":
@@ -367,7 +313,7 @@ def _response(path: str, call: GenerationCall, groups: list[tuple[Any, list[str]
             "role": "assistant",
             "model": call.model or model,
             "content": content,
-            "stop_reason": "max_tokens" if finish(text) == "length" else "end_turn",
+            "stop_reason": "max_tokens" if finish(0, 0, text) == "length" else "end_turn",
             "stop_sequence": None,
             "usage": {"input_tokens": prompt_tokens, "output_tokens": completion_tokens},
         }
@@ -378,7 +324,12 @@ def _response(path: str, call: GenerationCall, groups: list[tuple[Any, list[str]
     }
     if path == "/v1/chat/completions":
         choices = [
-            {"index": i, "message": {"role": "assistant", "content": t}, "finish_reason": finish(t), "logprobs": None}
+            {
+                "index": i,
+                "message": {"role": "assistant", "content": t},
+                "finish_reason": finish(0, i, t),
+                "logprobs": None,
+            }
             for i, t in enumerate(groups[0][1])
         ]
         return {
@@ -390,9 +341,9 @@ def _response(path: str, call: GenerationCall, groups: list[tuple[Any, list[str]
             "usage": usage,
         }
     choices = []
-    for _, texts in groups:
-        for t in texts:
-            choices.append({"index": len(choices), "text": t, "logprobs": None, "finish_reason": finish(t)})
+    for g, (_, texts) in enumerate(groups):
+        for i, t in enumerate(texts):
+            choices.append({"index": len(choices), "text": t, "logprobs": None, "finish_reason": finish(g, i, t)})
     return {
         "id": f"cmpl-{rid}",
         "object": "text_completion",
@@ -404,22 +355,13 @@ def _response(path: str, call: GenerationCall, groups: list[tuple[Any, list[str]
 
 
 class _Server(ThreadingHTTPServer):
-    daemon_threads = True  # hung handlers (hang fault) must not block shutdown
+    daemon_threads = True  # hung handlers (a slow generator, the hang fault) must not block shutdown
     request_queue_size = 1024  # the default listen backlog of 5 resets connections under concurrent load
 
 
 @contextmanager
-def serve_openai_compat(
-    generator: Generator | None = None,
-    faults: Sequence[Fault] = (),
-    *,
-    api_key: str | None = None,
-    latency_s: float = 0.0,
-    port: int = 0,
-    model_name: str = "local-teacher",
-) -> Iterator[CompatServer]:
-    """Run the server in a background thread on 127.0.0.1 (a free port by default) for the `with` block."""
-    server = CompatServer(generator or ScriptedGenerator(), faults, api_key, latency_s, model_name)
+def run_server(server: CompatServer, port: int = 0) -> Iterator[CompatServer]:
+    """Serve `server` in a background thread on 127.0.0.1 (a free port by default) for the `with` block."""
     httpd = _Server(("127.0.0.1", port), _make_handler(server))
     server._httpd = httpd
     server.root_url = f"http://127.0.0.1:{httpd.server_address[1]}"
@@ -434,6 +376,15 @@ def serve_openai_compat(
         httpd.shutdown()
         httpd.server_close()
         thread.join(timeout=5)
+
+
+@contextmanager
+def serve_openai_compat(
+    generator: Generator, *, api_key: str | None = None, port: int = 0, model_name: str = "local-teacher"
+) -> Iterator[CompatServer]:
+    """Run a teacher server for `generator` on 127.0.0.1 for the `with` block."""
+    with run_server(CompatServer(generator, api_key, model_name), port) as server:
+        yield server
 
 
 def main(argv: Sequence[str] | None = None) -> None:

@@ -1,21 +1,10 @@
-"""The similarity protocol: one batched call over all (student chunk, teacher sample) pairs of a batch."""
+"""The similarity protocol (defined in `omniopd_verl.protocols`) and the shared empty-text convention."""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from typing import Protocol, runtime_checkable
+from omniopd_verl.protocols import Similarity
 
-
-@runtime_checkable
-class Similarity(Protocol):
-    """phi for many pairs at once. Returns one float in [0, 1] per pair, in order.
-
-    Called once per batch with every pair, so implementations can batch and de-duplicate.
-    """
-
-    name: str
-
-    def score(self, pairs: Sequence[tuple[str, str]]) -> list[float]: ...
+__all__ = ["Similarity", "empty_pair_score"]
 
 
 def empty_pair_score(a: str, b: str) -> float | None:

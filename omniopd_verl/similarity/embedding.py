@@ -50,6 +50,7 @@ class EmbeddingSimilarity:
         if batch_size < 1:
             raise PluginError(f"similarity_options.batch_size={batch_size!r} is invalid: allowed an integer >= 1")
         self.model_path = model_path or default_model_path()
+        self._builtin = model_path is None  # the shipped MiniLM: its files are checked against recorded digests
         self.device = device
         self.batch_size = batch_size
         self._model = None
@@ -57,6 +58,10 @@ class EmbeddingSimilarity:
     @property
     def model(self):
         if self._model is None:
+            if self._builtin:
+                from omniopd_verl.models import verify_offline_files
+
+                verify_offline_files("all-minilm-l6-v2", self.model_path)
             self._model = load_sentence_transformer(self.model_path, self.device)
         return self._model
 

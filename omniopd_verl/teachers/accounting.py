@@ -1,9 +1,10 @@
 """Teacher accounting: calls, retries, failures, cache hits, tokens, cost, seconds, and the hard budget.
 
-One `TeacherMeter` per backend instance; `snapshot()` is what `TeacherBackend.metrics()` returns.
-The budget (`TeacherConfig.max_cost_usd`) is checked before every paid call: once the spend has reached
-it, `check_budget()` raises `TeacherBudgetExceeded` and the run stops. Results already paid for are in
-the cache, so a rerun with a larger budget does not pay for them again.
+One `TeacherMeter` per teacher (the library's `Teacher`); `snapshot()` is what `metrics()` returns.
+The budget (`TeacherConfig.max_cost_usd`) is checked before every raw call: once the spend has reached
+it, `check_budget()` raises `TeacherBudgetExceeded` and the run stops. Calls already in flight at that
+moment still complete and are counted (so the spend is what the server served) and cached, so a rerun
+with a larger budget does not pay for them again.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ METRIC_KEYS = (
     "teacher/completion_tokens",
     "teacher/cost_usd",
     "teacher/seconds",
+    "teacher/empty_stop_samples",  # samples whose text is empty and that ended with a stop: real, scored answers
 )
 
 

@@ -26,14 +26,22 @@ def prefix_hash(prefix: Any) -> str:
 
 
 def cache_key(
-    *, backend: str, model: str, prefix: Any, n: int, max_tokens: int, temperature: float, top_p: float, seed: int
+    *,
+    backend: str,
+    model: str,
+    prefix: Any,
+    n: int,
+    teacher_max_tokens: int,
+    temperature: float,
+    top_p: float,
+    seed: int,
 ) -> str:
     fields = {
         "backend": backend,
         "model": model,
         "prefix": prefix_hash(prefix),
         "n": n,
-        "max_tokens": max_tokens,
+        "max_tokens": teacher_max_tokens,  # field name kept: existing cache files stay valid
         "temperature": float(temperature),
         "top_p": float(top_p),
         "seed": seed,

@@ -1,38 +1,42 @@
 """`openai_completions` teacher: exact raw-prefix continuation from an OpenAI-compatible /v1/completions.
 
 For open-weight teachers behind `vllm serve`, SGLang, TGI, llama.cpp's server, or this project's
-`omniopd_verl.serving.openai_compat`. The teacher continues exactly the text
-`context_prefix(teacher_context) + prompt_text + response_prefix`, where a teacher_context (privileged
-text, e.g. a reference solution) becomes a plain block "<context>\\n\\n" in front of the prompt. One
-call asks for all N samples (`n`) with the request's seed; nested prefixes of one response go out in
-ascending order, so a server with prefix caching reuses them.
+`omniopd_verl.serving.openai_compat`. The teacher library renders the prefix (exactly
+`context_prefix(teacher_context) + prompt_text + response_prefix`) and does everything else (cache,
+retries, limits, budget, validation); this plugin is the raw call. One call asks for all N samples
+(`n`) with the request's seed; nested prefixes of one response go out in ascending order, so a server
+with prefix caching reuses them.
 
 The wire client is the official `openai` SDK's AsyncOpenAI (one per event loop, keep-alive pool),
-with its own retries off (max_retries=0) so that every retry is ours: counted, backed off with
-jitter, honouring Retry-After, validated (see reliability.py). We measured litellm's
-`atext_completion` on the same route at ~3x the client CPU per call (12 vs 4 ms on the project's
-shared 2-core machine), which decides throughput when a local server answers in well under a second;
-litellm adds nothing for a raw OpenAI-compatible endpoint (no provider translation to do).
-Prices: `options.input_cost_per_token`/`output_cost_per_token`, or `options.price_model` (a model
-name in litellm's price table); otherwise self-hosted calls cost 0.
-Options: reliability.py's shared ones, plus `extra_body` (a dict merged into the request body) and
-`price_model`.
+with its own retries off (max_retries=0) so that every retry is the library's: counted, backed off
+with jitter, honouring Retry-After, validated. We measured litellm's `atext_completion` on the same
+route at ~3x the client CPU per call (12 vs 4 ms on the project's shared 2-core machine), which
+decides throughput when a local server answers in well under a second; litellm adds nothing for a
+raw OpenAI-compatible endpoint (no provider translation to do).
+Prices: the library's `options.input_cost_per_token`/`output_cost_per_token` or `options.price_model`
+(a model name in litellm's price table); otherwise self-hosted calls cost 0.
+Options (besides the library's): `extra_body` (a dict merged into the request body).
 """
 
 from __future__ import annotations
 
+import asyncio
+import weakref
+from collections.abc import Sequence
 from typing import Any
 
 from omniopd_verl.config import TeacherConfig
 from omniopd_verl.errors import ConfigError
-from omniopd_verl.teachers.base import TeacherCapabilities, TeacherRequest
-from omniopd_verl.teachers.reliability import Answer, CallPlan, ReliableTeacher, Unit
-from omniopd_verl.teachers.transformers_local import context_prefix
+from omniopd_verl.protocols import RawAnswer, RawRequest, RawSample, TeacherCapabilities
+from omniopd_verl.teachers.secrets import read_api_key
 
 
-class OpenAICompletionsTeacher(ReliableTeacher):
-    name = "openai_completions"
-    capabilities = TeacherCapabilities(supports_n=True, supports_prefill=True, supports_seed=True, raw_completion=True)
+class OpenAICompletionsTeacher:
+    capabilities = TeacherCapabilities(
+        supports_n=True, supports_prefill=True, supports_seed=True, raw_completion=True, max_tokens_factor=1.25
+    )
+    option_names = ("extra_body",)
+    price_model = None  # self-hosted: free unless options.price_model or per-token prices say otherwise
 
     def __init__(self, config: TeacherConfig):
         if not config.model or not config.api_base:
@@ -41,56 +45,51 @@ class OpenAICompletionsTeacher(ReliableTeacher):
                 "openai_completions teacher: allowed the served model name and the server's base URL "
                 "(e.g. http://127.0.0.1:8000/v1)"
             )
-        super().__init__(config, backend_options=("extra_body", "price_model"))
-        self.extra_body = dict(self.options.get("extra_body") or {})
-        self.price_model = self.options.get("price_model")
-        self._check_budget_is_enforceable(self.price_model)
-
-    def teacher_prompt(self, request: TeacherRequest) -> str:
-        """Exactly the text the teacher continues."""
-        return context_prefix(request.teacher_context) + request.prefix_text
-
-    def _plan(self, request: TeacherRequest) -> CallPlan:
-        prompt = self.teacher_prompt(request)
-        return CallPlan(content=prompt, max_tokens=self.teacher_max_tokens(request), prompt_chars=len(prompt))
+        self.config = config
+        self.extra_body = dict(config.options.get("extra_body") or {})
+        self.api_key = read_api_key(config)
+        self._clients: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, Any] = weakref.WeakKeyDictionary()
 
     def _client(self) -> Any:
-        state = self._state()
-        if state.client is None:
+        loop = asyncio.get_running_loop()
+        client = self._clients.get(loop)
+        if client is None:
             import openai
 
-            state.client = openai.AsyncOpenAI(
+            client = self._clients[loop] = openai.AsyncOpenAI(
                 base_url=self.config.api_base,
                 api_key=self.api_key or "EMPTY",  # the client insists on a key; keyless servers ignore it
                 max_retries=0,
                 timeout=self.config.timeout_s,
             )
-        return state.client
+        return client
 
-    async def _call(self, request: TeacherRequest, plan: CallPlan, unit: Unit) -> Answer:
+    async def sample_raw(self, requests: Sequence[RawRequest]) -> list[RawAnswer]:
+        return [await self._one(r) for r in requests]  # the library sends one request per call
+
+    async def _one(self, request: RawRequest) -> RawAnswer:
         response = await self._client().completions.create(
             model=str(self.config.model),
-            prompt=plan.content,
-            n=unit.n,
-            max_tokens=plan.max_tokens,
-            temperature=self.config.temperature,
-            top_p=self.config.top_p,
-            seed=unit.seed,
+            prompt=request.prompt,
+            n=request.n,
+            max_tokens=request.teacher_max_tokens,
+            temperature=request.temperature,
+            top_p=request.top_p,
+            seed=request.seed,
             extra_body=self.extra_body or None,
         )
-        texts = [choice.text for choice in (response.choices or [])]
         usage = getattr(response, "usage", None)
-        prompt_tokens = int(getattr(usage, "prompt_tokens", 0) or 0)
-        completion_tokens = int(getattr(usage, "completion_tokens", 0) or 0)
-        cost = self.price(self.price_model, prompt_tokens, completion_tokens) or 0.0
-        return Answer(texts, prompt_tokens, completion_tokens, cost)
+        return RawAnswer(
+            samples=[RawSample(c.text, c.finish_reason) for c in (response.choices or [])],
+            prompt_tokens=int(getattr(usage, "prompt_tokens", 0) or 0),
+            completion_tokens=int(getattr(usage, "completion_tokens", 0) or 0),
+        )
 
     async def aclose(self) -> None:
         try:
-            state = self._state()
+            loop = asyncio.get_running_loop()
         except RuntimeError:  # no running loop
-            state = None
-        if state is not None and state.client is not None:
-            await state.client.close()
-            state.client = None
-        await super().aclose()
+            return
+        client = self._clients.pop(loop, None)
+        if client is not None:
+            await client.close()

@@ -1,46 +1,32 @@
 """`transformers` teacher: a local causal LM sampled in-process (CPU or one GPU), batched and seeded.
 
-Raw-prefix continuation, like an open-weight teacher behind vLLM: the teacher sees
-`teacher_context_block + prompt_text + response_prefix` and continues it. With a `teacher_context`
-(privileged text such as a reference solution) and a chat model, the context goes into the prompt as
-an extra system message when `prompt_messages` are given (the chat template is re-rendered and the
-partial answer appended); otherwise it is prepended as plain text (see `context_prefix`).
+Raw-prefix continuation, like an open-weight teacher behind vLLM: the teacher library renders the text
+(`teacher_context_block + prompt_text + response_prefix`, or with a `teacher_context` and the original
+chat messages, the chat re-rendered with the context as an extra system message through this
+plugin's `render_chat`) and micro-batches every request waiting at that moment into one raw call
+(up to `options.batch_rows` rows). This plugin's raw call delegates to one generation function,
+`LocalSampler.sample`: left-padded, the KV cache, no grad, and a logits processor that draws each
+row's token from a torch.Generator seeded by its request's seed (temperature and top-p applied
+first), then forces greedy decoding onto that draw. Reruns of the same batch are bit-identical; the
+cache keeps reruns identical in any case. A sample ends with "stop" when the model wrote EOS, else "length".
 
-Speed: every sample of every request waiting at that moment goes into one `generate` call (up to
-`options.batch_rows` rows), left-padded, with the KV cache and no grad; concurrent `sample` calls from
-the Auditor are micro-batched together. Sampling uses Hugging Face's decoding loop (cache, padding,
-EOS) with a logits processor that draws each row's token from a torch.Generator seeded by its
-request's seed (temperature and top-p applied first), then forces greedy decoding onto that draw.
-Reruns of the same batch are bit-identical; the cache keeps reruns identical in any case.
-
-Options: device ("cpu"; "cuda" for one GPU), dtype ("float32" | "bfloat16" | "float16"),
-batch_rows (64), max_tokens_factor (1.0: teacher tokens per student token requested).
+Options (besides the library's): device ("cpu"; "cuda" for one GPU), dtype ("float32" | "bfloat16" |
+"float16"), model ("reference": share the engine's frozen reference copy instead of loading
+`config.model`; the engine passes it as `registry.create_teacher(config, resources={"reference_model":
+(model, tokenizer)})`, and `config.model` should still name those weights, since it is part of the
+cache key). Library defaults for this teacher: max_tokens_factor 1.0, batch_rows 64, cost 0.
 """
 
 from __future__ import annotations
 
-import asyncio
 import math
 import threading
-import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from omniopd_verl.config import TeacherConfig
 from omniopd_verl.errors import ConfigError
-from omniopd_verl.teachers.accounting import TeacherMeter
-from omniopd_verl.teachers.base import TeacherCapabilities, TeacherRequest, TeacherResult
-from omniopd_verl.teachers.cache import TeacherCache, cache_key
-
-CONTEXT_SYSTEM_TEMPLATE = (
-    "Privileged information for you only (the user does not see it); use it to answer well:\n{context}"
-)
-RAW_CONTEXT_TEMPLATE = "{context}\n\n"
-
-
-def context_prefix(teacher_context: str | None) -> str:
-    """The plain-text block prepended to a raw prefix when there is a teacher_context."""
-    return RAW_CONTEXT_TEMPLATE.format(context=teacher_context) if teacher_context else ""
+from omniopd_verl.protocols import RawAnswer, RawRequest, RawSample, TeacherCapabilities
 
 
 class LocalSampler:
@@ -83,8 +69,12 @@ class LocalSampler:
         temperature: float,
         top_p: float,
         seed: int | Sequence[int],
-    ) -> list[list[str]]:
-        """For each prompt, `n` continuations (text of the new tokens only, special tokens removed)."""
+        with_finish: bool = False,
+    ) -> list[list[str]] | tuple[list[list[str]], list[list[str]]]:
+        """For each prompt, `n` continuations (text of the new tokens only, special tokens removed).
+
+        With `with_finish`, also each sample's finish reason: "stop" if the model wrote EOS, else "length".
+        """
         import torch
 
         count = len(prompts)
@@ -93,7 +83,7 @@ class LocalSampler:
         limits = [max_new_tokens] * count if isinstance(max_new_tokens, int) else list(max_new_tokens)
         rows = [i for i, k in enumerate(ns) for _ in range(k)]
         if not rows:
-            return [[] for _ in prompts]
+            return ([[] for _ in prompts], [[] for _ in prompts]) if with_finish else [[] for _ in prompts]
         bos = self.tokenizer.bos_token
         encoded = []
         for i in rows:
@@ -126,10 +116,20 @@ class LocalSampler:
             )
         new_tokens = out[:, width:].tolist()
         results: list[list[str]] = [[] for _ in prompts]
+        finishes: list[list[str]] = [[] for _ in prompts]
+        eos = self._eos_ids()
         for row, i in enumerate(rows):
             ids = new_tokens[row][: row_limits[row]]
             results[i].append(self.tokenizer.decode(ids, skip_special_tokens=True))
-        return results
+            finishes[i].append("stop" if any(t in eos for t in ids) else "length")
+        return (results, finishes) if with_finish else results
+
+    def _eos_ids(self) -> set[int]:
+        ids = {self.tokenizer.eos_token_id}
+        generation = getattr(self.model, "generation_config", None)
+        extra = getattr(generation, "eos_token_id", None)
+        ids |= set(extra) if isinstance(extra, (list, tuple)) else {extra}
+        return {i for i in ids if i is not None}
 
 
 class _SeededSampling:
@@ -171,139 +171,73 @@ class _SeededSampling:
 
 
 class TransformersTeacher:
-    """The `transformers` teacher plugin: `TransformersTeacher(config)`; config.model = path or built-in name."""
+    """The `transformers` teacher plugin (raw call only); config.model = path or built-in name."""
 
-    name = "transformers"
-    capabilities = TeacherCapabilities(supports_n=True, supports_prefill=True, supports_seed=True, raw_completion=True)
+    capabilities = TeacherCapabilities(
+        supports_n=True,
+        supports_prefill=True,
+        supports_seed=True,
+        raw_completion=True,
+        batched=True,
+        priced=False,
+        max_tokens_factor=1.0,
+    )
+    option_names = ("device", "dtype", "model")
 
-    def __init__(self, config: TeacherConfig, sampler: LocalSampler | None = None):
-        if not config.model and sampler is None:
-            raise ConfigError(
-                "omniopd.teacher.model=None is invalid for the transformers teacher: allowed a local model folder "
-                "or 'smollm2-135m-instruct'"
-            )
-        self.config = config
+    def __init__(self, config: TeacherConfig, resources: Mapping[str, Any] | None = None):
         options = dict(config.options)
-        self.batch_rows = int(options.pop("batch_rows", 64))
-        self.max_tokens_factor = float(options.pop("max_tokens_factor", 1.0))
-        device = options.pop("device", "cpu")
-        dtype = options.pop("dtype", None)
-        if options:
+        source = options.get("model")
+        if source not in (None, "reference"):
             raise ConfigError(
-                f"omniopd.teacher.options has unknown keys {sorted(options)} for the transformers teacher: "
-                "allowed device, dtype, batch_rows, max_tokens_factor"
+                f"omniopd.teacher.options.model={source!r} is invalid for the transformers teacher: allowed null "
+                "(load teacher.model) or 'reference' (share the engine's frozen reference copy)"
             )
-        self.sampler = sampler or LocalSampler.load(config.model, device=device, dtype=dtype)
-        self.meter = TeacherMeter(config.max_cost_usd)
-        self.cache = TeacherCache(config.cache_path) if config.cache_path else None
-        self._pending: list[tuple[TeacherRequest, str, asyncio.Future]] = []
-        self._worker: asyncio.Task | None = None
+        if source == "reference":
+            shared = (resources or {}).get("reference_model")
+            if shared is None:
+                raise ConfigError(
+                    "omniopd.teacher.options.model='reference' needs the engine's reference model, and none was "
+                    "given: only an engine that holds one (the local engine) can share it, through "
+                    "registry.create_teacher(config, resources={'reference_model': (model, tokenizer)})"
+                )
+            model, tokenizer = shared
+            device = str(getattr(model, "device", options.get("device", "cpu")))
+            self.sampler = LocalSampler(model, tokenizer, device)
+        elif isinstance((resources or {}).get("sampler"), LocalSampler):  # tests and benchmarks: a prepared sampler
+            self.sampler = resources["sampler"]
+        else:
+            if not config.model:
+                raise ConfigError(
+                    "omniopd.teacher.model=None is invalid for the transformers teacher: allowed a local model "
+                    "folder or 'smollm2-135m-instruct' (or options.model: reference)"
+                )
+            self.sampler = LocalSampler.load(
+                config.model, device=options.get("device", "cpu"), dtype=options.get("dtype")
+            )
 
-    def teacher_prompt(self, request: TeacherRequest) -> str:
-        """Exactly the text the model continues (see the module docstring for teacher_context)."""
-        if request.teacher_context and request.prompt_messages:
-            messages = [{"role": "system", "content": CONTEXT_SYSTEM_TEMPLATE.format(context=request.teacher_context)}]
-            messages += list(request.prompt_messages)
-            return self.sampler.render_chat(messages) + request.response_prefix
-        return context_prefix(request.teacher_context) + request.prefix_text
+    def render_chat(self, messages: Sequence[dict[str, Any]]) -> str:
+        return self.sampler.render_chat(messages)
 
-    def _max_new_tokens(self, request: TeacherRequest) -> int:
-        return max(1, math.ceil(request.max_tokens * self.max_tokens_factor))
-
-    def _key(self, request: TeacherRequest, prompt: str) -> str:
-        return cache_key(
-            backend=self.name,
-            model=str(self.config.model),
-            prefix=prompt,
-            n=request.n,
-            max_tokens=self._max_new_tokens(request),
-            temperature=self.config.temperature,
-            top_p=self.config.top_p,
-            seed=request.seed,
-        )
-
-    async def sample(self, requests: Sequence[TeacherRequest]) -> list[TeacherResult]:
-        loop = asyncio.get_running_loop()
-        results: list[TeacherResult | None] = [None] * len(requests)
-        waits = []
-        for i, request in enumerate(requests):
-            prompt = self.teacher_prompt(request)
-            key = self._key(request, prompt)
-            hit = self.cache.get(key) if self.cache is not None else None
-            if hit is not None:
-                self.meter.cache_hit()
-                results[i] = TeacherResult(request.request_id, hit["texts"], cached=True)
-                continue
-            future = loop.create_future()
-            self._pending.append((request, prompt, future))
-            waits.append((i, future))
-        if waits and (self._worker is None or self._worker.done()):
-            self._worker = asyncio.create_task(self._drain())
-        for i, future in waits:
-            results[i] = await future
-        return results  # type: ignore[return-value]
-
-    async def _drain(self) -> None:
-        await asyncio.sleep(0)  # let concurrent sample() calls enqueue before the first batch
-        while self._pending:
-            batch, rows = [], 0
-            while self._pending and (not batch or rows + self._pending[0][0].n <= self.batch_rows):
-                item = self._pending.pop(0)
-                batch.append(item)
-                rows += item[0].n
-            try:
-                results = await asyncio.to_thread(self._generate, batch)
-            except Exception as exc:  # a local generation error is a bug: surface it to every caller
-                for _, _, future in batch:
-                    if not future.done():
-                        future.set_exception(exc)
-                continue
-            except asyncio.CancelledError:
-                for _, _, future in batch + self._pending:
-                    future.cancel()
-                self._pending.clear()
-                raise
-            for (_, _, future), result in zip(batch, results, strict=True):
-                if not future.done():
-                    future.set_result(result)
-
-    def _generate(self, batch: list[tuple[TeacherRequest, str, asyncio.Future]]) -> list[TeacherResult]:
-        start = time.perf_counter()
-        requests = [r for r, _, _ in batch]
-        texts = self.sampler.sample(
-            [p for _, p, _ in batch],
+    def sample_raw(self, requests: Sequence[RawRequest]) -> list[RawAnswer]:
+        """One generate call for every request of the batch (the library micro-batches them)."""
+        texts, finishes = self.sampler.sample(
+            [r.prompt for r in requests],
             n=[r.n for r in requests],
-            max_new_tokens=[self._max_new_tokens(r) for r in requests],
-            temperature=self.config.temperature,
-            top_p=self.config.top_p,
+            max_new_tokens=[r.teacher_max_tokens for r in requests],
+            temperature=requests[0].temperature,
+            top_p=requests[0].top_p,
             seed=[r.seed for r in requests],
+            with_finish=True,
         )
-        seconds = time.perf_counter() - start
         tok = self.sampler.tokenizer
-        results = []
-        for (request, prompt, _), samples in zip(batch, texts, strict=True):
-            prompt_tokens = len(tok(prompt, add_special_tokens=False)["input_ids"])
-            completion_tokens = sum(len(tok(t, add_special_tokens=False)["input_ids"]) for t in samples)
-            share = seconds / len(batch)
-            self.meter.record_call(
-                prompt_tokens=prompt_tokens, completion_tokens=completion_tokens, cost_usd=0.0, seconds=share
-            )
-            if self.cache is not None:
-                self.cache.put(self._key(request, prompt), {"texts": samples})
-            results.append(
-                TeacherResult(
-                    request.request_id,
-                    samples,
-                    prompt_tokens=prompt_tokens,
-                    completion_tokens=completion_tokens,
-                    seconds=share,
+        answers = []
+        for request, samples, reasons in zip(requests, texts, finishes, strict=True):
+            answers.append(
+                RawAnswer(
+                    samples=[RawSample(t, f) for t, f in zip(samples, reasons, strict=True)],
+                    prompt_tokens=len(tok(request.prompt, add_special_tokens=False)["input_ids"]),
+                    completion_tokens=sum(len(tok(t, add_special_tokens=False)["input_ids"]) for t in samples),
+                    cost_usd=0.0,
                 )
             )
-        return results
-
-    def metrics(self) -> dict[str, float]:
-        return self.meter.snapshot()
-
-    async def aclose(self) -> None:
-        if self.cache is not None:
-            self.cache.close()
+        return answers

@@ -39,7 +39,6 @@ def _require(cfg: Any, key: str, allowed: Any, why: str) -> None:
 
 def check_verl_config(cfg: Any) -> OmniOPDConfig:
     """Validate the omniopd node and every verl key OmniOPD relies on."""
-    from omniopd_verl import registry
     from omniopd_verl.verl_integration.names import AGENT_LOOP_NAME, ESTIMATOR_NAME, REWARD_MANAGER_NAME
 
     omniopd = omniopd_config_from_verl(cfg)
@@ -81,19 +80,10 @@ def check_verl_config(cfg: Any) -> OmniOPDConfig:
                 f"actor_rollout_ref.actor.kl_loss_coef={coef!r} is invalid for OmniOPD: allowed {omniopd.beta!r} "
                 "(= omniopd.beta; the shipped configs interpolate it, set omniopd.beta instead)"
             )
-    scheduler_cls = registry.load("schedulers", omniopd.scheduler)
-    if getattr(scheduler_cls, "needs_entropy", True) and omniopd.entropy_source != "rollout_topk":
-        raise ConfigError(
-            f"omniopd.entropy_source={omniopd.entropy_source!r} is invalid on the verl engine with scheduler "
-            f"{omniopd.scheduler!r}: allowed 'rollout_topk'. verl 0.9.1 computes exact entropies only in the "
-            "actor's old-log-prob pass, after the reward stage where the audit runs; use --engine local for exact"
-        )
+    from omniopd_verl.engines import check_engine_support
+
+    check_engine_support(omniopd, "verl")  # the one table of what each engine supports
     if omniopd.advantage == "centered_batch":
-        if omniopd.task_reward_weight != 0:
-            raise ConfigError(
-                f"omniopd.advantage='centered_batch' with omniopd.task_reward_weight={omniopd.task_reward_weight} is "
-                "invalid on the verl engine: allowed task_reward_weight=0 (the estimator finds chunk tokens by sign)"
-            )
         if _get(cfg, "algorithm.use_kl_in_reward"):
             raise ConfigError(
                 "algorithm.use_kl_in_reward=True is invalid with omniopd.advantage='centered_batch': allowed False"

@@ -109,8 +109,7 @@ class OmniOPDRewardManager(RewardManagerBase):
 
     async def run_single(self, data: DataProto) -> dict:
         """Audit one trajectory; dense scores, task accuracy and per-row audit stats in reward_extra_info."""
-        from omniopd_verl.advantage import dense_token_scores
-        from omniopd_verl.audit import audits_to_token_credit
+        from omniopd_verl.advantage import token_scores
         from omniopd_verl.audit.auditor import TeacherFailureError
 
         cfg = self.omniopd
@@ -121,14 +120,15 @@ class OmniOPDRewardManager(RewardManagerBase):
             audit = await self.auditor.audit_one(response)
         except TeacherFailureError as exc:  # verl would swallow it: stop the run from the estimator
             return await self._stop_run(str(exc), T)
-        # centred-by-batch needs the whole batch: the estimator does it; per response we keep pi_hat
-        mode = "posterior" if cfg.advantage == "centered_batch" else cfg.advantage
-        credit = audits_to_token_credit([audit], torch.ones(1, T, dtype=torch.long), mode)
         info, task = await self._task_info(item, response.response_ids)
         task_B = None if task is None else torch.tensor([task], dtype=torch.float32)
-        scores_T = dense_token_scores(credit, task_B, cfg.task_reward_weight)[0]
+        # step 1 of omniopd_verl.advantage (per row); centred-by-batch is finished by the estimator
+        scores = token_scores(
+            [audit], torch.ones(1, T, dtype=torch.long), cfg.advantage, task_B, cfg.task_reward_weight
+        )
+        scores_T = scores.scores_BT[0]
         info[TOKEN_SCORES_KEY] = scores_T.tolist()
-        info.update(row_stats(audit, int(credit.audit_mask_BT.sum()), cfg.samples))
+        info.update(row_stats(audit, int(scores.audit_mask_BT.sum()), cfg.samples))
         self._log_metrics()
         return {"reward_score": float(scores_T.sum()), "reward_extra_info": info}
 
@@ -239,11 +239,6 @@ class OmniOPDRewardManager(RewardManagerBase):
             logger.info("OmniOPD audit metrics (pid %d): %s", os.getpid(), metrics)
 
 
-def _chunk_field(chunk: Any, name: str, old_name: str) -> float:
-    # the audit types are being renamed (weight -> pi_hat, prior_mean -> pi_bar): read either
-    return float(getattr(chunk, name) if hasattr(chunk, name) else getattr(chunk, old_name))
-
-
 def row_stats(audit: Any, audited_tokens: int, samples: int) -> dict[str, Any]:
     """One trajectory's raw audit counts for verl's step metrics (step_metrics.py sums them per step),
     plus the audit itself as JSON under 'omniopd_audit' (chunk spans, similarities, k_sem, pi_bar, pi_hat:
@@ -256,12 +251,11 @@ def row_stats(audit: Any, audited_tokens: int, samples: int) -> dict[str, Any]:
             "end": c.end,
             "similarities": [float(x) for x in c.similarities],
             "k_sem": float(c.k_sem),
-            "pi_bar": _chunk_field(c, "pi_bar", "prior_mean"),
-            "pi_hat": _chunk_field(c, "pi_hat", "weight"),
+            "pi_bar": float(c.pi_bar),
+            "pi_hat": float(c.pi_hat),
         }
         for c in audit.chunks
     ]
-    dropped = getattr(audit, "anchors_dropped", getattr(audit, "dropped_anchors", 0))
     out: dict[str, Any] = {
         ROW_STATS_PREFIX + "chunks": float(len(chunks)),
         ROW_STATS_PREFIX + "pi_hat_sum": sum(c["pi_hat"] for c in chunks),
@@ -269,10 +263,11 @@ def row_stats(audit: Any, audited_tokens: int, samples: int) -> dict[str, Any]:
         ROW_STATS_PREFIX + "pi_bar_sum": sum(c["pi_bar"] for c in chunks),
         ROW_STATS_PREFIX + "audited_tokens": float(audited_tokens),
         ROW_STATS_PREFIX + "response_tokens": float(audit.response_len),
-        ROW_STATS_PREFIX + "anchors_dropped": float(dropped),
+        ROW_STATS_PREFIX + "anchors_dropped": float(audit.anchors_dropped),
         ROW_STATS_PREFIX + "rows_without_audit": float(not chunks),
     }
     for key, value in (audit.teacher or {}).items():
         out[f"{ROW_STATS_PREFIX}teacher/{key}"] = float(value)
+    out["audit/entropy_source"] = audit.entropy_source  # a string: verl's metric code skips it
     out["omniopd_audit"] = json.dumps({"uid": audit.uid, "response_len": audit.response_len, "chunks": chunks})
     return out

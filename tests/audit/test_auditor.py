@@ -124,14 +124,14 @@ def test_audit_matches_independent_formulas(tok):
         T = len(r.response_ids)
         anchors = naive_peak_anchors(r.entropy_T.tolist(), T, M, C)
         assert [c.start for c in a.chunks] == anchors and all(c.end == c.start + C for c in a.chunks)
-        assert a.response_len == T and a.dropped_anchors == 0
+        assert a.response_len == T and a.anchors_dropped == 0
         # requests: ascending anchors, the prefix (never the chunk), N samples of C tokens, stable seeds
         assert [q.request_id for q in call] == [f"{r.uid}:{t}" for t in anchors]
         for q, t in zip(call, anchors, strict=True):
             assert q.prompt_text == r.prompt_text
             assert q.response_prefix == tok.decode(r.response_ids[:t])
             assert q.prefix_text == r.prompt_text + tok.decode(r.response_ids[:t])
-            assert (q.n, q.max_tokens) == (N, C)
+            assert (q.n, q.student_tokens) == (N, C)
             assert q.seed == stable_seed(7, r.uid, t) and 0 <= q.seed < 2**31
         for c in a.chunks:
             assert c.student_text == tok.decode(r.response_ids[c.start : c.end])
@@ -145,8 +145,8 @@ def test_audit_matches_independent_formulas(tok):
             assert c.k_sem == pytest.approx(sum(sims), abs=1e-12)
             lps = r.logprobs_T[c.start : c.end].tolist()
             prior = math.exp(sum(lps) / len(lps))
-            assert c.prior_mean == pytest.approx(prior, rel=1e-12)
-            assert c.weight == pytest.approx((sum(sims) + ALPHA * prior) / (N + ALPHA), rel=1e-12)
+            assert c.pi_bar == pytest.approx(prior, rel=1e-12)
+            assert c.pi_hat == pytest.approx((sum(sims) + ALPHA * prior) / (N + ALPHA), rel=1e-12)
     assert len(audits[2].chunks) == 1
     # one similarity call for the whole batch, every pair unique, covering all pairs
     assert len(sim.batches) == 1
@@ -167,10 +167,10 @@ def test_metrics_match_the_audits(tok):
     assert m["audit/chunks_per_response"] == pytest.approx(len(chunks) / 4)
     total = sum(len(r.response_ids) for r in responses)
     assert m["audit/token_fraction"] == pytest.approx(len(chunks) * C / total)
-    assert m["audit/pi_hat_mean"] == pytest.approx(sum(c.weight for c in chunks) / len(chunks))
-    assert m["audit/pi_hat_min"] == min(c.weight for c in chunks)
+    assert m["audit/pi_hat_mean"] == pytest.approx(sum(c.pi_hat for c in chunks) / len(chunks))
+    assert m["audit/pi_hat_min"] == min(c.pi_hat for c in chunks)
     assert m["audit/k_sem_frac_max"] == pytest.approx(max(c.k_sem for c in chunks) / N)
-    assert m["audit/prior_mean_mean"] == pytest.approx(sum(c.prior_mean for c in chunks) / len(chunks))
+    assert m["audit/pi_bar_mean"] == pytest.approx(sum(c.pi_bar for c in chunks) / len(chunks))
     inside = sum(0.05 * N < c.k_sem < 0.95 * N for c in chunks)
     assert m["audit/k_sem_inside_frac"] == pytest.approx(inside / len(chunks))
     assert m["teacher/calls"] == len(chunks) and m["similarity/calls"] == 1
@@ -199,7 +199,7 @@ def test_teacher_failure_error_and_drop(tok):
     a = asyncio.run(auditor.audit([r]))[0]
     # the failed anchor and the one with too few samples are dropped and counted, never scored as 0
     assert [c.start for c in a.chunks] == [anchors[0]]
-    assert a.dropped_anchors == 2 and auditor.metrics()["audit/dropped_anchors"] == 2
+    assert a.anchors_dropped == 2 and auditor.metrics()["audit/anchors_dropped"] == 2
     assert a.chunks[0] == good.chunks[0]
     assert a.teacher["failures"] == 1 and a.teacher["retries"] == 2 and a.teacher["calls"] == 3
 
@@ -251,10 +251,10 @@ def test_scripted_teacher_is_a_teacher_backend():
 def test_http_teacher_failure_after_retries(tok, on_failure):
     """The real openai_completions teacher against the real HTTP server: every call for r1's prompt gets
     a 500; after the retries the anchor is an error or is dropped and counted, never scored."""
-    from omniopd_verl.serving.openai_compat import Fault, ScriptedGenerator, serve_openai_compat
+    from omniopd_verl.testing import Fault, ScriptedGenerator, serve_fault_server
 
     responses = [make_response(tok, "r0", TEXTS[0], 0), make_response(tok, "r1", TEXTS[1], 1)]
-    with serve_openai_compat(
+    with serve_fault_server(
         generator=ScriptedGenerator(words=4), faults=[Fault("server_error", times=1000, match="<prompt r1>")]
     ) as server:
         teacher = {
@@ -281,9 +281,9 @@ def test_http_teacher_failure_after_retries(tok, on_failure):
     expected = naive_peak_anchors(responses[0].entropy_T.tolist(), len(responses[0].response_ids), M, C)
     assert [c.start for c in a0.chunks] == expected and all(len(c.teacher_texts) == N for c in a0.chunks)
     n1 = len(naive_peak_anchors(responses[1].entropy_T.tolist(), len(responses[1].response_ids), M, C))
-    assert a1.chunks == [] and a1.dropped_anchors == n1 and a1.teacher["failures"] == n1
+    assert a1.chunks == [] and a1.anchors_dropped == n1 and a1.teacher["failures"] == n1
     m = auditor.metrics()
-    assert m["audit/dropped_anchors"] == n1 and m["teacher/failures"] == n1 and m["teacher/retries"] == n1
+    assert m["audit/anchors_dropped"] == n1 and m["teacher/failures"] == n1 and m["teacher/retries"] == n1
     assert m["audit/rows_without_audit"] == 1 and m["audit/chunks"] == len(expected)
 
 

@@ -132,8 +132,8 @@ def test_audit_cli_end_to_end(tmp_path, rows, teacher_server, smollm2_path, caps
             assert c["similarities"] == pytest.approx(sims, abs=1e-12)
             assert c["k_sem"] == pytest.approx(sum(c["similarities"]), abs=1e-12)
             prior = math.exp(sum(lps[c["start"] : c["end"]]) / C)
-            assert c["prior_mean"] == pytest.approx(prior, rel=1e-3)
-            assert c["weight"] == pytest.approx((c["k_sem"] + ALPHA * c["prior_mean"]) / (N + ALPHA), rel=1e-12)
+            assert c["pi_bar"] == pytest.approx(prior, rel=1e-3)
+            assert c["pi_hat"] == pytest.approx((c["k_sem"] + ALPHA * c["pi_bar"]) / (N + ALPHA), rel=1e-12)
             # the teacher saw exactly the prompt + the response prefix, never the chunk
             prefix = prompt_text + tok.decode(r_ids[: c["start"]])
             assert any(req.body.get("prompt") == prefix for req in teacher_server.requests)

@@ -45,8 +45,8 @@ def test_demo_table_has_one_row_per_step_and_marks_missing_values():
     assert lines[3].split()[1] == "n/a" and lines[3].split()[4] == "2.500"
     text = format_eval(
         {
-            "before": {"prompts": 8, "agreement": 0.30, "chunks": 16},
-            "after": {"prompts": 8, "agreement": 0.35, "chunks": 16},
+            "before": {"prompts": 8, "k_sem_frac_mean": 0.30, "chunks": 16},
+            "after": {"prompts": 8, "k_sem_frac_mean": 0.35, "chunks": 16},
         }
     )
     assert "8 held-out" in text

@@ -9,14 +9,23 @@ import sys
 from omniopd_verl.teachers.cache import TeacherCache, cache_key, prefix_hash
 
 BASE = dict(
-    backend="openai_completions", model="m", prefix="x y", n=4, max_tokens=10, temperature=1.0, top_p=1.0, seed=3
+    backend="openai_completions",
+    model="m",
+    prefix="x y",
+    n=4,
+    teacher_max_tokens=10,
+    temperature=1.0,
+    top_p=1.0,
+    seed=3,
 )
 
 
 def test_every_field_changes_the_key_and_equal_requests_agree():
     key = cache_key(**BASE)
     assert key == cache_key(**dict(BASE))
-    changed = dict(backend="litellm", model="m2", prefix="x y ", n=5, max_tokens=11, temperature=0.5, top_p=0.9, seed=4)
+    changed = dict(
+        backend="litellm", model="m2", prefix="x y ", n=5, teacher_max_tokens=11, temperature=0.5, top_p=0.9, seed=4
+    )
     keys = {cache_key(**{**BASE, field: value}) for field, value in changed.items()}
     assert len(keys) == len(changed) and key not in keys
     # structured prefixes (chat messages) hash canonically: key order does not matter

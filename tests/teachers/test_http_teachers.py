@@ -14,10 +14,11 @@ import time
 import pytest
 
 from omniopd_verl.config import TeacherConfig
-from omniopd_verl.serving.openai_compat import Fault, GenerationCall, ScriptedGenerator, serve_openai_compat
+from omniopd_verl.serving.openai_compat import GenerationCall
 from omniopd_verl.teachers.accounting import METRIC_KEYS, TeacherBudgetExceeded
 from omniopd_verl.teachers.base import TeacherRequest
 from omniopd_verl.teachers.reliability import TeacherAuthError, parse_retry_after
+from omniopd_verl.testing import Fault, ScriptedGenerator, serve_fault_server
 
 KEY = "sk-omniopd-test-DO-NOT-LEAK-4f9a2c"
 ENV = "OMNIOPD_TEST_TEACHER_KEY"
@@ -48,7 +49,7 @@ def make_teacher(server, fmt, tmp_path=None, **overrides):
         kwargs["cache_path"] = str(tmp_path / "cache.sqlite")
     kwargs.update(overrides)
     config = TeacherConfig(**kwargs)
-    return registry.load("teachers", config.name)(config)
+    return registry.create_teacher(config)
 
 
 def request(i=0, *, n=N, prefix="The answer is ", context=None, messages=True):
@@ -57,7 +58,7 @@ def request(i=0, *, n=N, prefix="The answer is ", context=None, messages=True):
         prompt_text=f"<|im_start|>user\nQuestion {i}?<|im_end|>\n<|im_start|>assistant\n",
         response_prefix=prefix,
         n=n,
-        max_tokens=4,
+        student_tokens=4,
         seed=1000 + i,
         prompt_messages=({"role": "user", "content": f"Question {i}?"},) if messages else None,
         teacher_context=context,
@@ -70,7 +71,7 @@ def run(coro):
 
 @pytest.mark.parametrize("fmt", list(FORMATS))
 def test_happy_path_sends_the_prefix_and_returns_n_samples(fmt):
-    with serve_openai_compat(api_key=KEY) as server:
+    with serve_fault_server(api_key=KEY) as server:
         teacher = make_teacher(server, fmt)
         reqs = [request(0), request(1, context="Reference: 42")]
         results = run(teacher.sample(reqs))
@@ -83,15 +84,15 @@ def test_happy_path_sends_the_prefix_and_returns_n_samples(fmt):
         assert metrics["teacher/retries"] == metrics["teacher/failures"] == 0
         assert metrics["teacher/completion_tokens"] == sum(r.completion_tokens for r in results) > 0
         bodies = [q.body for q in server.requests]
-        max_tokens = math.ceil(4 * 1.25)  # student-token-equivalents x the default max_tokens_factor
+        teacher_max_tokens = math.ceil(4 * 1.25)  # student-token-equivalents x the default max_tokens_factor
         if fmt == "completions":
             prompts = {b["seed"]: b["prompt"] for b in bodies}
             assert prompts[1000] == reqs[0].prefix_text  # exact raw prefix
             assert prompts[1001] == "Reference: 42\n\n" + reqs[1].prefix_text  # documented context block
             assert {b["n"] for b in bodies} == {N} and {b["seed"] for b in bodies} == {1000, 1001}
-            assert {b["max_tokens"] for b in bodies} == {max_tokens}
+            assert {b["max_tokens"] for b in bodies} == {teacher_max_tokens}
             expected = ScriptedGenerator().generate(
-                GenerationCall("completions", reqs[0].prefix_text, None, N, max_tokens, 1.0, 1.0, 1000, "tiny")
+                GenerationCall("completions", reqs[0].prefix_text, None, N, teacher_max_tokens, 1.0, 1.0, 1000, "tiny")
             )
             assert results[0].texts == expected
         elif fmt == "chat":  # instruct continuation: the partial answer is shown and continued verbatim
@@ -132,7 +133,7 @@ FORMAT_FAULTS = [(fmt, fault) for fmt in FORMATS for fault in FAULTS if not (fmt
 
 @pytest.mark.parametrize(("fmt", "fault"), FORMAT_FAULTS)
 def test_every_fault_is_retried_until_all_n_samples_arrive(fmt, fault):
-    with serve_openai_compat(faults=[FAULTS[fault]], api_key=KEY) as server:
+    with serve_fault_server(faults=[FAULTS[fault]], api_key=KEY) as server:
         teacher = make_teacher(server, fmt, timeout_s=1.0 if fault == "hang" else 10.0)
         results = run(teacher.sample([request(0), request(1)]))
         assert all(r.texts is not None and len(r.texts) == N for r in results), [r.error for r in results]
@@ -148,7 +149,7 @@ def test_every_fault_is_retried_until_all_n_samples_arrive(fmt, fault):
 @pytest.mark.parametrize("on_failure", ["error", "drop"])
 def test_persistent_faults_end_in_a_counted_failure_and_nothing_else_is_lost(fmt, on_failure):
     faults = [Fault("server_error", times=100, match="Question 1?")]
-    with serve_openai_compat(faults=faults, api_key=KEY) as server:
+    with serve_fault_server(faults=faults, api_key=KEY) as server:
         teacher = make_teacher(server, fmt, max_retries=2, on_failure=on_failure)
         results = run(teacher.sample([request(0), request(1), request(2)]))
         ok, failed, ok2 = results
@@ -162,7 +163,7 @@ def test_persistent_faults_end_in_a_counted_failure_and_nothing_else_is_lost(fmt
 
 
 def test_client_errors_are_not_retried_and_a_bad_key_stops(monkeypatch):
-    with serve_openai_compat(api_key=KEY) as server:
+    with serve_fault_server(api_key=KEY) as server:
         monkeypatch.setenv(ENV, "sk-wrong-key")
         teacher = make_teacher(server, "completions")
         with pytest.raises(TeacherAuthError, match="HTTP 401") as info:
@@ -171,7 +172,7 @@ def test_client_errors_are_not_retried_and_a_bad_key_stops(monkeypatch):
         assert teacher.metrics()["teacher/retries"] == 0
         monkeypatch.setenv(ENV, KEY)
         teacher = make_teacher(server, "completions")
-        bad = TeacherRequest("u:1", "", "", n=N, max_tokens=4, seed=0)  # empty prompt list is fine; n=0 is not
+        bad = TeacherRequest("u:1", "", "", n=N, student_tokens=4, seed=0)  # empty prompt list is fine; n=0 is not
         results = run(teacher.sample([bad]))
         assert results[0].texts is not None
     monkeypatch.delenv(ENV)
@@ -182,7 +183,7 @@ def test_client_errors_are_not_retried_and_a_bad_key_stops(monkeypatch):
 @pytest.mark.parametrize("fmt", ["completions", "anthropic"])
 def test_retry_after_is_honoured(fmt):
     wait = 1.0
-    with serve_openai_compat(faults=[Fault("rate_limit", retry_after=wait)], api_key=KEY) as server:
+    with serve_fault_server(faults=[Fault("rate_limit", retry_after=wait)], api_key=KEY) as server:
         teacher = make_teacher(server, fmt, options={"backoff_base_s": 0.01, "backoff_max_s": 0.01})
         results = run(teacher.sample([request(0, n=1)]))
         assert results[0].texts is not None
@@ -206,7 +207,7 @@ def test_rerun_is_served_from_the_cache_and_the_key_never_leaks(fmt, tmp_path, c
     caplog.set_level(logging.DEBUG)
     faults = [Fault("rate_limit", retry_after=0.01), Fault("server_error", times=100, match="Question 2?")]
     reqs = [request(0), request(1, context="secret reference"), request(2)]
-    with serve_openai_compat(faults=faults, api_key=KEY) as server:
+    with serve_fault_server(faults=faults, api_key=KEY) as server:
         teacher = make_teacher(server, fmt, tmp_path, max_retries=1, on_failure="drop")
         first = run(teacher.sample(reqs))
         run(teacher.aclose())
@@ -244,7 +245,7 @@ def test_rerun_is_served_from_the_cache_and_the_key_never_leaks(fmt, tmp_path, c
 
 def test_budget_stops_with_a_clear_error(tmp_path):
     prices = {"input_cost_per_token": 0.001, "output_cost_per_token": 0.002}
-    with serve_openai_compat(api_key=KEY) as server:
+    with serve_fault_server(api_key=KEY) as server:
         teacher = make_teacher(server, "completions", tmp_path, max_cost_usd=0.05, max_concurrency=1, options=prices)
         with pytest.raises(TeacherBudgetExceeded, match=r"max_cost_usd=\$0.05") as info:
             run(teacher.sample([request(i) for i in range(20)]))
@@ -262,12 +263,12 @@ def test_budget_stops_with_a_clear_error(tmp_path):
 
 
 def test_budget_needs_a_price():
-    with serve_openai_compat() as server, pytest.raises(Exception, match="input_cost_per_token"):
+    with serve_fault_server() as server, pytest.raises(Exception, match="input_cost_per_token"):
         make_teacher(server, "completions", max_cost_usd=1.0, api_key_env=None)
 
 
 def test_litellm_price_table_is_used_for_known_models():
-    with serve_openai_compat(api_key=KEY) as server:
+    with serve_fault_server(api_key=KEY) as server:
         teacher = make_teacher(server, "anthropic")
         results = run(teacher.sample([request(0, n=1)]))
         import litellm
@@ -282,7 +283,7 @@ def test_litellm_price_table_is_used_for_known_models():
 
 
 def test_concurrency_is_bounded():
-    with serve_openai_compat(api_key=KEY, latency_s=0.3) as server:
+    with serve_fault_server(api_key=KEY, latency_s=0.3) as server:
         teacher = make_teacher(server, "completions", max_concurrency=2)
         start = time.monotonic()
         results = run(teacher.sample([request(i) for i in range(6)]))
@@ -295,7 +296,7 @@ def test_concurrency_is_bounded():
 
 
 def test_requests_per_minute_limit_delays_the_excess():
-    with serve_openai_compat(api_key=KEY) as server:
+    with serve_fault_server(api_key=KEY) as server:
         teacher = make_teacher(server, "completions", requests_per_minute=60)
         start = time.monotonic()
         results = run(teacher.sample([request(i, n=1) for i in range(62)]))
@@ -305,7 +306,7 @@ def test_requests_per_minute_limit_delays_the_excess():
 
 
 def test_tokens_per_minute_limit_delays_the_excess():
-    with serve_openai_compat(api_key=KEY) as server:
+    with serve_fault_server(api_key=KEY) as server:
         teacher = make_teacher(server, "completions", tokens_per_minute=600)  # 10 tokens per second
         # the limiter's estimate per call: prompt chars / 4 + n x teacher max tokens
         estimate = len(request(0, n=1).prefix_text) / 4 + math.ceil(4 * 1.25)
@@ -319,9 +320,9 @@ def test_tokens_per_minute_limit_delays_the_excess():
 
 
 def test_chat_teacher_options_are_validated():
-    with serve_openai_compat() as server, pytest.raises(Exception, match="continuation"):
+    with serve_fault_server() as server, pytest.raises(Exception, match="continuation"):
         make_teacher(server, "chat", options={"continuation": "telepathy"})
-    with serve_openai_compat() as server, pytest.raises(Exception, match="unknown keys"):
+    with serve_fault_server() as server, pytest.raises(Exception, match="unknown keys"):
         make_teacher(server, "completions", options={"temprature": 1})
-    with serve_openai_compat() as server, pytest.raises(Exception, match=r"backoff_base_s=-1 is invalid"):
+    with serve_fault_server() as server, pytest.raises(Exception, match=r"backoff_base_s=-1 is invalid"):
         make_teacher(server, "completions", options={"backoff_base_s": -1})

@@ -9,10 +9,12 @@ import types
 import pytest
 import torch
 
+from omniopd_verl import registry
 from omniopd_verl.config import TeacherConfig
 from omniopd_verl.errors import PluginError
 from omniopd_verl.teachers.base import TeacherBackend, TeacherRequest
-from omniopd_verl.teachers.transformers_local import CONTEXT_SYSTEM_TEMPLATE, LocalSampler, TransformersTeacher
+from omniopd_verl.teachers.prompts import CONTEXT_SYSTEM_TEMPLATE
+from omniopd_verl.teachers.transformers_local import LocalSampler
 
 
 @pytest.fixture(scope="module")
@@ -20,13 +22,13 @@ def tiny_sampler(tiny_model_path):
     return LocalSampler.load(tiny_model_path)
 
 
-def req(i, *, n=3, max_tokens=6, seed=None, context=None, messages=None, prefix=" Then"):
+def req(i, *, n=3, student_tokens=6, seed=None, context=None, messages=None, prefix=" Then"):
     return TeacherRequest(
         f"u{i}:{i}",
         f"Story {i}:",
         prefix,
         n=n,
-        max_tokens=max_tokens,
+        student_tokens=student_tokens,
         seed=100 + i if seed is None else seed,
         prompt_messages=messages,
         teacher_context=context,
@@ -37,7 +39,7 @@ def teacher(sampler, tmp_path=None, **kw):
     config = TeacherConfig(
         name="transformers", model="tiny", cache_path=str(tmp_path / "c.sqlite") if tmp_path else None, **kw
     )
-    return TransformersTeacher(config, sampler=sampler)
+    return registry.create_teacher(config, resources={"sampler": sampler})
 
 
 class CountingModel:
@@ -68,7 +70,7 @@ def test_tiny_model_samples_are_seeded_batched_and_bounded(tiny_sampler, tmp_pat
     results = a + b
     assert counting.generate_calls == 1 and counting.rows == [3 + 3 + 2]  # one generate for everything
     assert [len(r.texts) for r in results] == [3, 3, 2]
-    assert counting.new_tokens == [6]  # max_tokens student-token-equivalents x max_tokens_factor 1.0
+    assert counting.new_tokens == [6]  # student_tokens x max_tokens_factor 1.0
     assert len({t for r in results for t in r.texts}) > 4  # samples differ
     # same seed -> same texts, alone or in another batch; another seed -> other texts
     alone = asyncio.run(teacher(sampler).sample([req(1)]))[0]
@@ -119,10 +121,10 @@ def test_sampling_follows_the_model_distribution(tiny_sampler):
 
 def test_teacher_context_goes_into_the_prompt(tiny_sampler):
     t = teacher(tiny_sampler)
-    plain = t.teacher_prompt(req(0, context="The answer is 7."))
+    plain, _, _ = t.render(req(0, context="The answer is 7."))
     assert plain == "The answer is 7.\n\nStory 0: Then"
     messages = ({"role": "user", "content": "What is 3+4?"},)
-    chat = t.teacher_prompt(req(0, context="The answer is 7.", messages=messages, prefix="It is"))
+    chat, _, _ = t.render(req(0, context="The answer is 7.", messages=messages, prefix="It is"))
     expected = (
         tiny_sampler.tokenizer.apply_chat_template(
             [{"role": "system", "content": CONTEXT_SYSTEM_TEMPLATE.format(context="The answer is 7.")}, *messages],
@@ -132,7 +134,7 @@ def test_teacher_context_goes_into_the_prompt(tiny_sampler):
         + "It is"
     )
     assert chat == expected and "The answer is 7." in chat
-    assert t.teacher_prompt(req(0, messages=messages)) == "Story 0: Then"  # no context: the student's exact text
+    assert t.render(req(0, messages=messages))[0] == "Story 0: Then"  # no context: the student's exact text
     results = asyncio.run(t.sample([req(0, context="The answer is 7.", messages=messages)]))
     assert len(results[0].texts) == 3
 
@@ -141,9 +143,9 @@ def test_transformers_teacher_through_the_registry_with_smollm2(smollm2_path, tm
     from omniopd_verl import registry
 
     config = TeacherConfig(name="transformers", model="smollm2-135m-instruct", options={"batch_rows": 8})
-    t = registry.load("teachers", "transformers")(config)
+    t = registry.create_teacher(config)
     prompt = "<|im_start|>user\nWhat is 2+3?<|im_end|>\n<|im_start|>assistant\n"
-    request = TeacherRequest("q:3", prompt, "2 + 3 =", n=2, max_tokens=8, seed=11)
+    request = TeacherRequest("q:3", prompt, "2 + 3 =", n=2, student_tokens=8, seed=11)
     results = asyncio.run(t.sample([request]))
     assert len(results[0].texts) == 2 and all(isinstance(s, str) and s.strip() for s in results[0].texts)
     assert t.metrics()["teacher/prompt_tokens"] > 10
@@ -151,14 +153,14 @@ def test_transformers_teacher_through_the_registry_with_smollm2(smollm2_path, tm
 
 def test_transformers_teacher_validates_options():
     with pytest.raises(Exception, match="unknown keys"):
-        TransformersTeacher(TeacherConfig(name="transformers", model="x", options={"batchrows": 3}))
+        registry.create_teacher(TeacherConfig(name="transformers", model="x", options={"batchrows": 3}))
     with pytest.raises(Exception, match="teacher.model"):
-        TransformersTeacher(TeacherConfig(name="transformers"))
+        registry.create_teacher(TeacherConfig(name="transformers"))
+    with pytest.raises(Exception, match="needs the engine's reference model"):
+        registry.create_teacher(TeacherConfig(name="transformers", model="x", options={"model": "reference"}))
 
 
 def test_vllm_teacher_without_vllm_is_a_clear_error(monkeypatch):
-    from omniopd_verl import registry
-
     monkeypatch.setitem(sys.modules, "vllm", None)  # as on this machine: not installed
     cls = registry.load("teachers", "vllm")
     with pytest.raises(PluginError, match="not installed") as info:
@@ -198,8 +200,6 @@ def fake_vllm():
 
 
 def test_vllm_request_translation(tmp_path):
-    from omniopd_verl.teachers.vllm_local import VLLMTeacher
-
     vllm = fake_vllm()
     config = TeacherConfig(
         name="vllm",
@@ -209,8 +209,8 @@ def test_vllm_request_translation(tmp_path):
         cache_path=str(tmp_path / "c.db"),
         options={"gpu_memory_utilization": 0.5},
     )
-    t = VLLMTeacher(config, vllm_module=vllm)
-    assert t.llm.kwargs == {"gpu_memory_utilization": 0.5}
+    t = registry.create_teacher(config, resources={"vllm_module": vllm})
+    assert t.plugin.llm.kwargs == {"gpu_memory_utilization": 0.5}
     results = asyncio.run(t.sample([req(0, n=2), req(1, n=3, context="ctx")]))
     prompts, params = vllm.calls[0]
     assert len(vllm.calls) == 1 and prompts == ["Story 0: Then", "ctx\n\nStory 1: Then"]

@@ -7,13 +7,14 @@ import time
 import httpx
 import pytest
 
-from omniopd_verl.serving.openai_compat import Fault, GenerationCall, ScriptedGenerator, serve_openai_compat
+from omniopd_verl.serving.openai_compat import GenerationCall, serve_openai_compat
+from omniopd_verl.testing import Fault, ScriptedGenerator, serve_fault_server
 
 KEY = "sk-test-server-0123456789"
 
 
 def test_completions_chat_and_messages_wire_formats():
-    with serve_openai_compat(api_key=KEY) as server:
+    with serve_fault_server(api_key=KEY) as server:
         auth = {"Authorization": f"Bearer {KEY}"}
         r = httpx.post(
             f"{server.url}/completions",
@@ -70,7 +71,7 @@ def test_faults_are_injected_in_order_and_by_match():
         Fault("short", choices=1),
         Fault("server_error", match="special"),
     ]
-    with serve_openai_compat(faults=faults) as server:
+    with serve_fault_server(faults=faults) as server:
         url = f"{server.url}/completions"
         req = {"prompt": "plain", "n": 3, "max_tokens": 2}
         r = httpx.post(url, json=req)
@@ -97,7 +98,7 @@ def test_faults_are_injected_in_order_and_by_match():
 
 
 def test_hang_and_disconnect_faults():
-    with serve_openai_compat(faults=[Fault("hang", hang_s=2.0), Fault("disconnect")]) as server:
+    with serve_fault_server(faults=[Fault("hang", hang_s=2.0), Fault("disconnect")]) as server:
         url = f"{server.url}/completions"
         start = time.monotonic()
         with pytest.raises(httpx.ReadTimeout):
@@ -109,7 +110,7 @@ def test_hang_and_disconnect_faults():
 
 
 def test_latency_is_added_per_call():
-    with serve_openai_compat(latency_s=0.2) as server:
+    with serve_fault_server(latency_s=0.2) as server:
         start = time.monotonic()
         httpx.post(f"{server.url}/completions", json={"prompt": "p", "max_tokens": 1})
         assert time.monotonic() - start >= 0.2

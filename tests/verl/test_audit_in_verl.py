@@ -107,10 +107,10 @@ def test_dense_scores_land_on_exactly_the_audited_tokens(ray_session, tiny_model
     from verl.protocol import DataProto
     from verl.trainer.ppo.ray_trainer import compute_advantage
 
-    from omniopd_verl.serving.openai_compat import ScriptedGenerator, serve_openai_compat
+    from omniopd_verl.testing import ScriptedGenerator, serve_fault_server
 
     ray = ray_session
-    with serve_openai_compat(generator=ScriptedGenerator(words=6)) as teacher:
+    with serve_fault_server(generator=ScriptedGenerator(words=6)) as teacher:
         cfg = compose(
             [
                 f"actor_rollout_ref.model.path={tiny_model_path}",
@@ -204,6 +204,7 @@ def test_dense_scores_land_on_exactly_the_audited_tokens(ray_session, tiny_model
         assert "omniopd_student" not in fields["extra_fields"]  # per-token lists stay out of TransferQueue
         logged = json.loads(info["omniopd_audit"])
         assert [(c["start"], c["end"]) for c in logged["chunks"]] == [(a, a + C) for a in anchors]
+        assert info["audit/entropy_source"] == "rollout_topk"
         assert info["acc"] in (0.0, 1.0)  # verl's gsm8k scorer, reported (lambda = 0: not mixed in)
         rows_scores.append(rm_scores)
         rows_masks.append(fields["response_mask"])

@@ -27,7 +27,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from omniopd_verl.serving.openai_compat import Fault, ScriptedGenerator, serve_openai_compat
+from omniopd_verl.testing import Fault, ScriptedGenerator, serve_fault_server
 from omniopd_verl.verl_integration.cpu_smoke import cpu_env, prepare, step_metrics_from_log
 
 REPO = Path(__file__).resolve().parents[2]
@@ -145,7 +145,7 @@ def test_omniopd_train_cli_runs_the_cpu_smoke_recipe_and_trains_on_pi_hat(smoke,
     CPU mode (the recipe lists the overlay), main_ppo, the HTTP teacher on 127.0.0.1."""
     dump = tmp_path / "dump"
     folder = Path(smoke["model"]).parent
-    with serve_openai_compat(generator=ScriptedGenerator()) as server:
+    with serve_fault_server(generator=ScriptedGenerator()) as server:
         env = dict(os.environ, SMOKE_DIR=str(folder), TEACHER_PORT=server.url.rsplit(":", 1)[1].split("/")[0])
         env.pop("VERL_PLATFORM", None)  # the CLI sets it itself in CPU mode
         rc, log = main_ppo(
@@ -198,7 +198,7 @@ def test_omniopd_train_cli_runs_the_cpu_smoke_recipe_and_trains_on_pi_hat(smoke,
 
 def test_omniopd_teacher_failures_dropped_are_counted_in_step_metrics(smoke, tmp_path):
     faults = [Fault("server_error", times=3)]
-    with serve_openai_compat(generator=ScriptedGenerator(), faults=faults) as server:
+    with serve_fault_server(generator=ScriptedGenerator(), faults=faults) as server:
         rc, log = main_ppo(
             omniopd_args(
                 smoke, server.url, tmp_path / "dump", "omniopd.teacher.on_failure=drop", "omniopd.teacher.max_retries=0"
@@ -215,7 +215,7 @@ def test_omniopd_teacher_failures_dropped_are_counted_in_step_metrics(smoke, tmp
 @pytest.mark.slow
 def test_omniopd_teacher_failure_with_on_failure_error_stops_naming_teacher_and_cause(smoke, tmp_path):
     faults = [Fault("server_error", times=1000)]
-    with serve_openai_compat(generator=ScriptedGenerator(), faults=faults) as server:
+    with serve_fault_server(generator=ScriptedGenerator(), faults=faults) as server:
         rc, log = main_ppo(
             omniopd_args(
                 smoke,

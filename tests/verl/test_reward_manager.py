@@ -81,9 +81,9 @@ def trajectory(tokenizer, response_text, *, student=True, ground_truth="7"):
 def test_task_reward_is_mixed_in_with_its_weight(tiny_model_path):
     from verl.utils.reward_score import default_compute_score
 
-    from omniopd_verl.serving.openai_compat import ScriptedGenerator, serve_openai_compat
+    from omniopd_verl.testing import ScriptedGenerator, serve_fault_server
 
-    with serve_openai_compat(generator=ScriptedGenerator(words=4)) as teacher:
+    with serve_fault_server(generator=ScriptedGenerator(words=4)) as teacher:
         m0 = build_manager(tiny_model_path, teacher.url, [])
         data, text = trajectory(m0.tokenizer, "We add 3 and 4 to get 7. The answer is #### 7")
         r0 = asyncio.run(m0.run_single(data))
@@ -102,9 +102,9 @@ def test_task_reward_is_mixed_in_with_its_weight(tiny_model_path):
 
 def test_refusals_name_what_is_missing(tiny_model_path):
     from omniopd_verl.errors import GuardError
-    from omniopd_verl.serving.openai_compat import ScriptedGenerator, serve_openai_compat
+    from omniopd_verl.testing import ScriptedGenerator, serve_fault_server
 
-    with serve_openai_compat(generator=ScriptedGenerator(words=4)) as teacher:
+    with serve_fault_server(generator=ScriptedGenerator(words=4)) as teacher:
         manager = build_manager(tiny_model_path, teacher.url, ["omniopd.task_reward_weight=1.0"])
         data, _ = trajectory(manager.tokenizer, "seven apples in total", student=False)
         with pytest.raises(GuardError, match="default_agent_loop=omniopd_agent"):

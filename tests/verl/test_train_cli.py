@@ -173,7 +173,8 @@ def test_local_engine_is_delegated_and_takes_a_config_file(capsys):
     recipe = Path(__file__).resolve().parents[2] / "recipes" / "quickstart_cpu" / "quickstart_cpu.yaml"
     rc = main(["train", "--engine", "local", "--dry-run", "--config", str(recipe)])
     out = capsys.readouterr().out
-    assert rc == 0 and "OmniOPDConfig" in out  # the local engine's own resolved run config
+    cfg = OmegaConf.create(out)  # the local engine's own resolved run config, as YAML
+    assert rc == 0 and cfg.local.model and cfg.omniopd.teacher.name
 
 
 def test_local_engine_bad_value_is_a_message_not_a_traceback(capsys):

@@ -1,0 +1,192 @@
+"""The teacher server with injected faults, and a deterministic generator: for tests and benchmarks.
+
+    from omniopd_verl.testing import Fault, ScriptedGenerator, serve_fault_server
+
+    with serve_fault_server(generator=ScriptedGenerator(), faults=[Fault("rate_limit", retry_after=1)],
+                            api_key="sk-test", latency_s=0.0) as server:
+        server.url, server.root_url, server.requests, server.calls(path)   # as serving.openai_compat
+
+It is the real HTTP server of `omniopd_verl.serving.openai_compat` (same wire formats, same socket
+handling) with `reply` overridden. Faults (`faults=`) are consumed in order, each by `times` matching
+requests (`match`: a substring of the request's prompt/messages JSON, `path`: only that endpoint); a
+request no fault matches is served normally. Kinds:
+- "rate_limit" (429 + Retry-After), "server_error" (500), "disconnect" (close the socket unanswered);
+- "hang" (sleep `hang_s`, then answer, normally after the client gave up);
+- "malformed" (200 with a body that is not JSON), "bad_schema" (200 JSON without choices);
+- "short" (fewer choices than asked: `choices`, default n - 1);
+- "empty_length" (200 whose sample `sample` has text "" and finish reason "length": malformed, the
+  length limit was hit yet nothing came back), "empty_stop" (text "" with finish reason "stop": the
+  teacher's real answer "end here"). Anthropic: stop_reason "max_tokens" / "end_turn".
+`latency_s` adds a fixed delay to every answered request (benchmarks). A request with a wrong key gets
+401 with the sent key echoed in the message, as OpenAI's API does (so tests can catch a client leaking it).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import threading
+import time
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+
+from omniopd_verl.serving.openai_compat import (
+    CompatServer,
+    GenerationCall,
+    Generator,
+    ReceivedRequest,
+    Reply,
+    build_response,
+    error_body,
+    run_server,
+    sent_key,
+)
+
+FAULT_KINDS = (
+    "rate_limit",
+    "server_error",
+    "hang",
+    "malformed",
+    "bad_schema",
+    "short",
+    "disconnect",
+    "empty_length",
+    "empty_stop",
+)
+
+
+@dataclass
+class Fault:
+    kind: str
+    times: int = 1
+    match: str | None = None  # substring of the request's prompt / messages JSON
+    path: str | None = None  # e.g. "/v1/completions"
+    retry_after: float | None = None  # rate_limit: the Retry-After header value, seconds
+    hang_s: float = 30.0  # hang: how long to sleep before answering
+    choices: int | None = None  # short: how many choices to return (default n - 1)
+    sample: int = 0  # empty_length / empty_stop: which sample of the answer comes back empty
+
+    def __post_init__(self) -> None:
+        if self.kind not in FAULT_KINDS:
+            raise ValueError(f"Fault.kind={self.kind!r} is invalid: allowed one of {list(FAULT_KINDS)}")
+        if self.times < 1:
+            raise ValueError(f"Fault.times={self.times!r} is invalid: allowed an integer >= 1")
+
+
+class ScriptedGenerator:
+    """Deterministic texts: "<word> w1 w2 ..." derived from the prompt, sample index and seed.
+
+    The texts differ across samples and seeds (so caching and seeding are observable) and have
+    `words` words (capped by max_tokens, one word per token), each preceded by a space.
+    """
+
+    def __init__(self, words: int = 8, fn: Callable[[GenerationCall], list[str]] | None = None):
+        self.words = words
+        self.fn = fn
+
+    def generate(self, call: GenerationCall) -> list[str]:
+        if self.fn is not None:
+            return self.fn(call)
+        source = call.prompt if call.prompt is not None else json.dumps(call.messages, sort_keys=True)
+        texts = []
+        for i in range(call.n):
+            digest = hashlib.sha256(f"{source}\x00{call.seed}\x00{i}".encode()).hexdigest()
+            count = max(1, min(self.words, call.max_tokens))
+            texts.append("".join(f" w{digest[2 * j : 2 * j + 2]}" for j in range(count)))
+        return texts
+
+
+class FaultServer(CompatServer):
+    """CompatServer whose `reply` applies the queued faults."""
+
+    def __init__(
+        self, generator: Generator, faults: Sequence[Fault], api_key: str | None, latency_s: float, model_name: str
+    ):
+        super().__init__(generator, api_key, model_name)
+        self.faults = [dict(fault=f, left=f.times) for f in faults]
+        self.latency_s = latency_s
+        self._fault_lock = threading.Lock()
+
+    def add_faults(self, faults: Sequence[Fault]) -> None:
+        with self._fault_lock:
+            self.faults.extend(dict(fault=f, left=f.times) for f in faults)
+
+    def faults_left(self) -> int:
+        with self._fault_lock:
+            return sum(entry["left"] for entry in self.faults)
+
+    def _take_fault(self, path: str, content: str) -> Fault | None:
+        with self._fault_lock:
+            for entry in self.faults:
+                fault = entry["fault"]
+                if entry["left"] <= 0:
+                    continue
+                if fault.path is not None and fault.path != path:
+                    continue
+                if fault.match is not None and fault.match not in content:
+                    continue
+                entry["left"] -= 1
+                return fault
+        return None
+
+    def authorize(self, path: str, headers: dict[str, str]) -> Reply | None:
+        """As the real server, but the 401 echoes the key that was sent, as OpenAI's does ("Incorrect API key
+        provided: sk-..."): a client that prints server errors verbatim would leak it, which tests must catch."""
+        denied = super().authorize(path, headers)
+        if denied is None:
+            return None
+        message = f"Incorrect API key provided: {sent_key(headers)}. You can find your API key in your account."
+        return Reply(401, error_body(path == "/v1/messages", "authentication_error", message))
+
+    def reply(self, path: str, call: GenerationCall, record: ReceivedRequest) -> Reply:
+        anthropic = path == "/v1/messages"
+        content = call.prompt if call.prompt is not None else json.dumps(call.messages)
+        fault = self._take_fault(path, content if isinstance(content, str) else json.dumps(content))
+        record.fault = fault.kind if fault else None
+        kind = fault.kind if fault else None
+        if kind == "disconnect":
+            return Reply(0, disconnect=True)
+        if kind == "rate_limit":
+            extra = {} if fault.retry_after is None else {"Retry-After": f"{fault.retry_after:g}"}
+            return Reply(429, error_body(anthropic, "rate_limit_error", "rate limited (injected)"), extra)
+        if kind == "server_error":
+            return Reply(500, error_body(anthropic, "api_error", "internal error (injected)"))
+        if kind == "hang":
+            time.sleep(fault.hang_s)
+        if self.latency_s:
+            time.sleep(self.latency_s)
+        if kind == "malformed":
+            return Reply(200, raw=b'{"choices": [ this is not json')
+        if kind == "bad_schema":
+            return Reply(200, {"id": "x", "object": "unexpected"})
+        groups = self.generate(call)
+        finish = None
+        if kind == "short":
+            keep = fault.choices if fault.choices is not None else max(0, call.n - 1)
+            groups = [(p, texts[:keep]) for p, texts in groups]
+        if kind in ("empty_length", "empty_stop"):
+            reason = "length" if kind == "empty_length" else "stop"
+            finish = []
+            for g, (_, texts) in enumerate(groups):
+                finish.append(["length" if len(t.split()) >= call.max_tokens else "stop" for t in texts])
+                j = min(fault.sample, len(texts) - 1)
+                texts[j] = ""
+                finish[g][j] = reason
+        return Reply(200, build_response(path, call, groups, self.model_name, finish))
+
+
+@contextmanager
+def serve_fault_server(
+    generator: Generator | None = None,
+    faults: Sequence[Fault] = (),
+    *,
+    api_key: str | None = None,
+    latency_s: float = 0.0,
+    port: int = 0,
+    model_name: str = "local-teacher",
+) -> Iterator[FaultServer]:
+    """Run the fault server (ScriptedGenerator by default) on 127.0.0.1 for the `with` block."""
+    server = FaultServer(generator or ScriptedGenerator(), faults, api_key, latency_s, model_name)
+    with run_server(server, port) as running:
+        yield running

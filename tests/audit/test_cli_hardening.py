@@ -1,0 +1,219 @@
+"""`omniopd-verl audit` against bad input, bad paths and a budget stop (issue 10 items 2, 4, 6, "Also").
+
+A real HTTP teacher (the project's OpenAI-compatible server with a scripted generator, which counts the
+requests it receives) and a real tiny student on CPU. Every bad path or flag must be refused with one
+line (exit 2) *before* a model is loaded or a teacher is called: the tests make loading a model raise
+and count the server's requests.
+"""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import transformers
+
+from omniopd_verl.cli.main import main
+from omniopd_verl.testing import ScriptedGenerator, serve_fault_server
+
+WORDS = " ".join(f"w{i}" for i in range(30))
+
+
+@pytest.fixture(scope="module")
+def server():
+    with serve_fault_server(generator=ScriptedGenerator(words=6)) as s:
+        yield s
+
+
+@pytest.fixture()
+def no_model_load(monkeypatch):
+    """Loading model weights raises: proves a check ran before any model load."""
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("a model was loaded before the flags and paths were checked")
+
+    monkeypatch.setattr(transformers.AutoModelForCausalLM, "from_pretrained", refuse)
+
+
+def rows(n: int = 3) -> list[dict]:
+    return [{"id": f"r{i}", "prompt": f"Question {i}: count.", "response": f" {WORDS}"} for i in range(n)]
+
+
+def write_jsonl(path, items) -> str:
+    path.write_text("".join(json.dumps(r) + "\n" for r in items))
+    return str(path)
+
+
+def argv(inp, out, student, server, *extra) -> list[str]:
+    return [
+        "audit",
+        "--input",
+        str(inp),
+        "--output",
+        str(out),
+        "--student",
+        student,
+        "--teacher",
+        "openai_completions",
+        "--teacher-model",
+        "local-teacher",
+        "--teacher-api-base",
+        server.url,
+        "--similarity",
+        "ned",
+        "--chunks",
+        "1",
+        "--samples",
+        "2",
+        "--chunk-len",
+        "4",
+        *extra,
+    ]
+
+
+def one_error_line(err: str) -> str:
+    assert "Traceback" not in err, err
+    lines = [line for line in err.splitlines() if line.strip()]
+    assert len(lines) == 1, err
+    return lines[0]
+
+
+# ---- item 2: bad bytes, lone surrogates, missing folders --------------------------------------------------
+
+
+def test_non_utf8_bytes_name_the_line(tmp_path, server, tiny_model_path, no_model_load, capsys):
+    inp = tmp_path / "in.jsonl"
+    good = json.dumps(rows(1)[0]).encode()
+    inp.write_bytes(good + b"\n" + b'{"id": "x", "prompt": "caf\xe9", "response": "r"}\n')
+    calls = server.calls()
+    assert main(argv(inp, tmp_path / "o.jsonl", tiny_model_path, server)) == 2
+    line = one_error_line(capsys.readouterr().err)
+    assert f"{inp} line 2" in line and "UTF-8" in line and "byte 0xe9" in line
+    assert server.calls() == calls
+
+
+def test_lone_surrogate_is_refused_at_read_time(tmp_path, server, tiny_model_path, no_model_load, capsys):
+    inp = tmp_path / "in.jsonl"
+    # valid JSON, but "\ud800" is half a UTF-16 pair: no text can hold it (the tokenizer failed on it later)
+    inp.write_text(json.dumps(rows(1)[0]) + "\n" + '{"id": "s", "prompt": "p", "response": "a \\ud800 b"}\n')
+    assert main(argv(inp, tmp_path / "o.jsonl", tiny_model_path, server)) == 2
+    line = one_error_line(capsys.readouterr().err)
+    assert f"{inp} line 2" in line and "response" in line and "surrogate" in line
+
+
+@pytest.mark.parametrize("flag", ["--output", "--report"])
+def test_missing_output_folder_is_refused_before_any_teacher_call(
+    tmp_path, server, tiny_model_path, no_model_load, flag, capsys
+):
+    inp = write_jsonl(tmp_path / "in.jsonl", rows())
+    missing = tmp_path / "no" / "such" / "dir" / "file"
+    out = missing if flag == "--output" else tmp_path / "o.jsonl"
+    extra = ["--report", str(missing)] if flag == "--report" else []
+    calls = server.calls()
+    assert main(argv(inp, out, tiny_model_path, server, *extra)) == 2
+    line = one_error_line(capsys.readouterr().err)
+    assert flag in line and str(missing.parent) in line and "does not exist" in line
+    assert server.calls() == calls  # 0 teacher calls made (and paid for)
+
+
+def test_api_base_without_teacher_model_names_the_flag(tmp_path, server, tiny_model_path, no_model_load, capsys):
+    inp = write_jsonl(tmp_path / "in.jsonl", rows())
+    args = argv(inp, tmp_path / "o.jsonl", tiny_model_path, server)
+    i = args.index("--teacher-model")
+    del args[i : i + 2]
+    assert main(args) == 2
+    line = one_error_line(capsys.readouterr().err)
+    assert "--teacher-api-base" in line and "--teacher-model" in line
+
+
+def test_missing_student_is_named_before_the_teacher_is_built(tmp_path, server, capsys):
+    inp = write_jsonl(tmp_path / "in.jsonl", rows())
+    assert main(argv(inp, tmp_path / "o.jsonl", str(tmp_path / "nope"), server)) == 2
+    line = one_error_line(capsys.readouterr().err)
+    assert "--student" in line and "nope" in line
+
+
+# ---- item 4: budget flags, partial output on a budget stop ------------------------------------------------
+
+
+def test_budget_flags_reach_the_teacher_config():
+    from omniopd_verl.cli.audit import build_config
+    from omniopd_verl.cli.main import build_parser
+
+    args = build_parser().parse_args(
+        ["audit", "--input", "i", "--output", "o", "--student", "s", "--teacher", "openai_completions"]
+        + ["--max-cost-usd", "0.5", "--teacher-timeout-s", "7.5", "--max-retries", "2"]
+    )
+    teacher = build_config(args).teacher
+    assert (teacher.max_cost_usd, teacher.timeout_s, teacher.max_retries) == (0.5, 7.5, 2)
+    # and they are validated like the YAML keys
+    bad = build_parser().parse_args(
+        ["audit", "--input", "i", "--output", "o", "--student", "s", "--teacher", "openai_completions"]
+        + ["--max-retries", "-1"]
+    )
+    with pytest.raises(ValueError, match=r"omniopd.teacher.max_retries=-1 is invalid"):
+        build_config(bad)
+
+
+def test_budget_stop_writes_completed_rows_and_marks_the_output_partial(tmp_path, server, tiny_model_path, capsys):
+    items = rows(5)
+    inp = write_jsonl(tmp_path / "in.jsonl", items)
+    out, report = tmp_path / "o.jsonl", tmp_path / "r.html"
+    calls = server.calls()
+    code = main(
+        argv(inp, out, tiny_model_path, server, "--report", str(report))
+        + ["--max-concurrency", "1", "--max-cost-usd", "1e-9"]
+        + ["--teacher-option", "input_cost_per_token=0.001", "--teacher-option", "output_cost_per_token=0.001"]
+    )
+    err = capsys.readouterr().err
+    assert code == 3, err
+    answered = server.calls() - calls
+    lines = [json.loads(line) for line in out.read_text().splitlines()]
+    records, trailer = lines[:-1], lines[-1]
+    # one chunk per row: every call the server answered belongs to a completed, written row
+    assert 1 <= len(records) == answered < len(items)
+    assert all(r["chunks"] and r["id"] in {i["id"] for i in items} for r in records)
+    assert trailer["partial"] is True and trailer["rows_written"] == len(records)
+    assert trailer["rows_total"] == len(items)
+    assert sorted(trailer["missing_ids"]) == sorted({i["id"] for i in items} - {r["id"] for r in records})
+    assert "budget" in trailer["reason"]
+    assert "PARTIAL OUTPUT" in err and f"{len(records)} of {len(items)} rows" in err and "Traceback" not in err
+    assert "PARTIAL" in report.read_text()
+
+
+# ---- item 6: inputs beyond the student's context ----------------------------------------------------------
+
+
+def long_rows():
+    items = rows(3)
+    items[1]["prompt"] = " ".join(["word"] * 2100)  # the tiny student's max_position_embeddings is 2048
+    return items
+
+
+def test_input_beyond_the_student_context_is_refused_naming_row_and_lengths(tmp_path, server, tiny_model_path, capsys):
+    inp = write_jsonl(tmp_path / "in.jsonl", long_rows())
+    calls = server.calls()
+    assert main(argv(inp, tmp_path / "o.jsonl", tiny_model_path, server)) == 2
+    line = one_error_line(capsys.readouterr().err)
+    assert "id='r1'" in line and "line 2" in line and "2048" in line and "--skip-too-long" in line
+    assert server.calls() == calls
+
+
+def test_skip_too_long_audits_the_rest_and_says_which_were_skipped(tmp_path, server, tiny_model_path, capsys):
+    inp = write_jsonl(tmp_path / "in.jsonl", long_rows())
+    out = tmp_path / "o.jsonl"
+    assert main(argv(inp, out, tiny_model_path, server, "--skip-too-long")) == 0
+    err = capsys.readouterr().err
+    records = [json.loads(line) for line in out.read_text().splitlines()]
+    assert [r["id"] for r in records] == ["r0", "r2"]
+    assert "skipped" in err and "'r1'" in err
+
+
+def test_score_responses_refuses_beyond_the_context(tiny_model_path):
+    from omniopd_verl.errors import ConfigError
+    from omniopd_verl.models import load_causal_lm
+    from omniopd_verl.student import score_responses
+
+    model, tok = load_causal_lm(tiny_model_path)
+    with pytest.raises(ConfigError, match=r"row 1: prompt \+ response is \d+ tokens .* context of 2048"):
+        score_responses(model, tok, ["hi", " ".join(["word"] * 2100)], [" a", " b"])

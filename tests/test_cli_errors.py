@@ -1,0 +1,177 @@
+"""Every `omniopd-verl` subcommand answers bad input with one line and exit 2, never a traceback
+(issue 10 item 2 and "Also"): `data`, `eval`, `train --engine local` (unparsable YAML, --dry-run, an
+unknown key with a suggestion) and the verl path's unknown `omniopd.*` keys. Checks that need no model
+run before one is loaded: the tests make loading model weights raise.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import transformers
+import yaml
+
+from omniopd_verl.cli.main import main
+
+REPO = Path(__file__).resolve().parents[1]
+QUICKSTART = REPO / "recipes" / "quickstart_cpu" / "quickstart_cpu.yaml"
+
+
+def one_error_line(err: str) -> str:
+    assert "Traceback" not in err, err
+    lines = [line for line in err.splitlines() if line.strip()]
+    assert len(lines) == 1, err
+    return lines[0]
+
+
+@pytest.fixture()
+def no_model_load(monkeypatch):
+    def refuse(*args, **kwargs):
+        raise AssertionError("a model was loaded before the arguments were checked")
+
+    monkeypatch.setattr(transformers.AutoModelForCausalLM, "from_pretrained", refuse)
+
+
+# ---- data ------------------------------------------------------------------------------------------------
+
+
+def test_data_sft_missing_generations_file(tmp_path, capsys):
+    missing = tmp_path / "nope.jsonl"
+    assert main(["data", "sft", "--generations", str(missing), "--out", str(tmp_path / "s.parquet")]) == 2
+    line = one_error_line(capsys.readouterr().err)
+    assert "--generations" in line and str(missing) in line
+
+
+def test_data_sft_bad_json_line_is_named(tmp_path, capsys):
+    gens = tmp_path / "g.jsonl"
+    gens.write_text('{"benchmark": "gsm8k"}\n{not json\n')
+    assert main(["data", "sft", "--generations", str(gens), "--out", str(tmp_path / "s.parquet")]) == 2
+    line = one_error_line(capsys.readouterr().err)
+    assert f"{gens} line 2" in line and "not JSON" in line
+
+
+def test_data_prepare_input_without_name_exits_2(tmp_path, capsys):
+    inp = tmp_path / "mine.jsonl"
+    inp.write_text('{"question": "q", "answer": "a"}\n')
+    assert main(["data", "prepare", "--input", str(inp), "--out", str(tmp_path / "o")]) == 2
+    line = one_error_line(capsys.readouterr().err)
+    assert "--name" in line
+
+
+def test_data_prepare_unknown_benchmark_is_one_line(tmp_path, capsys):
+    assert main(["data", "prepare", "--benchmarks", "gsm9k", "--out", str(tmp_path / "o")]) == 2
+    line = one_error_line(capsys.readouterr().err)
+    assert "unknown benchmark 'gsm9k'" in line
+
+
+# ---- eval ------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("flags", "message"),
+    [
+        (["--benchmarks", "gsm9k"], "unknown benchmark 'gsm9k'"),
+        (["--pass-k", "one"], "--pass-k 'one' is invalid"),
+        (["--n", "2", "--temperature", "1", "--pass-k", "4"], "pass@k needs n >= k"),
+    ],
+)
+def test_eval_bad_flags_are_one_line_before_the_model_loads(tiny_model_path, no_model_load, flags, message, capsys):
+    assert main(["eval", "--model", tiny_model_path, "--limit", "1", *flags]) == 2
+    line = one_error_line(capsys.readouterr().err)
+    assert message in line
+
+
+def test_eval_output_path_is_checked_before_the_model_loads(tmp_path, tiny_model_path, no_model_load, capsys):
+    blocker = tmp_path / "a_file"
+    blocker.write_text("")
+    out = blocker / "report.json"  # its folder is a file: cannot be created
+    assert main(["eval", "--model", tiny_model_path, "--benchmarks", "gsm8k", "--output", str(out)]) == 2
+    line = one_error_line(capsys.readouterr().err)
+    assert "--output" in line and str(out) in line
+
+
+def test_eval_shows_progress_on_stderr_and_writes_json_only_to_output(
+    tmp_path, tiny_model_path, benchmarks_dir, capsys
+):
+    out = tmp_path / "report.json"
+    rc = main(
+        ["eval", "--model", tiny_model_path, "--benchmarks", "gsm8k", "--limit", "3", "--batch-size", "2"]
+        + ["--max-new-tokens", "4", "--benchmarks-dir", str(benchmarks_dir), "--cpu-threads", "1"]
+        + ["--output", str(out)]
+    )
+    assert rc == 0
+    captured = capsys.readouterr()
+    assert "| gsm8k | 3 |" in captured.out
+    assert '"benchmarks"' not in captured.out  # the JSON went to --output only
+    assert json.loads(out.read_text())["benchmarks"]["gsm8k"]["n_problems"] == 3
+    assert "gsm8k: generating 3 prompts" in captured.err and "2/3" in captured.err  # per batch of 2
+
+
+def test_eval_without_output_prints_the_json(tmp_path, benchmarks_dir, capsys, monkeypatch):
+    # a scripted back-end (same interface): only the CLI's printing is under test here
+    from omniopd_verl.eval import generation
+
+    class Scripted:
+        name = "scripted"
+
+        def __init__(self, model, **options):
+            pass
+
+        def generate(self, prompts, spec, progress=None):
+            return [["\\boxed{1}"] for _ in prompts]
+
+    monkeypatch.setitem(generation.BACKENDS, "transformers", Scripted)
+    rc = main(
+        ["eval", "--model", "m", "--benchmarks", "gsm8k", "--limit", "2", "--benchmarks-dir", str(benchmarks_dir)]
+    )
+    assert rc == 0
+    out = capsys.readouterr().out
+    assert json.loads(out[out.index("{") :])["benchmarks"]["gsm8k"]["n_problems"] == 2
+
+
+# ---- train --engine local ----------------------------------------------------------------------------------
+
+
+def test_train_local_unparsable_yaml_names_file_and_line(tmp_path, capsys):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("omniopd:\n  chunks: 2\n  samples: [4\nlocal: {}\n")
+    assert main(["train", "--engine", "local", "--config", str(bad)]) == 2
+    line = one_error_line(capsys.readouterr().err)
+    assert str(bad) in line and "line" in line
+
+
+def test_train_local_dry_run_prints_yaml_and_valid(capsys):
+    assert main(["train", "--engine", "local", "--config", str(QUICKSTART), "--dry-run", "local.steps=2"]) == 0
+    captured = capsys.readouterr()
+    cfg = yaml.safe_load(captured.out)
+    assert cfg["local"]["steps"] == 2 and cfg["omniopd"]["chunks"] == 2 and cfg["omniopd"]["teacher"]["name"]
+    assert "valid" in captured.err and str(QUICKSTART) in captured.err
+
+
+def test_train_local_unknown_key_suggests_the_close_one(capsys):
+    assert main(["train", "--engine", "local", "--config", str(QUICKSTART), "--dry-run", "omniopd.alpah=2"]) == 2
+    line = one_error_line(capsys.readouterr().err)
+    assert "unknown key omniopd.alpah; did you mean alpha?" in line
+    assert main(["train", "--engine", "local", "--config", str(QUICKSTART), "--dry-run", "local.data.pth=x"]) == 2
+    assert "unknown key local.data.pth; did you mean path?" in capsys.readouterr().err
+
+
+def test_unknown_key_without_a_close_match_lists_the_allowed_keys():
+    from omniopd_verl.config import OmniOPDConfig
+    from omniopd_verl.errors import ConfigError
+
+    with pytest.raises(ConfigError, match=r"unknown key omniopd.teacher.zzzz; allowed keys: \['name'"):
+        OmniOPDConfig.from_dict({"teacher": {"zzzz": 1}})
+
+
+# ---- train (verl path): an unknown omniopd key, with or without Hydra's '+' --------------------------------
+
+
+@pytest.mark.parametrize("override", ["omniopd.alpah=2", "+omniopd.alpah=2"])
+def test_train_verl_unknown_omniopd_key_suggests_the_close_one(override, capsys):
+    assert main(["train", "--dry-run", override]) == 2
+    err = capsys.readouterr().err
+    assert "unknown key omniopd.alpah; did you mean alpha?" in err and "Traceback" not in err
+    assert "append to your config" not in err  # Hydra's "+key" advice would add a key nothing reads
