@@ -42,6 +42,10 @@ def omniopd_adv_estimator(
 
     raise_if_reported(token_level_rewards)  # a teacher failed with on_failure='error' (fatal.py)
     mode = _option(config, "advantage", "posterior")
+    if audit_mask is None:  # set by the omniopd_sync / cpu_sync trainers (batch_context.py)
+        from omniopd_verl.verl_integration.batch_context import BATCH_AUDIT_MASK
+
+        audit_mask = BATCH_AUDIT_MASK.get()
     if mode == "centered_batch" and audit_mask is None:
         raise ConfigError(
             "omniopd.advantage='centered_batch' needs the batch's audited-token mask, and verl passed none "

@@ -20,3 +20,6 @@ STUDENT_KEY = "omniopd_student"
 TOKEN_SCORES_KEY = "omniopd_token_scores"
 # reward manager -> trainer: per-trajectory audit/teacher counts (reward_extra_info), summed per step
 ROW_STATS_PREFIX = "omniopd_row/"
+# reward manager -> agent loop output -> TransferQueue field: the audited-token mask (0/1 per response
+# token), read by the OmniOPD trainer modes for advantage='centered_batch'
+AUDIT_MASK_KEY = "omniopd_audit_mask"

@@ -25,7 +25,7 @@ import torch
 from verl import DataProto
 from verl.experimental.reward_loop.reward_manager.base import RewardManagerBase
 
-from omniopd_verl.verl_integration.names import ROW_STATS_PREFIX, STUDENT_KEY, TOKEN_SCORES_KEY
+from omniopd_verl.verl_integration.names import AUDIT_MASK_KEY, ROW_STATS_PREFIX, STUDENT_KEY, TOKEN_SCORES_KEY
 
 METRICS_EVERY = int(os.environ.get("OMNIOPD_METRICS_EVERY", "64"))
 
@@ -128,6 +128,7 @@ class OmniOPDRewardManager(RewardManagerBase):
         )
         scores_T = scores.scores_BT[0]
         info[TOKEN_SCORES_KEY] = scores_T.tolist()
+        info[AUDIT_MASK_KEY] = [int(x) for x in scores.audit_mask_BT[0]]
         info.update(row_stats(audit, int(scores.audit_mask_BT.sum()), cfg.samples))
         self._log_metrics()
         return {"reward_score": float(scores_T.sum()), "reward_extra_info": info}

@@ -30,12 +30,13 @@ from verl.trainer.ppo.v1.trainer_sync import PPOTrainerSync
 from verl.workers.engine_workers import ActorRolloutRefWorker
 
 from omniopd_verl.verl_integration import verl_private
-from omniopd_verl.verl_integration.names import CPU_TRAINER_MODE, SYNC_TRAINER_MODE
+from omniopd_verl.verl_integration.names import AUDIT_MASK_KEY, CPU_TRAINER_MODE, ESTIMATOR_NAME, SYNC_TRAINER_MODE
 from omniopd_verl.verl_integration.step_metrics import step_metrics
 
 verl_private.check(
     "PPOTrainer._init_resource_pool_mgr",
     "PPOTrainer._compute_metrics",
+    "PPOTrainer._compute_advantage",
     "ResourcePoolManager.max_colocate_count",
     "FSDPEngine._build_fsdp_module",
     "ActorRolloutRefWorker.__init__",
@@ -71,6 +72,25 @@ class OmniOPDMetricsMixin:
         dump_dir = self.config.trainer.get("rollout_data_dir", None)
         if dump_dir:
             self._dump_omniopd_rows(batch, infos, padding, dump_dir, global_steps)
+
+    def _compute_advantage(self, batch, metrics):
+        """verl's, with the batch's audited-token mask available to the estimator (centered_batch)."""
+        from omegaconf import OmegaConf
+
+        if self.config.algorithm.adv_estimator != ESTIMATOR_NAME:
+            return super()._compute_advantage(batch, metrics)
+        if OmegaConf.select(self.config, "algorithm.omniopd.advantage", default=None) != "centered_batch":
+            return super()._compute_advantage(batch, metrics)
+        import transfer_queue as tq
+
+        from omniopd_verl.verl_integration.batch_context import BATCH_AUDIT_MASK
+
+        data = tq.kv_batch_get(keys=batch.keys, partition_id=batch.partition_id, select_fields=[AUDIT_MASK_KEY])
+        token = BATCH_AUDIT_MASK.set(data.to_padded_tensor()[AUDIT_MASK_KEY].bool())
+        try:
+            return super()._compute_advantage(batch, metrics)
+        finally:
+            BATCH_AUDIT_MASK.reset(token)
 
     def _dump_omniopd_rows(self, batch, infos, padding, dump_dir: str, global_steps: int) -> None:
         import transfer_queue as tq

@@ -58,6 +58,13 @@ PRIVATE_SYMBOLS: dict[str, PrivateSymbol] = {
             params=("self", "batch", "metrics", "timing_raw", "global_steps", "epoch"),
         ),
         PrivateSymbol(
+            "verl.trainer.ppo.v1.trainer_base",
+            "PPOTrainer._compute_advantage",
+            "wrapped by the omniopd_sync/cpu_sync trainers: for advantage='centered_batch' the batch's audited-"
+            "token mask is read from TransferQueue and handed to the estimator (verl passes it no such argument)",
+            params=("self", "batch", "metrics"),
+        ),
+        PrivateSymbol(
             "verl.single_controller.ray.base",
             "ResourcePoolManager.max_colocate_count",
             "set to 1 on CPU: each bundle then asks Ray for 1 CPU instead of 3 (single_controller/ray/base.py)",

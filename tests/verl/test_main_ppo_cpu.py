@@ -230,3 +230,27 @@ def test_omniopd_teacher_failure_with_on_failure_error_stops_naming_teacher_and_
     assert "teacher 'openai_completions' failed" in log, log[-4000:]
     assert "500" in log
     assert "step:1 -" not in log
+
+
+@pytest.mark.slow
+def test_centered_batch_advantages_subtract_the_batch_mean_over_audited_tokens(smoke, tmp_path):
+    dump = tmp_path / "dump"
+    with serve_fault_server(generator=ScriptedGenerator()) as server:
+        rc, log = main_ppo(omniopd_args(smoke, server.url, dump, "omniopd.advantage=centered_batch"), tmp_path)
+    steps = step_metrics_from_log(log)
+    assert rc == 0 and 2 in steps, log[-4000:]
+    for step in (1, 2):
+        rows = read_dump(dump, step)
+        posterior = [expected_advantages(row) for row in rows]
+        audited = [
+            [
+                any(c["start"] <= t < c["end"] for c in json.loads(row["reward_extra_info"]["omniopd_audit"])["chunks"])
+                for t in range(len(row["responses"]))
+            ]
+            for row in rows
+        ]
+        values = [a for adv, mask in zip(posterior, audited) for a, m in zip(adv, mask) if m]
+        batch_mean = sum(values) / len(values)
+        for row, adv, mask in zip(rows, posterior, audited):
+            expected = [a - batch_mean if m else 0.0 for a, m in zip(adv, mask)]
+            assert row["advantages"] == pytest.approx(expected, abs=1e-5), row["key"]
