@@ -109,7 +109,9 @@ def main() -> int:
         o = mean(results["omniopd"][s][key] for s in later["omniopd"])
         print(f"  {key:24s} GRPO {g:8.3f} s   OmniOPD {o:8.3f} s   ratio OmniOPD/GRPO {o / g:6.2f}")
     calls = mean(results["omniopd"][s].get("teacher/calls", 0.0) for s in later["omniopd"])
-    print(f"  teacher calls per step {calls:.0f} x {args.latency_s} s latency = {calls * args.latency_s:.2f} s if serial")
+    print(
+        f"  teacher calls per step {calls:.0f} x {args.latency_s} s latency = {calls * args.latency_s:.2f} s if serial"
+    )
     return 0
 
 

@@ -249,8 +249,8 @@ def test_centered_batch_advantages_subtract_the_batch_mean_over_audited_tokens(s
             ]
             for row in rows
         ]
-        values = [a for adv, mask in zip(posterior, audited) for a, m in zip(adv, mask) if m]
+        values = [a for adv, mask in zip(posterior, audited, strict=True) for a, m in zip(adv, mask, strict=True) if m]
         batch_mean = sum(values) / len(values)
-        for row, adv, mask in zip(rows, posterior, audited):
-            expected = [a - batch_mean if m else 0.0 for a, m in zip(adv, mask)]
+        for row, adv, mask in zip(rows, posterior, audited, strict=True):
+            expected = [a - batch_mean if m else 0.0 for a, m in zip(adv, mask, strict=True)]
             assert row["advantages"] == pytest.approx(expected, abs=1e-5), row["key"]
