@@ -254,3 +254,26 @@ def test_centered_batch_advantages_subtract_the_batch_mean_over_audited_tokens(s
         for row, adv, mask in zip(rows, posterior, audited, strict=True):
             expected = [a - batch_mean if m else 0.0 for a, m in zip(adv, mask, strict=True)]
             assert row["advantages"] == pytest.approx(expected, abs=1e-5), row["key"]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("variant", ["omniopd", "grpo"])
+def test_cpu_smoke_recipe_run_sh(tmp_path, variant):
+    """recipes/verl_cpu_smoke/run.sh: starts the CPU teacher server (omniopd), trains 2 steps, stops it,
+    exits 0 after verl's step:2 line (with the OmniOPD metrics for omniopd)."""
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    env = dict(os.environ, SMOKE_DIR=str(tmp_path / "smoke"), TEACHER_PORT=str(port))
+    argv = [str(REPO / "recipes" / "verl_cpu_smoke" / "run.sh"), *(["grpo"] if variant == "grpo" else [])]
+    proc = subprocess.run(argv, env=env, capture_output=True, text=True, timeout=600)
+    out = proc.stdout + proc.stderr
+    assert proc.returncode == 0, out[-4000:]
+    step2 = step_metrics_from_log(out)[2]
+    if variant == "omniopd":
+        assert step2["audit/chunks"] > 0 and step2["teacher/calls"] == step2["audit/chunks"]
+        assert "step 2 reached" in out
+    else:
+        assert "audit/chunks" not in step2
