@@ -56,11 +56,11 @@ def audits_to_token_credit(
     M = max([len(a.chunks) for a in audits] + [1])
     starts_BM = torch.full((B, M), -1, dtype=torch.long)
     ends_BM = torch.full((B, M), -1, dtype=torch.long)
-    weights_BM = torch.zeros((B, M), dtype=torch.float32)
+    pi_hat_BM = torch.zeros((B, M), dtype=torch.float32)
     for b, a in enumerate(audits):
         for m, c in enumerate(a.chunks):
-            starts_BM[b, m], ends_BM[b, m], weights_BM[b, m] = c.start, c.end, c.pi_hat
-    credit = chunk_token_credit(starts_BM, ends_BM, weights_BM, response_mask_BT)
+            starts_BM[b, m], ends_BM[b, m], pi_hat_BM[b, m] = c.start, c.end, c.pi_hat
+    credit = chunk_token_credit(starts_BM, ends_BM, pi_hat_BM, response_mask_BT)
     if mode == "posterior":
         return credit
     # centred advantages may be negative, which chunk_token_credit's pi_hat guard rejects: reuse its

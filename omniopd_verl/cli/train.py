@@ -76,12 +76,14 @@ def _run_local(args: argparse.Namespace) -> int:
         return 2
     try:
         check_yaml(args.config)
+        run_cfg = local_train.load_run_config(args.config, args.overrides)
+        check_local_paths(run_cfg)
+        check_local_context(run_cfg)
         if args.dry_run:
             import json
 
             import yaml
 
-            run_cfg = local_train.load_run_config(args.config, args.overrides)
             # through JSON: tuples (adam_betas) become lists, so safe_dump writes plain YAML
             print(yaml.safe_dump(json.loads(json.dumps(run_cfg.to_dict())), sort_keys=False), end="")
             print(f"# config {args.config} is valid (omniopd + local engine checks)", file=sys.stderr)
@@ -90,6 +92,43 @@ def _run_local(args: argparse.Namespace) -> int:
     except ConfigError as exc:  # a bad key or value: the message names it, a traceback would only bury it
         print(f"omniopd-verl train: invalid config: {exc}", file=sys.stderr)
         return 2
+
+
+def check_local_paths(run_cfg) -> None:
+    """The data files exist and parse, and the output folder can be created: checked before any model loads."""
+    from omniopd_verl.errors import ConfigError
+    from omniopd_verl.local.data import load_splits, resolve_data_path
+
+    cfg = run_cfg.local
+    resolve_data_path(cfg.data.path)  # raises ConfigError naming local.data.path
+    if cfg.data.heldout_path is not None:
+        try:
+            resolve_data_path(cfg.data.heldout_path)
+        except ConfigError as exc:
+            raise ConfigError(str(exc).replace("local.data.path=", "local.data.heldout_path=", 1)) from None
+    load_splits(cfg.data)  # every line parses and has the prompt/reference keys (cheap: no model involved)
+    probe = os.path.abspath(cfg.output_dir)
+    while not os.path.exists(probe):
+        probe = os.path.dirname(probe)
+    if not os.path.isdir(probe) or not os.access(probe, os.W_OK):
+        raise ConfigError(f"local.output_dir={cfg.output_dir!r} is invalid: {probe} is not a writable folder")
+
+
+def check_local_context(run_cfg) -> None:
+    """The longest sequence the local engine builds (a prompt left-truncated to local.max_prompt_tokens plus
+    local.max_new_tokens) must fit the student's context: positions past it would be trained on silently."""
+    from omniopd_verl.errors import ConfigError
+    from omniopd_verl.models import load_model_config, load_tokenizer
+    from omniopd_verl.student import context_limit
+
+    cfg = run_cfg.local
+    limit = context_limit(load_model_config(cfg.model), load_tokenizer(cfg.model))
+    total = cfg.max_prompt_tokens + cfg.max_new_tokens
+    if limit is not None and total > limit:
+        raise ConfigError(
+            f"local.max_prompt_tokens={cfg.max_prompt_tokens} + local.max_new_tokens={cfg.max_new_tokens} = {total} "
+            f"tokens is beyond the context of the student {cfg.model!r} ({limit} tokens): lower one of them"
+        )
 
 
 def check_yaml(path: str) -> None:
@@ -216,6 +255,8 @@ def _run_verl(args: argparse.Namespace) -> int:
         env = cpu_env(env)
     try:
         config_dir, config_name = config_location(args.config, args.config_name)
+        if args.config:
+            check_yaml(args.config)  # a syntax error: one line with the file and line, not PyYAML's four
         cfg = compose_verl_config(config_dir, config_name, overrides)
         if cpu and _select(cfg, "trainer.v1.trainer_mode") != CPU_TRAINER_MODE:  # not composed with it yet
             overrides.append(CPU_OVERLAY)

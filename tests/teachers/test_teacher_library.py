@@ -304,3 +304,34 @@ def test_the_empty_sample_rule_holds_for_any_plugin(finish, retried):
     else:
         assert result.texts == ["", " s1", " s2"] and m["teacher/retries"] == 0 and plugin.calls == 1
         assert m["teacher/empty_stop_samples"] == 1
+
+
+def test_a_teacher_failure_stop_still_caches_the_answers_in_flight(tmp_path, tiny_model_path):
+    """on_failure='error': the Auditor stops the batch, but what the server already served is kept."""
+    import torch
+    from transformers import AutoTokenizer
+
+    from omniopd_verl.audit import StudentResponse, TeacherFailureError
+    from omniopd_verl.audit.auditor import Auditor
+    from omniopd_verl.config import OmniOPDConfig
+
+    tok = AutoTokenizer.from_pretrained(tiny_model_path)
+    ids = tok("one two three four five six seven eight", add_special_tokens=False)["input_ids"]
+    responses = [StudentResponse(f"r{i}", f"Count {i}:", ids, torch.full((len(ids),), -1.0)) for i in range(6)]
+    cache = tmp_path / "cache.sqlite"
+    with serve_fault_server(faults=[Fault("server_error", times=100, match="Count 0:")], latency_s=0.5) as server:
+        cfg = OmniOPDConfig(
+            chunks=1,
+            samples=2,
+            chunk_len=2,
+            scheduler="uniform",
+            similarity="ned",
+            teacher=dict(
+                name="openai_completions", model="tiny", api_base=server.url, max_retries=0, cache_path=str(cache)
+            ),
+        )
+        auditor = Auditor(cfg, tok)
+        with pytest.raises(TeacherFailureError, match="r0"):
+            asyncio.run(auditor.audit(responses))
+        served = sum(q.status == 200 for q in server.requests)
+    assert served == 5 and TeacherCache(cache).count() == served
