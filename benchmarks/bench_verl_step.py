@@ -11,6 +11,9 @@ over the steps after the first (step 1 includes warm-up). The question it answer
 behind the rollout? verl streams each finished trajectory to the reward workers while the others still
 decode, so the audit adds to `timing_s/gen` only what does not overlap.
 
+Caveat at this size: verl's v1 ReplayBuffer polls for finished trajectories every 2.0 s
+(`replay_buffer.py`, `poll_interval`), so `timing_s/gen` comes in multiples of ~2 s and an audit that
+finishes inside that window costs nothing measurable; raise `--latency-s` (or the batch) to see it.
 It is a benchmark, not a test: numbers depend on the machine and its load (say so when reporting).
 """
 
