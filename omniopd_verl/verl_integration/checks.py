@@ -39,11 +39,23 @@ def _require(cfg: Any, key: str, allowed: Any, why: str) -> None:
 
 def check_verl_config(cfg: Any) -> OmniOPDConfig:
     """Validate the omniopd node and every verl key OmniOPD relies on."""
-    from omniopd_verl.verl_integration.plugin import AGENT_LOOP_NAME, ESTIMATOR_NAME, REWARD_MANAGER_NAME
+    from omniopd_verl.verl_integration.names import (
+        AGENT_LOOP_NAME,
+        CPU_TRAINER_MODE,
+        ESTIMATOR_NAME,
+        REWARD_MANAGER_NAME,
+        SYNC_TRAINER_MODE,
+    )
 
     omniopd = omniopd_config_from_verl(cfg)
     _require(cfg, "algorithm.adv_estimator", ESTIMATOR_NAME, "the dense chunk scores need the omniopd estimator")
     _require(cfg, "trainer.use_v1", True, "only verl's v1 trainer keeps the per-token rm_scores the agent loop writes")
+    _require(
+        cfg,
+        "trainer.v1.trainer_mode",
+        (SYNC_TRAINER_MODE, CPU_TRAINER_MODE),
+        "verl's sync trainer plus OmniOPD's audit/* and teacher/* step metrics; cpu_sync on CPU",
+    )
     _require(
         cfg,
         "actor_rollout_ref.rollout.agent.default_agent_loop",

@@ -38,7 +38,14 @@ def omniopd_adv_estimator(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """(advantages, returns), both [B, T]: the dense OmniOPD scores on response tokens, 0 on padding;
     'centered_batch' minus the batch mean over `audit_mask` (see the module docstring)."""
+    from omniopd_verl.verl_integration.fatal import raise_if_reported
+
+    raise_if_reported(token_level_rewards)  # a teacher failed with on_failure='error' (fatal.py)
     mode = _option(config, "advantage", "posterior")
+    if audit_mask is None:  # set by the omniopd_sync / cpu_sync trainers (batch_context.py)
+        from omniopd_verl.verl_integration.batch_context import BATCH_AUDIT_MASK
+
+        audit_mask = BATCH_AUDIT_MASK.get()
     if mode == "centered_batch" and audit_mask is None:
         raise ConfigError(
             "omniopd.advantage='centered_batch' needs the batch's audited-token mask, and verl passed none "
