@@ -1,16 +1,17 @@
 """HTTP teacher throughput: `openai_completions` against the local server with a fixed per-call latency.
 
 The baseline is the ideal wall time of the same calls at the same concurrency (ceil(K / conc) * latency);
-the ratio measures what our client machinery (concurrency limiter, retries, accounting, JSON) adds.
+the ratio measures what our client machinery (the teacher library around the plugin's raw call:
+concurrency limiter, retries, validation, accounting, JSON) adds.
 Not a test: run by hand or with `make bench`.
 """
 
 import asyncio
 import time
 
+from omniopd_verl import registry
 from omniopd_verl.config import TeacherConfig
-from omniopd_verl.teachers.base import TeacherRequest
-from omniopd_verl.teachers.openai_completions import OpenAICompletionsTeacher
+from omniopd_verl.teachers import TeacherRequest
 from omniopd_verl.testing import serve_fault_server
 
 LATENCY_S, CONCURRENCY, CALLS = 0.25, 16, 256
@@ -19,7 +20,7 @@ LATENCY_S, CONCURRENCY, CALLS = 0.25, 16, 256
 def main() -> None:
     with serve_fault_server(latency_s=LATENCY_S) as server:
         cfg = TeacherConfig(name="openai_completions", model="tiny", api_base=server.url, max_concurrency=CONCURRENCY)
-        teacher = OpenAICompletionsTeacher(cfg)
+        teacher = registry.create_teacher(cfg)  # the plugin wrapped in the teacher library, as engines get it
         requests = [TeacherRequest(f"a{i}", f"p{i}", "q", n=4, student_tokens=8, seed=i) for i in range(CALLS)]
 
         async def run() -> float:

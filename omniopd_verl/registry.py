@@ -67,6 +67,22 @@ def check_name(kind: str, name: str, key: str) -> None:
         raise PluginError(f"{key}={name!r} is not an installed {kind} plugin; installed: {names}")
 
 
+def check_plugin_names(config: Any) -> None:
+    """Raise ConfigError (key, value, installed names) for an unknown teacher, similarity or scheduler name
+    in an OmniOPDConfig; imports nothing. Engines call it when they build a run, before loading a model."""
+    from omniopd_verl.errors import ConfigError
+
+    for kind, key, name in (
+        ("teachers", "omniopd.teacher.name", config.teacher.name),
+        ("similarity", "omniopd.similarity", config.similarity),
+        ("schedulers", "omniopd.scheduler", config.scheduler),
+    ):
+        try:
+            check_name(kind, name, key)
+        except PluginError as exc:
+            raise ConfigError(str(exc)) from None
+
+
 def load(kind: str, name: str) -> Any:
     """Import and return the object a plugin's entry point names (lazy, cached, thread-safe)."""
     eps = _discover(kind)

@@ -66,6 +66,30 @@ def test_data_prepare_unknown_benchmark_is_one_line(tmp_path, capsys):
     assert "unknown benchmark 'gsm9k'" in line
 
 
+@pytest.mark.parametrize(
+    ("content", "message"),
+    [
+        (b'{"question": "q", "answer": "a"}\nnot json\n', "line 2 is not JSON"),
+        (b'{"question": "q", "answer": "a"}\n{"question": "caf\xe9", "answer": "a"}\n', "line 2 is not UTF-8"),
+        (b'{"question": "q", "answer": "a"}\n[1, 2]\n', "line 2 must be a JSON object"),
+    ],
+)
+def test_data_prepare_bad_input_lines_are_named(tmp_path, content, message, capsys):
+    inp = tmp_path / "mine.jsonl"
+    inp.write_bytes(content)
+    assert main(["data", "prepare", "--input", str(inp), "--name", "x", "--out", str(tmp_path / "o")]) == 2
+    line = one_error_line(capsys.readouterr().err)
+    assert f"{inp} {message}" in line
+
+
+def test_data_prepare_out_that_cannot_be_created_is_named(tmp_path, capsys):
+    blocker = tmp_path / "a_file"
+    blocker.write_text("")
+    assert main(["data", "prepare", "--benchmarks", "gsm8k", "--out", str(blocker / "verl")]) == 2
+    line = one_error_line(capsys.readouterr().err)
+    assert "--out" in line and str(blocker / "verl") in line
+
+
 # ---- eval ------------------------------------------------------------------------------------------------
 
 
@@ -75,6 +99,7 @@ def test_data_prepare_unknown_benchmark_is_one_line(tmp_path, capsys):
         (["--benchmarks", "gsm9k"], "unknown benchmark 'gsm9k'"),
         (["--pass-k", "one"], "--pass-k 'one' is invalid"),
         (["--n", "2", "--temperature", "1", "--pass-k", "4"], "pass@k needs n >= k"),
+        (["--benchmarks", "gsm8k", "--benchmarks-dir", "/no/such/dir"], "expects /no/such/dir/gsm8k"),
     ],
 )
 def test_eval_bad_flags_are_one_line_before_the_model_loads(tiny_model_path, no_model_load, flags, message, capsys):
@@ -175,3 +200,43 @@ def test_train_verl_unknown_omniopd_key_suggests_the_close_one(override, capsys)
     err = capsys.readouterr().err
     assert "unknown key omniopd.alpah; did you mean alpha?" in err and "Traceback" not in err
     assert "append to your config" not in err  # Hydra's "+key" advice would add a key nothing reads
+
+
+def test_train_local_refuses_a_prompt_and_response_budget_beyond_the_student_context(tiny_model_path, capsys):
+    # the tiny student has max_position_embeddings 2048: 2000 prompt + 100 new tokens cannot fit
+    argv = ["train", "--engine", "local", "--config", str(QUICKSTART), "--dry-run", f"local.model={tiny_model_path}"]
+    assert main([*argv, "local.max_prompt_tokens=2000", "local.max_new_tokens=100"]) == 2
+    line = one_error_line(capsys.readouterr().err)
+    assert "local.max_prompt_tokens=2000 + local.max_new_tokens=100 = 2100" in line and "2048" in line
+    assert main([*argv, "local.max_prompt_tokens=1948", "local.max_new_tokens=100"]) == 0
+
+
+@pytest.mark.parametrize(
+    ("override", "message"),
+    [
+        ("local.data.path=no/such/train.jsonl", "local.data.path='no/such/train.jsonl' is invalid: no such file"),
+        ("local.data.heldout_path=no/such/h.jsonl", "local.data.heldout_path='no/such/h.jsonl' is invalid"),
+        ("local.output_dir=/proc/version/run", "local.output_dir='/proc/version/run' is invalid"),
+    ],
+)
+def test_train_local_paths_are_checked_before_any_model_loads(override, message, no_model_load, capsys):
+    assert main(["train", "--engine", "local", "--config", str(QUICKSTART), "--dry-run", override]) == 2
+    line = one_error_line(capsys.readouterr().err)
+    assert message in line
+
+
+def test_train_local_bad_data_line_is_named_before_any_model_loads(tmp_path, no_model_load, capsys):
+    data = tmp_path / "train.jsonl"
+    data.write_text('{"question": "q", "answer": "a"}\n{oops\n')
+    argv = ["train", "--engine", "local", "--config", str(QUICKSTART), "--dry-run", f"local.data.path={data}"]
+    assert main([*argv, "local.data.heldout_path=null", "local.data.heldout_prompts=0"]) == 2
+    line = one_error_line(capsys.readouterr().err)
+    assert f"{data} line 2 is not JSON" in line
+
+
+def test_train_verl_unparsable_yaml_is_one_line(tmp_path, capsys):
+    bad = tmp_path / "recipe.yaml"
+    bad.write_text("defaults:\n  - omniopd_fsdp\nomniopd: [1\n")
+    assert main(["train", "--dry-run", "--config", str(bad)]) == 2
+    line = one_error_line(capsys.readouterr().err)
+    assert str(bad) in line and "line 4" in line and "not valid YAML" in line

@@ -35,8 +35,6 @@ BAD = [
     ({"alpha": 0.0}, "omniopd.alpha=0.0", "> 0.0"),
     ({"alpha": float("nan")}, "omniopd.alpha=nan", "finite number"),
     ({"beta": -0.1}, "omniopd.beta=-0.1", ">= 0.0"),
-    ({"scheduler": "nope"}, "omniopd.scheduler='nope'", "peak_entropy"),
-    ({"similarity": "cosine"}, "omniopd.similarity='cosine'", "rouge_l"),
     ({"entropy_source": "approx"}, "omniopd.entropy_source='approx'", "rollout_topk"),
     ({"advantage": "x"}, "omniopd.advantage='x'", "centered_prior"),
     ({"loss_agg_mode": "mean"}, "omniopd.loss_agg_mode='mean'", "seq-mean-token-sum"),
@@ -44,7 +42,6 @@ BAD = [
     ({"rollout_topk": 0}, "omniopd.rollout_topk=0", "integer >= 1"),
     ({"seed": "a"}, "omniopd.seed='a'", "an integer"),
     ({"similarity_options": []}, "omniopd.similarity_options=[]", "mapping"),
-    ({"teacher": {"name": "gpt"}}, "omniopd.teacher.name='gpt'", "openai_completions"),
     ({"teacher": {"top_p": 0.0}}, "omniopd.teacher.top_p=0.0", "> 0.0 and <= 1.0"),
     ({"teacher": {"temperature": -1}}, "omniopd.teacher.temperature=-1", ">= 0.0"),
     ({"teacher": {"max_concurrency": 0}}, "omniopd.teacher.max_concurrency=0", "integer >= 1"),
@@ -64,6 +61,28 @@ def test_bad_values_name_key_value_and_allowed(data, key_and_value, allowed):
         OmniOPDConfig.from_dict(data)
     assert key_and_value in str(err.value)
     assert allowed in str(err.value)
+
+
+PLUGIN_NAMES = [
+    ({"scheduler": "nope"}, "omniopd.scheduler='nope'", "peak_entropy"),
+    ({"similarity": "cosine"}, "omniopd.similarity='cosine'", "rouge_l"),
+    ({"teacher": {"name": "gpt"}}, "omniopd.teacher.name='gpt'", "openai_completions"),
+]
+
+
+@pytest.mark.parametrize(("data", "key_and_value", "allowed"), PLUGIN_NAMES)
+def test_unknown_plugin_names_are_checked_where_runs_are_built(data, key_and_value, allowed):
+    from omniopd_verl import registry
+    from omniopd_verl.engines import check_engine_support
+
+    config = OmniOPDConfig.from_dict(data)  # plain data: a name is only checked for being a string
+    for check in (registry.check_plugin_names, lambda c: check_engine_support(c, "local")):
+        with pytest.raises(ConfigError) as err:
+            check(config)
+        assert key_and_value in str(err.value) and "is not an installed" in str(err.value)
+        assert allowed in str(err.value)
+    with pytest.raises(ConfigError, match="omniopd.similarity=''"):
+        OmniOPDConfig.from_dict({"similarity": ""})
 
 
 def test_unknown_keys_are_errors():

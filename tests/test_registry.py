@@ -66,3 +66,30 @@ def test_broken_plugin_fails_with_its_name_and_cause(monkeypatch):
 def test_bad_options_are_reported():
     with pytest.raises(PluginError, match="rejected its options"):
         registry.create("similarity", "ned", model="x")
+
+
+def test_a_plugin_lacking_its_protocol_method_fails_at_load_naming_both(monkeypatch):
+    # a scheduler class registered as a similarity: it has `select`, not `score`
+    wrong = EntryPoint(
+        name="no_score", value="omniopd_verl.schedulers:UniformScheduler", group="omniopd_verl.similarity"
+    )
+    registry.reset()
+    monkeypatch.setitem(registry._discover("similarity"), "no_score", wrong)
+    try:
+        with pytest.raises(PluginError, match=r"similarity plugin 'no_score' .* lacks the required method score"):
+            registry.load("similarity", "no_score")
+    finally:
+        registry.reset()
+
+
+def test_plugins_command_names_the_distribution_and_version_of_each(capsys):
+    from importlib.metadata import version
+
+    from omniopd_verl.cli.main import main
+
+    assert main(["plugins", "--load"]) == 0
+    out = capsys.readouterr().out
+    lines = {line.split()[0]: line for line in out.splitlines() if line.startswith("  ")}
+    assert f"from omniopd-verl {version('omniopd-verl')}" in lines["litellm"] and lines["litellm"].endswith("ok")
+    assert f"from omniopd-example-plugin {version('omniopd-example-plugin')}" in lines["markov"]
+    assert "from omniopd-example-plugin" in lines["jaccard"] and "from omniopd-verl" in lines["peak_entropy"]

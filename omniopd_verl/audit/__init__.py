@@ -12,6 +12,8 @@ __all__ = [
     "ResponseAudit",
     "StudentResponse",
     "TeacherFailureError",
+    "audit_from_record",
+    "audit_record",
     "audits_to_token_credit",
     "chunk_advantages",
     "trim_to_student_tokens",
@@ -28,6 +30,10 @@ def __getattr__(name: str):
         from omniopd_verl.audit import credit
 
         return getattr(credit, name)
+    if name in ("audit_record", "audit_from_record"):
+        from omniopd_verl.audit import records
+
+        return getattr(records, name)
     if name == "trim_to_student_tokens":
         from omniopd_verl.audit.text import trim_to_student_tokens
 

@@ -167,7 +167,13 @@ class Auditor:
         """Audit a batch: all teacher calls concurrently, then one de-duplicated similarity call."""
         t0 = time.perf_counter()
         plans = [self._plan(r) for r in responses]
-        await _gather_or_cancel([self._sample(p) for p in plans])
+        try:
+            await _gather_or_cancel([self._sample(p) for p in plans])
+        except OmniOPDError:  # the run stops: answers already in flight still land, counted and cached
+            drain = getattr(self.teacher, "drain", None)
+            if drain is not None:
+                await drain()
+            raise
         pairs = [pair for p in plans for pair in self._pairs(p)]
         scores = await self._batcher.score(pairs)
         audits, offset = [], 0

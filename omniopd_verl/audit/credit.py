@@ -1,11 +1,12 @@
-"""Audits -> per-chunk advantages -> per-token tensors: the one path both engines (verl, local) use.
+"""Audits -> per-chunk values -> per-token tensors: the per-row part of the one advantage path.
 
-`chunk_advantages(audits, mode)` implements config.advantage (ALGORITHM.md step 6):
+`chunk_advantages(audits, mode)` gives each chunk its per-row value (ALGORITHM.md step 6):
   'posterior'      pi_hat_k                        (the spec)
   'centered_prior' pi_hat_k - pi_bar_k             (ablation)
-  'centered_batch' pi_hat_k - mean of pi_hat over every chunk in the batch (ablation)
 `audits_to_token_credit(audits, response_mask_BT, mode)` spreads them over the chunks' tokens through
 core.chunk_token_credit, which also guards ranges, overlaps and pi_hat in [0, 1].
+The batch mode 'centered_batch' (pi_hat_k minus its batch mean) has per-row value pi_hat (ROW_MODES);
+its batch step, and the whole path from audits to the advantage, is `omniopd_verl.advantage`.
 """
 
 from __future__ import annotations
@@ -15,22 +16,25 @@ from collections.abc import Sequence
 import torch
 
 from omniopd_verl.audit.types import ResponseAudit
-from omniopd_verl.config import ADVANTAGE_MODES
 from omniopd_verl.core import TokenCredit, chunk_token_credit
 from omniopd_verl.errors import ConfigError, GuardError
 
+ROW_MODES = {"posterior": "posterior", "centered_prior": "centered_prior", "centered_batch": "posterior"}
+"""Each advantage mode's per-row part ('centered_batch' subtracts its batch mean later, on the batch)."""
+
 
 def chunk_advantages(audits: Sequence[ResponseAudit], mode: str = "posterior") -> list[list[float]]:
-    """One advantage per chunk, per response, in the audits' order (see the module docstring)."""
-    if mode not in ADVANTAGE_MODES:
-        raise ConfigError(f"omniopd.advantage={mode!r} is invalid: allowed one of {list(ADVANTAGE_MODES)}")
+    """One per-row value per chunk, per response, in the audits' order (see the module docstring)."""
+    if mode == "centered_batch":
+        raise ConfigError(
+            "omniopd.advantage='centered_batch' is a batch mode: its per-row value is pi_hat (ROW_MODES) and its "
+            "batch mean is subtracted by omniopd_verl.advantage.batch_advantage; use advantage_from_audits"
+        )
     if mode == "posterior":
         return [[c.pi_hat for c in a.chunks] for a in audits]
     if mode == "centered_prior":
         return [[c.pi_hat - c.pi_bar for c in a.chunks] for a in audits]
-    weights = [c.pi_hat for a in audits for c in a.chunks]
-    mean = sum(weights) / len(weights) if weights else 0.0
-    return [[c.pi_hat - mean for c in a.chunks] for a in audits]
+    raise ConfigError(f"omniopd.advantage={mode!r} is invalid: allowed one of {sorted(ROW_MODES)}")
 
 
 def audits_to_token_credit(
@@ -52,11 +56,11 @@ def audits_to_token_credit(
     M = max([len(a.chunks) for a in audits] + [1])
     starts_BM = torch.full((B, M), -1, dtype=torch.long)
     ends_BM = torch.full((B, M), -1, dtype=torch.long)
-    weights_BM = torch.zeros((B, M), dtype=torch.float32)
+    pi_hat_BM = torch.zeros((B, M), dtype=torch.float32)
     for b, a in enumerate(audits):
         for m, c in enumerate(a.chunks):
-            starts_BM[b, m], ends_BM[b, m], weights_BM[b, m] = c.start, c.end, c.pi_hat
-    credit = chunk_token_credit(starts_BM, ends_BM, weights_BM, response_mask_BT)
+            starts_BM[b, m], ends_BM[b, m], pi_hat_BM[b, m] = c.start, c.end, c.pi_hat
+    credit = chunk_token_credit(starts_BM, ends_BM, pi_hat_BM, response_mask_BT)
     if mode == "posterior":
         return credit
     # centred advantages may be negative, which chunk_token_credit's pi_hat guard rejects: reuse its

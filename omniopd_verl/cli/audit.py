@@ -16,7 +16,7 @@ Every flag, path (including the folders of --output/--report/--cache) and input 
 a model is loaded or a teacher is called. A row whose prompt + response exceeds the student's context
 is refused (or skipped and listed with --skip-too-long). When the teacher budget (--max-cost-usd)
 stops the run, the rows completed by then are written and the output ends with one trailer line
-    {"partial": true, "reason", "rows_written", "rows_total", "missing_ids"}
+    {"partial": true, "reason", "rows_written", "rows_total", "missing_ids", "teacher_calls", "teacher_cost_usd"}
 (also said on stderr and in the report). Exit codes: 0 ok; 1 the audit itself failed (e.g. the teacher
 after its retries); 2 bad input or configuration (one line naming the flag, key or input line);
 3 partial output after a budget stop.
@@ -116,7 +116,11 @@ def build_config(args: argparse.Namespace):
         value = getattr(args, key)
         if value is not None:
             data[key] = value
-    return OmniOPDConfig.from_dict(data)
+    from omniopd_verl import registry
+
+    config = OmniOPDConfig.from_dict(data)
+    registry.check_plugin_names(config)  # before the student loads: the config itself is plain data
+    return config
 
 
 def check_flags_and_paths(args: argparse.Namespace) -> None:
@@ -404,6 +408,9 @@ def write_outputs(args, config, tokenizer, prepared, skipped, outcome: AuditOutc
             "rows_written": len(records),
             "rows_total": len(prepared),
             "missing_ids": [p.row["id"] for p in prepared if p.row["id"] not in written],
+            # what the whole run made and paid for (the teacher's meter), written rows or not
+            "teacher_calls": int(outcome.metrics.get("teacher/calls", 0)),
+            "teacher_cost_usd": outcome.metrics.get("teacher/cost_usd", 0.0),
         }
     with open(args.output, "w", encoding="utf-8") as out:
         for rec in records:
@@ -471,37 +478,17 @@ def _audit(args, config, rows) -> int:
 
 
 def _record(audit, config) -> dict[str, Any]:
-    counts = ("calls", "retries", "failures", "cache_hits", "prompt_tokens", "completion_tokens")
-    teacher = {k: (int(v) if k in counts else v) for k, v in audit.teacher.items()}
-    return {
-        "id": audit.uid,
-        "entropy_source": audit.entropy_source,
-        "similarity": config.similarity,
-        "scheduler": config.scheduler,
-        "response_len": audit.response_len,
-        "anchors_dropped": audit.anchors_dropped,
-        "chunks": [
-            {
-                "start": c.start,
-                "end": c.end,
-                "entropy": c.entropy,
-                "student_text": c.student_text,
-                "teacher_texts": c.teacher_texts,
-                "similarities": c.similarities,
-                "k_sem": c.k_sem,
-                "k_sem_frac": c.k_sem_frac,
-                "pi_bar": c.pi_bar,
-                "pi_hat": c.pi_hat,
-            }
-            for c in audit.chunks
-        ],
-        "teacher": teacher,
-    }
+    from omniopd_verl.audit.records import audit_record  # the one serializer (the local engine's too)
+
+    return audit_record(audit, config)
 
 
 def _summary(records, metrics, config, t_student, t_audit) -> dict[str, str]:
     def total(key):
-        return sum(r["teacher"].get(key, 0) for r in records)
+        # the teacher's own meter: every call made and paid for, including those of rows a budget stop left
+        # unwritten; the per-row blocks are the fallback for a plugin that reports no metrics
+        metered = metrics.get(f"teacher/{key}")
+        return metered if metered is not None else sum(r["teacher"].get(key, 0) for r in records)
 
     chunks = [c for r in records for c in r["chunks"]]
 

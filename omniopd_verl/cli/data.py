@@ -67,6 +67,7 @@ def _prepare(args) -> int:
     from omniopd_verl.data.prepare import prepare_benchmarks, prepare_user_rows
     from omniopd_verl.errors import ConfigError
 
+    _check_creatable("--out", args.out)  # before any reading: a path that cannot be written fails first
     if args.input:
         if not args.name:
             raise ConfigError("data prepare --input needs --name (the data_source of the rows)")
@@ -96,12 +97,29 @@ def _prepare(args) -> int:
     return 0
 
 
+def _check_creatable(flag: str, folder: str) -> None:
+    """The folder exists, or its nearest existing ancestor is a writable folder (nothing is created here)."""
+    import os
+
+    from omniopd_verl.errors import ConfigError
+
+    probe = os.path.abspath(folder)
+    while not os.path.exists(probe):
+        probe = os.path.dirname(probe)
+    if not os.path.isdir(probe):
+        raise ConfigError(f"{flag} {folder!r} cannot be created: {probe} is a file, not a folder")
+    if not os.access(probe, os.W_OK):
+        raise ConfigError(f"{flag} {folder!r} cannot be created: {probe} is not writable")
+
+
 def _sft(args) -> int:
     import json
+    import os
 
     from omniopd_verl.data.verl_format import sft_rows, write_parquet
     from omniopd_verl.errors import ConfigError
 
+    _check_creatable("--out", os.path.dirname(os.path.abspath(args.out)))
     records = []
     try:
         with open(args.generations, encoding="utf-8") as fh:

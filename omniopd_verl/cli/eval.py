@@ -98,6 +98,7 @@ def run(args: argparse.Namespace) -> int:
     import json
     import os
     import sys
+    from pathlib import Path
 
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     from omniopd_verl.data import benchmarks
@@ -106,8 +107,10 @@ def run(args: argparse.Namespace) -> int:
     from omniopd_verl.eval.runner import evaluate, format_table
 
     names = _names(args.benchmarks)
-    for name in names:
-        benchmarks.spec(name)  # a typo fails now, not after the model has loaded
+    root = Path(args.benchmarks_dir) if args.benchmarks_dir else benchmarks.default_benchmarks_dir()
+    for name in names:  # a typo or a missing file fails now, not after the model has loaded
+        if not (root / benchmarks.spec(name).file).is_file():
+            benchmarks.load(name, root)  # raises the ConfigError naming the expected file
     ks = _pass_ks(args.pass_k, args.n)
     spec = SamplingSpec(
         n=args.n, max_new_tokens=args.max_new_tokens, temperature=args.temperature, top_p=args.top_p, seed=args.seed

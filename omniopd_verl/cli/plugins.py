@@ -1,14 +1,17 @@
-"""`omniopd-verl plugins`: list the installed teacher, similarity and scheduler plugins (imports none)."""
+"""`omniopd-verl plugins`: list the installed teacher, similarity and scheduler plugins, with the
+distribution and version that provides each (read from installed metadata; imports none)."""
 
 from __future__ import annotations
 
 import argparse
 
-HELP = "list installed OmniOPD plugins by kind"
+HELP = "list installed OmniOPD plugins by kind, with the package that provides each"
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--load", action="store_true", help="also import each plugin to check it loads")
+    parser.add_argument(
+        "--load", action="store_true", help="also import each plugin and check it has its protocol's methods"
+    )
 
 
 def run(args: argparse.Namespace) -> int:
@@ -18,7 +21,9 @@ def run(args: argparse.Namespace) -> int:
     failed = 0
     for kind, group in registry.GROUPS.items():
         print(f"{kind} ({group}):")
-        for name in registry.available(kind):
+        providers = registry.providers(kind)
+        width = max((len(n) for n in providers), default=0)
+        for name, provider in providers.items():
             status = ""
             if args.load:
                 try:
@@ -26,5 +31,5 @@ def run(args: argparse.Namespace) -> int:
                     status = "  ok"
                 except PluginError as exc:
                     status, failed = f"  FAILED: {exc}", failed + 1
-            print(f"  {name}{status}")
+            print(f"  {name:<{width}}  from {provider}{status}")
     return 1 if failed else 0

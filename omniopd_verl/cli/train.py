@@ -8,8 +8,12 @@
 verl: the config is composed with Hydra exactly as `verl.trainer.main_ppo` will compose it (same
 config dir, name and overrides), validated (the `omniopd:` node through OmniOPDConfig, OmniOPD's verl
 wiring, then verl's own `validate_config`), and handed to `python -m verl.trainer.main_ppo`.
-`--dry-run` stops after printing the resolved config; it never starts Ray. Without a GPU a real
-launch stops at once and points to `--engine local`.
+`--dry-run` stops after printing the resolved config; it never starts Ray.
+
+CPU mode (`--cpu`, and always on a machine without a GPU): verl's real trainer with the `hf`
+(transformers) rollout and FSDP2 on gloo, by adding the overlay `+omniopd_platform=cpu` and
+VERL_PLATFORM=cpu (omniopd_verl/config/omniopd_platform/cpu.yaml, docs/verl.md "CPU mode"). It is for
+checking a recipe, a plugin or OmniOPD itself end to end with a tiny model, not for training.
 """
 
 from __future__ import annotations
@@ -20,6 +24,8 @@ import os
 import subprocess
 import sys
 from pathlib import Path
+
+from omniopd_verl.verl_integration.names import CPU_TRAINER_MODE
 
 HELP = "Train with OmniOPD: on verl (FSDP/Megatron, GPUs) or the local engine (--engine local)."
 CONFIG_NAMES = {"fsdp": "omniopd_fsdp", "megatron": "omniopd_megatron"}
@@ -38,6 +44,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="shipped verl config: fsdp (omniopd_fsdp, default), megatron (omniopd_megatron), or a file name in it",
     )
     parser.add_argument("--dry-run", action="store_true", help="print the resolved config, validate it, stop")
+    parser.add_argument(
+        "--cpu",
+        action="store_true",
+        help="verl's trainer on CPU (hf rollout, FSDP2 on gloo): automatic on a machine without a GPU",
+    )
     parser.add_argument("overrides", nargs="*", help="Hydra overrides (verl) or key=value overrides (local)")
 
 
@@ -65,12 +76,14 @@ def _run_local(args: argparse.Namespace) -> int:
         return 2
     try:
         check_yaml(args.config)
+        run_cfg = local_train.load_run_config(args.config, args.overrides)
+        check_local_paths(run_cfg)
+        check_local_context(run_cfg)
         if args.dry_run:
             import json
 
             import yaml
 
-            run_cfg = local_train.load_run_config(args.config, args.overrides)
             # through JSON: tuples (adam_betas) become lists, so safe_dump writes plain YAML
             print(yaml.safe_dump(json.loads(json.dumps(run_cfg.to_dict())), sort_keys=False), end="")
             print(f"# config {args.config} is valid (omniopd + local engine checks)", file=sys.stderr)
@@ -79,6 +92,43 @@ def _run_local(args: argparse.Namespace) -> int:
     except ConfigError as exc:  # a bad key or value: the message names it, a traceback would only bury it
         print(f"omniopd-verl train: invalid config: {exc}", file=sys.stderr)
         return 2
+
+
+def check_local_paths(run_cfg) -> None:
+    """The data files exist and parse, and the output folder can be created: checked before any model loads."""
+    from omniopd_verl.errors import ConfigError
+    from omniopd_verl.local.data import load_splits, resolve_data_path
+
+    cfg = run_cfg.local
+    resolve_data_path(cfg.data.path)  # raises ConfigError naming local.data.path
+    if cfg.data.heldout_path is not None:
+        try:
+            resolve_data_path(cfg.data.heldout_path)
+        except ConfigError as exc:
+            raise ConfigError(str(exc).replace("local.data.path=", "local.data.heldout_path=", 1)) from None
+    load_splits(cfg.data)  # every line parses and has the prompt/reference keys (cheap: no model involved)
+    probe = os.path.abspath(cfg.output_dir)
+    while not os.path.exists(probe):
+        probe = os.path.dirname(probe)
+    if not os.path.isdir(probe) or not os.access(probe, os.W_OK):
+        raise ConfigError(f"local.output_dir={cfg.output_dir!r} is invalid: {probe} is not a writable folder")
+
+
+def check_local_context(run_cfg) -> None:
+    """The longest sequence the local engine builds (a prompt left-truncated to local.max_prompt_tokens plus
+    local.max_new_tokens) must fit the student's context: positions past it would be trained on silently."""
+    from omniopd_verl.errors import ConfigError
+    from omniopd_verl.models import load_model_config, load_tokenizer
+    from omniopd_verl.student import context_limit
+
+    cfg = run_cfg.local
+    limit = context_limit(load_model_config(cfg.model), load_tokenizer(cfg.model))
+    total = cfg.max_prompt_tokens + cfg.max_new_tokens
+    if limit is not None and total > limit:
+        raise ConfigError(
+            f"local.max_prompt_tokens={cfg.max_prompt_tokens} + local.max_new_tokens={cfg.max_new_tokens} = {total} "
+            f"tokens is beyond the context of the student {cfg.model!r} ({limit} tokens): lower one of them"
+        )
 
 
 def check_yaml(path: str) -> None:
@@ -173,20 +223,44 @@ def _has_gpu() -> bool:
     return torch.cuda.is_available()
 
 
+CPU_OVERLAY = "+omniopd_platform=cpu"
+
+
+def _select(cfg, key: str):
+    from omegaconf import OmegaConf
+
+    return OmegaConf.select(cfg, key, default=None)
+
+
+CPU_MODE_MESSAGE = (
+    "omniopd-verl train: {why}: running verl's real trainer in CPU mode (VERL_PLATFORM=cpu, "
+    f"{CPU_OVERLAY}: the hf transformers rollout, FSDP2 on gloo, 1 worker of each kind). CPU mode is for "
+    "checking a recipe, a plugin or OmniOPD itself end to end with a tiny model (see "
+    "recipes/verl_cpu_smoke); it does not train a real model at a useful speed. For that use GPUs, or "
+    "`--engine local` for a single-process run on CPU or one GPU."
+)
+
+
 def _run_verl(args: argparse.Namespace) -> int:
     from omniopd_verl.errors import OmniOPDError
 
-    if not args.dry_run and not _has_gpu():
-        print(
-            "omniopd-verl train: verl needs GPUs (FSDP/Megatron actor, vLLM/SGLang rollout) and this machine has "
-            "none. Use `omniopd-verl train --engine local --config FILE.yaml` to train on CPU or one GPU, or "
-            "`--dry-run` to check this config.",
-            file=sys.stderr,
-        )
-        return 3
+    overrides = list(args.overrides)
+    env = dict(os.environ)
+    cpu = args.cpu or (not args.dry_run and not _has_gpu())
+    if cpu:
+        why = "--cpu" if args.cpu else "this machine has no GPU"
+        print(CPU_MODE_MESSAGE.format(why=why), file=sys.stderr)
+        from omniopd_verl.verl_integration.cpu_smoke import cpu_env
+
+        env = cpu_env(env)
     try:
         config_dir, config_name = config_location(args.config, args.config_name)
-        cfg = compose_verl_config(config_dir, config_name, args.overrides)
+        if args.config:
+            check_yaml(args.config)  # a syntax error: one line with the file and line, not PyYAML's four
+        cfg = compose_verl_config(config_dir, config_name, overrides)
+        if cpu and _select(cfg, "trainer.v1.trainer_mode") != CPU_TRAINER_MODE:  # not composed with it yet
+            overrides.append(CPU_OVERLAY)
+            cfg = compose_verl_config(config_dir, config_name, overrides)
         with contextlib.redirect_stdout(sys.stderr):  # verl's validate_config prints; stdout is the YAML
             validate(cfg)
     except (OmniOPDError, ValueError, AssertionError) as exc:
@@ -211,7 +285,7 @@ def _run_verl(args: argparse.Namespace) -> int:
         "verl.trainer.main_ppo",
         f"--config-path={config_dir}",
         f"--config-name={config_name}",
-        *args.overrides,
+        *overrides,
     ]
-    print("+ " + " ".join(cmd), file=sys.stderr)
-    return subprocess.call(cmd, env=dict(os.environ))
+    print("+ " + ("VERL_PLATFORM=cpu " if cpu else "") + " ".join(cmd), file=sys.stderr)
+    return subprocess.call(cmd, env=env)

@@ -3,6 +3,10 @@
 The verl YAML node `omniopd:` and the local engine's YAML map onto this dataclass one to one
 (`OmniOPDConfig.from_dict`), and so do the `omniopd-verl audit` flags. Defaults are ALGORITHM.md's.
 Every invalid value raises ConfigError naming the key, the value and what is allowed.
+
+Plain data: this module imports nothing of the project but errors. Plugin names are checked where
+plugins are built (`registry.check_plugin_names(config)`, called by both engines' config builders and
+the audit CLI before any model is loaded), not here.
 """
 
 from __future__ import annotations
@@ -13,8 +17,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from omniopd_verl import registry
-from omniopd_verl.errors import ConfigError, PluginError
+from omniopd_verl.errors import ConfigError
 
 ENTROPY_SOURCES = ("exact", "rollout_topk")
 ADVANTAGE_MODES = ("posterior", "centered_prior", "centered_batch")
@@ -50,12 +53,9 @@ def _choice(key: str, value: Any, allowed: tuple[str, ...]) -> None:
 
 
 def _plugin(kind: str, key: str, value: Any) -> None:
+    # the name's existence is checked where plugins are built (registry.check_plugin_names)
     if not isinstance(value, str) or not value:
-        raise _fail(key, value, f"the name of an installed {kind} plugin: {registry.available(kind)}")
-    try:
-        registry.check_name(kind, value, f"omniopd.{key}")
-    except PluginError as exc:
-        raise ConfigError(str(exc)) from None
+        raise _fail(key, value, f"the name of an installed {kind} plugin (`omniopd-verl plugins` lists them)")
 
 
 def _mapping(key: str, value: Any) -> None:

@@ -25,26 +25,26 @@ class TokenCredit:
 def chunk_token_credit(
     starts_BM: torch.Tensor,
     ends_BM: torch.Tensor,
-    weights_BM: torch.Tensor,
+    pi_hat_BM: torch.Tensor,
     response_mask_BT: torch.Tensor,
 ) -> TokenCredit:
     """Spread chunk weights over their tokens.
 
     starts_BM / ends_BM: chunk [start, end) in response-token offsets, -1 where a row has fewer than M
-    chunks. weights_BM: pi_hat per chunk (no gradient). response_mask_BT: 1 on real response tokens;
+    chunks. pi_hat_BM: pi_hat per chunk (no gradient). response_mask_BT: 1 on real response tokens;
     responses are left-aligned (verl's layout), so a row's length is its mask sum.
     Guards: chunks inside the response, non-empty, non-overlapping; weights in [0, 1], no gradient.
     """
-    if not (starts_BM.shape == ends_BM.shape == weights_BM.shape) or starts_BM.dim() != 2:
+    if not (starts_BM.shape == ends_BM.shape == pi_hat_BM.shape) or starts_BM.dim() != 2:
         raise GuardError(
             f"starts, ends and weights must share one [B, M] shape, got {tuple(starts_BM.shape)}, "
-            f"{tuple(ends_BM.shape)}, {tuple(weights_BM.shape)}"
+            f"{tuple(ends_BM.shape)}, {tuple(pi_hat_BM.shape)}"
         )
     if response_mask_BT.dim() != 2 or response_mask_BT.shape[0] != starts_BM.shape[0]:
         raise GuardError(
             f"response_mask must be [B, T] with B = {starts_BM.shape[0]}, got {tuple(response_mask_BT.shape)}"
         )
-    if weights_BM.requires_grad:
+    if pi_hat_BM.requires_grad:
         raise GuardError("chunk weights (pi_hat) must be stop-gradient, but they require grad")
     B, T = response_mask_BT.shape
     device = response_mask_BT.device
@@ -53,7 +53,7 @@ def chunk_token_credit(
     present_BM = starts >= 0
     lengths_B1 = response_mask_BT.bool().sum(dim=1, keepdim=True)
     if present_BM.any():
-        w = weights_BM[present_BM]
+        w = pi_hat_BM[present_BM]
         if torch.isnan(w).any() or (w < 0).any() or (w > 1).any():
             raise GuardError(f"chunk weights must lie in [0, 1], got min {w.min().item()} max {w.max().item()}")
         bad = present_BM & ((ends <= starts) | (ends > lengths_B1))
@@ -70,7 +70,7 @@ def chunk_token_credit(
         b, t = (cover_BT > 1).nonzero()[0].tolist()
         raise GuardError(f"row {b}: chunks overlap at response token {t}")
     audit_mask_BT = cover_BT > 0
-    w_BM1 = weights_BM.detach().to(device=device, dtype=torch.float32).unsqueeze(-1)
+    w_BM1 = pi_hat_BM.detach().to(device=device, dtype=torch.float32).unsqueeze(-1)
     advantage_BT = (in_chunk_BMT.float() * w_BM1).sum(dim=1)
     unaudited_mask_BT = response_mask_BT.bool() & ~audit_mask_BT
     return TokenCredit(advantage_BT=advantage_BT, audit_mask_BT=audit_mask_BT, unaudited_mask_BT=unaudited_mask_BT)

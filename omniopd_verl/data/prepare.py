@@ -67,9 +67,14 @@ def read_user_file(
         raise ConfigError(f"--answer-format {answer_format!r} is not one of {list(ANSWER_FORMATS)}")
     path = Path(path)
     if path.suffix == ".parquet":
-        records = pd.read_parquet(path).to_dict("records")
-    elif path.suffix in (".jsonl", ".json"):
-        records = pd.read_json(path, lines=path.suffix == ".jsonl", dtype=False).to_dict("records")
+        try:
+            records = pd.read_parquet(path).to_dict("records")
+        except Exception as exc:  # pyarrow raises several types for a file that is not parquet
+            raise ConfigError(f"input {path} cannot be read as parquet: {type(exc).__name__}: {exc}") from None
+    elif path.suffix == ".jsonl":
+        records = read_jsonl_objects(path)
+    elif path.suffix == ".json":
+        records = _read_json_array(path)
     else:
         raise ConfigError(f"input {path} must be .jsonl, .json or .parquet (got {path.suffix!r})")
     if not records:
@@ -77,6 +82,10 @@ def read_user_file(
     for key in (question_key, answer_key):
         if key not in records[0]:
             raise ConfigError(f"input {path} has no column {key!r}; columns: {sorted(records[0])}")
+    for i, r in enumerate(records):
+        for key in (question_key, answer_key):
+            if key not in r:
+                raise ConfigError(f"input {path} row {i + 1} has no {key!r}; it has {sorted(r)}")
     extract = {
         "raw": lambda a: str(a).strip(),
         "gsm8k": gsm8k_answer,
@@ -89,6 +98,52 @@ def read_user_file(
             Problem(str(r[id_key]) if id_key else str(i), str(r[question_key]), extract(r[answer_key]), extra)
         )
     return problems
+
+
+def read_jsonl_objects(path: str | os.PathLike) -> list[dict]:
+    """Every non-blank line of a JSONL file as a dict; a line that is not UTF-8, not JSON or not an object
+    raises ConfigError naming the file and the line."""
+    import json
+
+    records = []
+    try:
+        handle = open(path, "rb")
+    except OSError as exc:
+        raise ConfigError(f"input {path} cannot be read: {exc.strerror}") from None
+    with handle:
+        for lineno, raw in enumerate(handle, 1):
+            try:
+                line = raw.decode("utf-8-sig" if lineno == 1 else "utf-8")
+            except UnicodeDecodeError as exc:
+                raise ConfigError(
+                    f"{path} line {lineno} is not UTF-8 text: byte 0x{raw[exc.start]:02x} at byte {exc.start + 1}"
+                ) from None
+            if not line.strip():
+                continue
+            try:
+                record = json.loads(line)
+            except json.JSONDecodeError as exc:
+                raise ConfigError(f"{path} line {lineno} is not JSON: {exc.msg} (column {exc.colno})") from None
+            if not isinstance(record, dict):
+                raise ConfigError(f"{path} line {lineno} must be a JSON object, got {type(record).__name__}")
+            records.append(record)
+    return records
+
+
+def _read_json_array(path: Path) -> list[dict]:
+    import json
+
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except OSError as exc:
+        raise ConfigError(f"input {path} cannot be read: {exc.strerror}") from None
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"input {path} is not UTF-8 text: byte at offset {exc.start}") from None
+    except json.JSONDecodeError as exc:
+        raise ConfigError(f"{path} line {exc.lineno} column {exc.colno} is not JSON: {exc.msg}") from None
+    if not isinstance(data, list) or not all(isinstance(r, dict) for r in data):
+        raise ConfigError(f"input {path} must hold a JSON array of objects (or use .jsonl, one object per line)")
+    return data
 
 
 def _scalar(value) -> bool:

@@ -232,15 +232,8 @@ def load_run_config(path: str | os.PathLike | None, overrides: Sequence[str] = (
     if unknown:
         raise ConfigError(f"run config keys {unknown} are not known; allowed top-level keys: ['local', 'omniopd']")
     omniopd = OmniOPDConfig.from_dict(data.get("omniopd"))
-    # the local engine has no verifier in its loop; refusing beats silently training without the reward
-    if omniopd.task_reward_weight != 0:
-        raise ConfigError(
-            f"omniopd.task_reward_weight={omniopd.task_reward_weight!r} is not supported by the local engine: "
-            "allowed 0 (mix a task reward in on verl, see docs/verl.md)"
-        )
-    if omniopd.entropy_source != "exact":
-        raise ConfigError(
-            f"omniopd.entropy_source={omniopd.entropy_source!r} is not used by the local engine: allowed 'exact' "
-            "(it has the student's full logits)"
-        )
+    # one table of what each engine supports (omniopd_verl.engines): refusing beats silently ignoring
+    from omniopd_verl.engines import check_engine_support
+
+    check_engine_support(omniopd, "local")
     return RunConfig(omniopd=omniopd, local=_build(LocalEngineConfig, data.get("local") or {}, ""))

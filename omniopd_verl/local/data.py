@@ -42,7 +42,12 @@ def read_problems(path: str, cfg: DataConfig, *, id_prefix: str) -> list[Problem
         for lineno, line in enumerate(fh, 1):
             if not line.strip():
                 continue
-            row = json.loads(line)
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError as exc:
+                raise ConfigError(f"{path} line {lineno} is not JSON: {exc.msg} (column {exc.colno})") from None
+            if not isinstance(row, dict):
+                raise ConfigError(f"{path} line {lineno} must be a JSON object, got {type(row).__name__}")
             if cfg.prompt_key not in row:
                 raise ConfigError(
                     f"local.data.prompt_key={cfg.prompt_key!r} is invalid: line {lineno} of {path} has keys {sorted(row)}"

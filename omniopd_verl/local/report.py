@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 from collections.abc import Sequence
-from dataclasses import asdict
 from pathlib import Path
 
 
@@ -14,12 +13,13 @@ def write_last_step_report(
     """Write last_step_audits.jsonl and last_step_report.html; returns the HTML path (None before any step)."""
     if not audits:
         return None
+    from omniopd_verl.audit.records import audit_record
     from omniopd_verl.audit.report import ReportItem, render_report
     from omniopd_verl.audit.text import ResponseText
 
     with (output_dir / "last_step_audits.jsonl").open("w") as fh:
-        for a in audits:
-            fh.write(json.dumps(asdict(a)) + "\n")
+        for a in audits:  # the one audit serializer: the shape of `omniopd-verl audit`'s JSONL
+            fh.write(json.dumps(audit_record(a, run.omniopd)) + "\n")
     items = []
     for r, a in zip(rollouts, audits, strict=True):
         bounds, kinds = [0], []
@@ -33,7 +33,9 @@ def write_last_step_report(
             bounds.append(len(r.response_ids))
             kinds.append(None)
         texts = ResponseText(tokenizer, r.response_ids).segments(bounds)
-        items.append(ReportItem(r.uid, r.prompt_text, list(zip(texts, kinds, strict=True)), asdict(a)))
+        items.append(
+            ReportItem(r.uid, r.prompt_text, list(zip(texts, kinds, strict=True)), audit_record(a, run.omniopd))
+        )
     html = output_dir / "last_step_report.html"
     summary = {
         "step": str(step),

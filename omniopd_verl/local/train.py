@@ -3,7 +3,7 @@
 Per step (ALGORITHM.md steps 1-7):
   rollout    transformers sampling from pi_theta, then exact entropies and log-probs from the logits
   audit      the shared Auditor (scheduler, teacher, similarity, Dirichlet smoothing) -> pi_hat per chunk
-  credit     the shared advantage path (`omniopd_verl.audit.audits_to_token_credit`, config.advantage)
+  credit     the shared advantage path (`omniopd_verl.advantage.advantage_from_audits`, config.advantage)
   update     verl's policy loss + aggregation for L_chunk, the exact-vocabulary KL to the frozen initial
              student on unaudited tokens, AdamW, gradient clipping; micro-batches accumulate gradients
 Around it: seeds (every random draw of step k is seeded from (seed, k), so a resumed run equals an
@@ -25,7 +25,6 @@ import os
 import sys
 import time
 from collections.abc import Sequence
-from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
@@ -57,8 +56,11 @@ def resolve_device(name: str) -> torch.device:
     return torch.device(name)
 
 
-def audit_to_dict(audit: ResponseAudit) -> dict[str, Any]:
-    return asdict(audit)
+def audit_to_dict(audit: ResponseAudit, config=None) -> dict[str, Any]:
+    """The one audit serializer (omniopd_verl.audit.records), the shape of `omniopd-verl audit`'s JSONL."""
+    from omniopd_verl.audit.records import audit_record
+
+    return audit_record(audit, config)
 
 
 def _no_phase(name: str) -> None:
@@ -167,8 +169,7 @@ class LocalTrainer:
         """One optimizer step on the batch (see `omniopd_verl.local.update.policy_update`)."""
         import dataclasses
 
-        from omniopd_verl.advantage import dense_token_scores, omniopd_advantage
-        from omniopd_verl.audit.credit import audits_to_token_credit
+        from omniopd_verl.advantage import advantage_from_audits
 
         if self.cfg.control == "shuffle_pi_hat":  # the control arm: no teacher information
             from omniopd_verl.local.control import shuffle_pi_hat
@@ -188,9 +189,8 @@ class LocalTrainer:
                 "teacher/completion_tokens": 0.0,
             }
         else:
-            credit = audits_to_token_credit(audits, batch.response_mask_BT, self.run.omniopd.advantage)
-            # the very function verl's `omniopd` estimator calls: scores -> advantage, 0 on padding
-            advantage_BT = omniopd_advantage(dense_token_scores(credit), batch.response_mask_BT)
+            # the one audits -> advantage path, every mode; verl runs the same two steps split at its seam
+            advantage_BT, credit = advantage_from_audits(audits, batch.response_mask_BT, self.run.omniopd.advantage)
             credit = dataclasses.replace(credit, advantage_BT=advantage_BT)
         metrics = policy_update(
             self.model,

@@ -15,7 +15,8 @@ or from Python, for the `with` block:
 Endpoints: POST /v1/completions (prompt: str or list of str, n, max_tokens, temperature, top_p, seed),
 POST /v1/chat/completions (messages, n, max_tokens | max_completion_tokens, ...), POST /v1/messages
 (Anthropic: messages, system, max_tokens; one sample per call, a trailing assistant message is a
-prefill to continue), GET /v1/models. Paths also work without the /v1 prefix.
+prefill to continue), GET /v1/models, GET /health (`{"status": "ok", "model": ...}`). Paths also work without the /v1
+prefix. At start-up `main` prints the model id and base URL to pass to `omniopd-verl audit`.
 
 Generators (`generator=`) implement `generate(call: GenerationCall) -> list[str]` (exactly call.n texts);
 `TransformersGenerator` is a local causal LM (a path or "smollm2-135m-instruct") through the
@@ -190,6 +191,8 @@ def _make_handler(server: CompatServer) -> type[BaseHTTPRequestHandler]:
             server._record(ReceivedRequest(path, {k.lower(): v for k, v in self.headers.items()}, None, 200))
             if path == "/v1/models":
                 self._send(200, {"object": "list", "data": [{"id": server.model_name, "object": "model"}]})
+            elif path == "/v1/health":  # GET /health (or /v1/health): up, and which model id to ask for
+                self._send(200, {"status": "ok", "model": server.model_name})
             else:
                 self._send(404, {"error": {"message": f"unknown path {path}", "type": "not_found"}})
 
@@ -397,9 +400,17 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--served-model-name", default="local-teacher")
     args = parser.parse_args(argv)
+    print(f"loading {args.model} on {args.device} ...", flush=True)
     generator = TransformersGenerator(args.model, device=args.device)
     with serve_openai_compat(generator=generator, port=args.port, model_name=args.served_model_name) as server:
-        print(f"serving {args.model} at {server.url} (Ctrl-C to stop)", flush=True)
+        print(
+            f"serving {args.model} as model id {args.served_model_name!r} at {server.url} "
+            f"(health check: GET {server.root_url}/health)\n"
+            f"  use it with: omniopd-verl audit --teacher openai_completions --teacher-model {args.served_model_name} "
+            f"--teacher-api-base {server.url} ...\n"
+            "  (Ctrl-C to stop)",
+            flush=True,
+        )
         try:
             while True:
                 time.sleep(3600)

@@ -29,7 +29,7 @@ from verl.experimental.agent_loop.agent_loop import AgentLoopOutput
 from verl.experimental.agent_loop.single_turn_agent_loop import SingleTurnAgentLoop
 
 from omniopd_verl.errors import GuardError
-from omniopd_verl.verl_integration.reward_manager import STUDENT_KEY, TOKEN_SCORES_KEY
+from omniopd_verl.verl_integration.names import AUDIT_MASK_KEY, STUDENT_KEY, TOKEN_SCORES_KEY
 
 logger = logging.getLogger("omniopd_verl.agent_loop")
 logger.setLevel(os.environ.get("OMNIOPD_LOGGING_LEVEL", "INFO"))
@@ -51,9 +51,11 @@ class OmniOPDAgentLoopOutput(AgentLoopOutput):
             raise GuardError(f"{len(scores)} dense scores for a response of {len(self.response_ids)} tokens")
         out = super().as_dict()
         out["rm_scores"] = torch.tensor(scores, dtype=torch.float32)
+        mask = info.get(AUDIT_MASK_KEY)
+        out[AUDIT_MASK_KEY] = torch.tensor(mask if mask is not None else [0] * len(scores), dtype=torch.int64)
         # keep only scalars in what verl stores and logs: the per-token scores now live in rm_scores
         extra = dict(out.get("extra_fields") or {})
-        extra["reward_extra_info"] = {k: v for k, v in info.items() if k != TOKEN_SCORES_KEY}
+        extra["reward_extra_info"] = {k: v for k, v in info.items() if k not in (TOKEN_SCORES_KEY, AUDIT_MASK_KEY)}
         extra.pop(STUDENT_KEY, None)  # consumed by the reward manager; 2 x T floats per row need not reach TQ
         out["extra_fields"] = extra
         return out

@@ -39,12 +39,23 @@ def _require(cfg: Any, key: str, allowed: Any, why: str) -> None:
 
 def check_verl_config(cfg: Any) -> OmniOPDConfig:
     """Validate the omniopd node and every verl key OmniOPD relies on."""
-    from omniopd_verl import registry
-    from omniopd_verl.verl_integration.plugin import AGENT_LOOP_NAME, ESTIMATOR_NAME, REWARD_MANAGER_NAME
+    from omniopd_verl.verl_integration.names import (
+        AGENT_LOOP_NAME,
+        CPU_TRAINER_MODE,
+        ESTIMATOR_NAME,
+        REWARD_MANAGER_NAME,
+        SYNC_TRAINER_MODE,
+    )
 
     omniopd = omniopd_config_from_verl(cfg)
     _require(cfg, "algorithm.adv_estimator", ESTIMATOR_NAME, "the dense chunk scores need the omniopd estimator")
     _require(cfg, "trainer.use_v1", True, "only verl's v1 trainer keeps the per-token rm_scores the agent loop writes")
+    _require(
+        cfg,
+        "trainer.v1.trainer_mode",
+        (SYNC_TRAINER_MODE, CPU_TRAINER_MODE),
+        "verl's sync trainer plus OmniOPD's audit/* and teacher/* step metrics; cpu_sync on CPU",
+    )
     _require(
         cfg,
         "actor_rollout_ref.rollout.agent.default_agent_loop",
@@ -81,19 +92,10 @@ def check_verl_config(cfg: Any) -> OmniOPDConfig:
                 f"actor_rollout_ref.actor.kl_loss_coef={coef!r} is invalid for OmniOPD: allowed {omniopd.beta!r} "
                 "(= omniopd.beta; the shipped configs interpolate it, set omniopd.beta instead)"
             )
-    scheduler_cls = registry.load("schedulers", omniopd.scheduler)
-    if getattr(scheduler_cls, "needs_entropy", True) and omniopd.entropy_source != "rollout_topk":
-        raise ConfigError(
-            f"omniopd.entropy_source={omniopd.entropy_source!r} is invalid on the verl engine with scheduler "
-            f"{omniopd.scheduler!r}: allowed 'rollout_topk'. verl 0.9.1 computes exact entropies only in the "
-            "actor's old-log-prob pass, after the reward stage where the audit runs; use --engine local for exact"
-        )
+    from omniopd_verl.engines import check_engine_support
+
+    check_engine_support(omniopd, "verl")  # the one table of what each engine supports
     if omniopd.advantage == "centered_batch":
-        if omniopd.task_reward_weight != 0:
-            raise ConfigError(
-                f"omniopd.advantage='centered_batch' with omniopd.task_reward_weight={omniopd.task_reward_weight} is "
-                "invalid on the verl engine: allowed task_reward_weight=0 (the estimator finds chunk tokens by sign)"
-            )
         if _get(cfg, "algorithm.use_kl_in_reward"):
             raise ConfigError(
                 "algorithm.use_kl_in_reward=True is invalid with omniopd.advantage='centered_batch': allowed False"

@@ -1,10 +1,14 @@
-"""The `omniopd` advantage estimator for verl: a thin wrapper over omniopd_verl.advantage.
+"""The `omniopd` advantage estimator for verl: step 2 of omniopd_verl.advantage (the batch step).
 
 verl's `compute_advantage` calls it as `fn(token_level_rewards, response_mask, config, index, ...)`
-with `config` = the `algorithm` DictConfig. The dense per-token scores already sit in
-`token_level_rewards` (= `rm_scores`, written by the `omniopd_agent` loop from the reward manager's
-audit). Options are read from `algorithm.omniopd.{advantage, task_reward_weight}`, which the shipped
-YAML interpolates from the top-level `omniopd:` node.
+with `config` = the `algorithm` DictConfig. The per-row step (`advantage.token_scores`) already ran in
+the reward manager: its dense per-token scores sit in `token_level_rewards` (= `rm_scores`, written by
+the `omniopd_agent` loop). Options are read from `algorithm.omniopd.{advantage, task_reward_weight}`,
+which the shipped YAML interpolates from the top-level `omniopd:` node.
+
+'centered_batch' needs the audited tokens of the batch, passed explicitly as `audit_mask` ([B, T], the
+per-row `TokenScores.audit_mask_BT` stacked; the OmniOPD trainer modes pass it): the estimator never
+guesses chunk tokens from the scores.
 """
 
 from __future__ import annotations
@@ -13,7 +17,7 @@ from typing import Any
 
 import torch
 
-from omniopd_verl.advantage import omniopd_advantage
+from omniopd_verl.advantage import batch_advantage
 from omniopd_verl.errors import ConfigError
 
 
@@ -29,22 +33,24 @@ def omniopd_adv_estimator(
     response_mask: torch.Tensor,
     config: Any = None,
     index: Any = None,
+    audit_mask: torch.Tensor | None = None,
     **kwargs: Any,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """(advantages, returns), both [B, T]: the dense OmniOPD scores on response tokens, 0 on padding.
+    """(advantages, returns), both [B, T]: the dense OmniOPD scores on response tokens, 0 on padding;
+    'centered_batch' minus the batch mean over `audit_mask` (see the module docstring)."""
+    from omniopd_verl.verl_integration.fatal import raise_if_reported
 
-    'centered_batch' subtracts the batch mean of pi_hat over the chunk tokens, found as the tokens with
-    a positive score: pi_hat > 0 always (alpha > 0, pi_bar > 0), and nothing else is added to the
-    scores when that mode is allowed (no task reward, no in-reward KL; `checks.check_verl_config`).
-    """
+    raise_if_reported(token_level_rewards)  # a teacher failed with on_failure='error' (fatal.py)
     mode = _option(config, "advantage", "posterior")
-    center_mask_BT = None
-    if mode == "centered_batch":
-        if float(_option(config, "task_reward_weight", 0.0)) != 0.0:
-            raise ConfigError(
-                "omniopd.advantage='centered_batch' cannot be combined with omniopd.task_reward_weight != 0 in "
-                "verl: the estimator finds chunk tokens by their positive score"
-            )
-        center_mask_BT = (token_level_rewards > 0) & response_mask.bool()
-    advantages_BT = omniopd_advantage(token_level_rewards, response_mask, center_batch_mask_BT=center_mask_BT)
+    if audit_mask is None:  # set by the omniopd_sync / cpu_sync trainers (batch_context.py)
+        from omniopd_verl.verl_integration.batch_context import BATCH_AUDIT_MASK
+
+        audit_mask = BATCH_AUDIT_MASK.get()
+    if mode == "centered_batch" and audit_mask is None:
+        raise ConfigError(
+            "omniopd.advantage='centered_batch' needs the batch's audited-token mask, and verl passed none "
+            "(audit_mask=None): run with an OmniOPD trainer mode that passes it (trainer.v1.trainer_mode="
+            "omniopd_sync or cpu_sync), or use advantage 'posterior' or 'centered_prior'"
+        )
+    advantages_BT = batch_advantage(token_level_rewards, response_mask, mode, audit_mask)
     return advantages_BT, advantages_BT.clone()

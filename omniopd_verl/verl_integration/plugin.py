@@ -9,9 +9,12 @@ module does only cheap registrations, and makes a failure loud in three ways:
 - the shipped YAML resolves `${omniopd_verl.resource:...}` through a resolver registered here, and
   the resolver runs `self_check()`: a process whose registration failed cannot even resolve the config.
 
-Registered here:
+Registered here (names in names.py):
 - advantage estimator `omniopd` (verl.trainer.ppo.core_algos.register_adv_est);
 - reward manager `omniopd` (verl.experimental.reward_loop.reward_manager.register);
+- the CPU platform `cpu` (selected with VERL_PLATFORM=cpu), the `hf` (transformers) rollout backend,
+  the v1 trainer modes `omniopd_sync` and `cpu_sync`, and verl's FSDP engines for device "cpu"
+  (cpu_platform.py, hf_rollout.py, trainers.py);
 - OmegaConf resolver `omniopd_verl.resource:<file>` -> absolute path of a file shipped in
   `omniopd_verl/config/` (used for `actor_rollout_ref.rollout.agent.agent_loop_config_path`, which
   registers the `omniopd_agent` loop in the agent-loop workers without importing verl's agent-loop
@@ -24,11 +27,16 @@ import logging
 from pathlib import Path
 
 from omniopd_verl.errors import PluginError
+from omniopd_verl.verl_integration.names import (
+    CPU_PLATFORM_NAME,
+    CPU_TRAINER_MODE,
+    ESTIMATOR_NAME,
+    HF_ROLLOUT_NAME,
+    RESOLVER_NAME,
+    REWARD_MANAGER_NAME,
+    SYNC_TRAINER_MODE,
+)
 
-ESTIMATOR_NAME = "omniopd"
-REWARD_MANAGER_NAME = "omniopd"
-AGENT_LOOP_NAME = "omniopd_agent"
-RESOLVER_NAME = "omniopd_verl.resource"
 CONFIG_DIR = Path(__file__).resolve().parents[1] / "config"
 
 logger = logging.getLogger("omniopd_verl.verl_plugin")
@@ -44,8 +52,36 @@ def config_resource(name: str) -> str:
     return str(path)
 
 
+def _load_hf_replica():
+    from omniopd_verl.verl_integration.hf_rollout import HFRolloutReplica
+
+    return HFRolloutReplica
+
+
+def register_runtime() -> None:
+    """CPU platform, `hf` rollout, trainer modes, CPU engines (idempotent)."""
+    from verl.plugin.platform.platform_manager import PlatformRegistry
+    from verl.workers.rollout.replica import RolloutReplicaRegistry
+
+    from omniopd_verl.verl_integration import verl_private
+    from omniopd_verl.verl_integration.cpu_platform import PlatformCPU
+
+    PlatformRegistry.register(platform=CPU_PLATFORM_NAME)(PlatformCPU)
+    RolloutReplicaRegistry.register(HF_ROLLOUT_NAME, _load_hf_replica)
+    verl_private.check("_ROLLOUT_REGISTRY")
+    from verl.workers.rollout import base as rollout_base
+
+    # no public registration for the in-worker adapter (verl_private.py)
+    rollout_base._ROLLOUT_REGISTRY[(HF_ROLLOUT_NAME, "async")] = (
+        "omniopd_verl.verl_integration.hf_rollout.HFServerAdapter"
+    )
+    from omniopd_verl.verl_integration import trainers  # registers the trainer modes (checks its verl symbols)
+
+    trainers.register_cpu_engines()
+
+
 def register() -> None:
-    """Register the estimator, the reward manager and the resolver (idempotent)."""
+    """Register the estimator, the reward manager, the resolver and the runtime pieces (idempotent)."""
     from omegaconf import OmegaConf
 
     # the resolver first: if a registration below fails, resolving our YAML reports the cause
@@ -61,6 +97,7 @@ def register() -> None:
     if ADV_ESTIMATOR_REGISTRY.get(ESTIMATOR_NAME) is not omniopd_adv_estimator:
         register_adv_est(ESTIMATOR_NAME)(omniopd_adv_estimator)
     register_reward_manager(REWARD_MANAGER_NAME)(OmniOPDRewardManager)
+    register_runtime()
 
 
 def self_check() -> None:
@@ -76,6 +113,11 @@ def self_check() -> None:
             problems.append(f"advantage estimator {ESTIMATOR_NAME!r} is not registered")
         if REWARD_MANAGER_NAME not in REWARD_MANAGER:
             problems.append(f"reward manager {REWARD_MANAGER_NAME!r} is not registered")
+        from verl.trainer.ppo.v1.trainer_base import TRAINER_REGISTRY
+
+        for mode in (SYNC_TRAINER_MODE, CPU_TRAINER_MODE):
+            if mode not in TRAINER_REGISTRY:
+                problems.append(f"trainer mode {mode!r} is not registered")
     except Exception as exc:  # verl itself is broken: say so rather than a bare ImportError later
         problems.append(f"verl failed to import: {type(exc).__name__}: {exc}")
     if problems:

@@ -25,8 +25,8 @@ import torch
 from verl import DataProto
 from verl.experimental.reward_loop.reward_manager.base import RewardManagerBase
 
-STUDENT_KEY = "omniopd_student"
-TOKEN_SCORES_KEY = "omniopd_token_scores"
+from omniopd_verl.verl_integration.names import AUDIT_MASK_KEY, ROW_STATS_PREFIX, STUDENT_KEY, TOKEN_SCORES_KEY
+
 METRICS_EVERY = int(os.environ.get("OMNIOPD_METRICS_EVERY", "64"))
 
 logger = logging.getLogger("omniopd_verl.reward_manager")
@@ -69,7 +69,15 @@ class OmniOPDRewardManager(RewardManagerBase):
         **kwargs: Any,
     ):
         super().__init__(config, tokenizer, compute_score)
-        self.compute_score = compute_score or default_task_score
+        from omegaconf import DictConfig, OmegaConf
+
+        config = config if isinstance(config, DictConfig) else OmegaConf.create(dict(config or {}))
+        # without reward.custom_reward_function verl hands us its default_compute_score, which rejects the
+        # dataset names `omniopd-verl data prepare` writes: use the scorer that falls back to our graders
+        no_custom = OmegaConf.select(config, "reward.custom_reward_function", default=None) is not None and (
+            OmegaConf.select(config, "reward.custom_reward_function.path", default=None) is None
+        )
+        self.compute_score = default_task_score if compute_score is None or no_custom else compute_score
         self.is_async_reward_score = inspect.iscoroutinefunction(self.compute_score)
 
     @classmethod
@@ -100,18 +108,49 @@ class OmniOPDRewardManager(RewardManagerBase):
         )
 
     async def run_single(self, data: DataProto) -> dict:
-        from omniopd_verl.advantage import dense_token_scores
-        from omniopd_verl.audit import StudentResponse, audits_to_token_credit
-        from omniopd_verl.errors import GuardError
+        """Audit one trajectory; dense scores, task accuracy and per-row audit stats in reward_extra_info."""
+        from omniopd_verl.advantage import token_scores
+        from omniopd_verl.audit.auditor import TeacherFailureError
 
         cfg = self.omniopd
         item = data[-1:][0]  # single-turn: the trajectory's one (last) output
+        response = self._student_response(item)
+        T = len(response.response_ids)
+        try:
+            audit = await self.auditor.audit_one(response)
+        except TeacherFailureError as exc:  # verl would swallow it: stop the run from the estimator
+            return await self._stop_run(str(exc), T)
+        info, task = await self._task_info(item, response.response_ids)
+        task_B = None if task is None else torch.tensor([task], dtype=torch.float32)
+        # step 1 of omniopd_verl.advantage (per row); centred-by-batch is finished by the estimator
+        scores = token_scores(
+            [audit], torch.ones(1, T, dtype=torch.long), cfg.advantage, task_B, cfg.task_reward_weight
+        )
+        scores_T = scores.scores_BT[0]
+        info[TOKEN_SCORES_KEY] = scores_T.tolist()
+        info[AUDIT_MASK_KEY] = [int(x) for x in scores.audit_mask_BT[0]]
+        info.update(row_stats(audit, int(scores.audit_mask_BT.sum()), cfg.samples))
+        self._log_metrics()
+        return {"reward_score": float(scores_T.sum()), "reward_extra_info": info}
+
+    async def _stop_run(self, message: str, T: int) -> dict:
+        """Record the teacher failure and mark this trajectory with NaN scores (see fatal.py)."""
+        from omniopd_verl.verl_integration import fatal
+
+        await asyncio.get_running_loop().run_in_executor(None, fatal.report, message)
+        nan = float("nan")
+        return {"reward_score": nan, "reward_extra_info": {TOKEN_SCORES_KEY: [nan] * T, "omniopd_error": message}}
+
+    def _student_response(self, item) -> Any:
+        """The StudentResponse the Auditor needs, from verl's trajectory and the agent loop's extra fields."""
+        from omniopd_verl.audit import StudentResponse
+        from omniopd_verl.errors import GuardError
+
         prompt_ids = item.batch["prompts"]
         response_ids = item.batch["responses"]
         prompt_mask = item.batch["attention_mask"][: prompt_ids.shape[-1]].bool()
         T = int(item.batch["attention_mask"][-response_ids.shape[-1] :].sum())
         valid_prompt = prompt_ids[prompt_mask].tolist()
-        valid_response = response_ids[:T].tolist()
         extra = item.non_tensor_batch.get("tool_extra_fields", None) or {}
         student = extra.get(STUDENT_KEY) if isinstance(extra, dict) else None
         if student is None:
@@ -126,52 +165,37 @@ class OmniOPDRewardManager(RewardManagerBase):
                 f"omniopd_student has {logprobs_T.shape[0]} log-probs / "
                 f"{None if entropy_T is None else entropy_T.shape[0]} entropies for a response of {T} tokens"
             )
-        uid = str(item.non_tensor_batch.get("uid", "")) + ":" + str(item.non_tensor_batch.get("session_id", 0))
         raw_prompt = item.non_tensor_batch.get("raw_prompt", None)
         extra_info = item.non_tensor_batch.get("extra_info", None) or {}
-        response = StudentResponse(
-            uid=uid,
+        return StudentResponse(
+            uid=f"{item.non_tensor_batch.get('uid', '')}:{item.non_tensor_batch.get('session_id', 0)}",
             prompt_text=self.tokenizer.decode(valid_prompt, skip_special_tokens=False),
-            response_ids=valid_response,
+            response_ids=response_ids[:T].tolist(),
             logprobs_T=logprobs_T,
             entropy_T=entropy_T,
-            entropy_source=student.get("entropy_source") or cfg.entropy_source,
+            entropy_source=student.get("entropy_source") or self.omniopd.entropy_source,
             prompt_messages=[dict(m) for m in raw_prompt] if raw_prompt is not None else None,
             teacher_context=extra_info.get("teacher_context") if isinstance(extra_info, dict) else None,
         )
-        audit = await self.auditor.audit_one(response)
-        # centred-by-batch needs the whole batch: the estimator does it; per response we keep pi_hat
-        mode = "posterior" if cfg.advantage == "centered_batch" else cfg.advantage
-        credit = audits_to_token_credit([audit], torch.ones(1, T, dtype=torch.long), mode)
 
-        info: dict[str, Any] = {}
-        task_B = None
-        if cfg.task_reward_weight > 0:
+    async def _task_info(self, item, valid_response: list[int]) -> tuple[dict[str, Any], float | None]:
+        """({'acc': ...} or {}, the task reward to train on or None).
+
+        With task_reward_weight > 0 the task reward is required and trained on; with 0 it is only
+        reported (verl's validation metrics then show accuracy) when the sample has a ground truth and
+        the scorer can score this data.
+        """
+        if self.omniopd.task_reward_weight > 0:
             task = await self._task_reward(item, valid_response)
-            task_B = torch.tensor([task], dtype=torch.float32)
-            info["acc"] = task
-        elif self._has_ground_truth(item) and not type(self)._task_score_failed:
-            # not trained on (lambda = 0), only reported: verl's validation metrics then show accuracy
-            try:
-                info["acc"] = await self._task_reward(item, valid_response)
-            except Exception as exc:  # noqa: BLE001 - a scorer that cannot score this data only loses the metric
-                type(self)._task_score_failed = True
-                logger.warning("OmniOPD: task accuracy is not reported (the scorer failed: %r)", exc)
-        scores_T = dense_token_scores(credit, task_B, cfg.task_reward_weight)[0]
-
-        weights = [c.pi_hat for c in audit.chunks]
-        info.update(
-            {
-                TOKEN_SCORES_KEY: scores_T.tolist(),
-                "audit/chunks": float(len(audit.chunks)),
-                "audit/token_fraction": float(credit.audit_mask_BT.sum()) / T if T else 0.0,
-                "audit/pi_hat_mean": sum(weights) / len(weights) if weights else 0.0,
-                "audit/anchors_dropped": float(audit.anchors_dropped),
-                "audit/entropy_source": audit.entropy_source,
-            }
-        )
-        self._log_metrics()
-        return {"reward_score": float(scores_T.sum()), "reward_extra_info": info}
+            return {"acc": task}, task
+        if not self._has_ground_truth(item) or type(self)._task_score_failed:
+            return {}, None
+        try:
+            return {"acc": await self._task_reward(item, valid_response)}, None
+        except Exception as exc:  # noqa: BLE001 - a scorer that cannot score this data only loses the metric
+            type(self)._task_score_failed = True
+            logger.warning("OmniOPD: task accuracy is not reported (the scorer failed: %r)", exc)
+            return {}, None
 
     @staticmethod
     def _has_ground_truth(item) -> bool:
@@ -214,3 +238,37 @@ class OmniOPDRewardManager(RewardManagerBase):
             metrics = cls.auditor.metrics()
             cls.auditor.reset_metrics()
             logger.info("OmniOPD audit metrics (pid %d): %s", os.getpid(), metrics)
+
+
+def row_stats(audit: Any, audited_tokens: int, samples: int) -> dict[str, Any]:
+    """One trajectory's raw audit counts for verl's step metrics (step_metrics.py sums them per step),
+    plus the audit itself as JSON under 'omniopd_audit' (chunk spans, similarities, k_sem, pi_bar, pi_hat:
+    what a test needs to recompute the advantages; verl's metric code skips string values)."""
+    import json
+
+    chunks = [
+        {
+            "start": c.start,
+            "end": c.end,
+            "similarities": [float(x) for x in c.similarities],
+            "k_sem": float(c.k_sem),
+            "pi_bar": float(c.pi_bar),
+            "pi_hat": float(c.pi_hat),
+        }
+        for c in audit.chunks
+    ]
+    out: dict[str, Any] = {
+        ROW_STATS_PREFIX + "chunks": float(len(chunks)),
+        ROW_STATS_PREFIX + "pi_hat_sum": sum(c["pi_hat"] for c in chunks),
+        ROW_STATS_PREFIX + "k_sem_frac_sum": sum(c["k_sem"] / samples for c in chunks),
+        ROW_STATS_PREFIX + "pi_bar_sum": sum(c["pi_bar"] for c in chunks),
+        ROW_STATS_PREFIX + "audited_tokens": float(audited_tokens),
+        ROW_STATS_PREFIX + "response_tokens": float(audit.response_len),
+        ROW_STATS_PREFIX + "anchors_dropped": float(audit.anchors_dropped),
+        ROW_STATS_PREFIX + "rows_without_audit": float(not chunks),
+    }
+    for key, value in (audit.teacher or {}).items():
+        out[f"{ROW_STATS_PREFIX}teacher/{key}"] = float(value)
+    out["audit/entropy_source"] = audit.entropy_source  # a string: verl's metric code skips it
+    out["omniopd_audit"] = json.dumps({"uid": audit.uid, "response_len": audit.response_len, "chunks": chunks})
+    return out

@@ -14,14 +14,14 @@ import pytest
 import transformers
 
 from omniopd_verl.cli.main import main
-from omniopd_verl.serving.openai_compat import ScriptedGenerator, serve_openai_compat
+from omniopd_verl.testing import ScriptedGenerator, serve_fault_server
 
 WORDS = " ".join(f"w{i}" for i in range(30))
 
 
 @pytest.fixture(scope="module")
 def server():
-    with serve_openai_compat(generator=ScriptedGenerator(words=6)) as s:
+    with serve_fault_server(generator=ScriptedGenerator(words=6)) as s:
         yield s
 
 
@@ -179,6 +179,29 @@ def test_budget_stop_writes_completed_rows_and_marks_the_output_partial(tmp_path
     assert "budget" in trailer["reason"]
     assert "PARTIAL OUTPUT" in err and f"{len(records)} of {len(items)} rows" in err and "Traceback" not in err
     assert "PARTIAL" in report.read_text()
+
+
+def test_budget_stop_inside_a_row_reports_the_spend_of_unwritten_rows(tmp_path, server, tiny_model_path, capsys):
+    # 3 anchors in the only row, one call at a time: the first call spends the budget, the row never
+    # completes, so nothing is written, yet that call was made and paid for: the summary must say so
+    inp = write_jsonl(tmp_path / "in.jsonl", rows(1))
+    out = tmp_path / "o.jsonl"
+    args = argv(inp, out, tiny_model_path, server)
+    args[args.index("--chunks") + 1] = "3"
+    calls = server.calls()
+    code = main(
+        args
+        + ["--max-concurrency", "1", "--max-cost-usd", "1e-9"]
+        + ["--teacher-option", "input_cost_per_token=0.001", "--teacher-option", "output_cost_per_token=0.001"]
+    )
+    err = capsys.readouterr().err
+    assert code == 3, err
+    answered = server.calls() - calls
+    lines = [json.loads(line) for line in out.read_text().splitlines()]
+    assert answered >= 1 and lines == [lines[-1]] and lines[-1]["rows_written"] == 0
+    assert lines[-1]["missing_ids"] == ["r0"] and lines[-1]["teacher_calls"] == answered
+    assert lines[-1]["teacher_cost_usd"] > 0
+    assert f"calls {answered}," in err and "cost $0.0000" not in err
 
 
 # ---- item 6: inputs beyond the student's context ----------------------------------------------------------

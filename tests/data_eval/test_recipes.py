@@ -29,6 +29,7 @@ MINE = [
     "baseline_token_opd",
     "baseline_grpo",
     "baseline_seqkd",
+    "verl_cpu_smoke",
 ]
 OMNIOPD_YAMLS = sorted(p for d in MINE if d.startswith("omniopd") for p in (RECIPES / d).glob("[!_]*.yaml"))
 # keys under these prefixes are free-form maps in the base config

@@ -135,7 +135,9 @@ def test_config_errors_name_key_value_and_allowed(tmp_path, benchmarks_dir):
     # settings the local engine cannot honour are refused, not silently ignored
     with pytest.raises(ConfigError, match=r"omniopd\.task_reward_weight=0\.5 is not supported by the local engine"):
         load_run_config(path, ["omniopd.task_reward_weight=0.5"])
-    with pytest.raises(ConfigError, match=r"omniopd\.entropy_source='rollout_topk' is not used by the local engine"):
+    with pytest.raises(
+        ConfigError, match=r"omniopd\.entropy_source='rollout_topk' is not supported by the local engine"
+    ):
         load_run_config(path, ["omniopd.entropy_source=rollout_topk"])
 
 

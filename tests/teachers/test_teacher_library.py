@@ -21,7 +21,14 @@ import pytest
 from omniopd_verl import registry
 from omniopd_verl.audit.auditor import _gather_or_cancel
 from omniopd_verl.config import TeacherConfig
-from omniopd_verl.teachers import TeacherAuthError, TeacherBudgetExceeded, TeacherRequest
+from omniopd_verl.teachers import (
+    RawAnswer,
+    RawSample,
+    TeacherAuthError,
+    TeacherBudgetExceeded,
+    TeacherCapabilities,
+    TeacherRequest,
+)
 from omniopd_verl.teachers.cache import TeacherCache
 from omniopd_verl.teachers.secrets import PROVIDER_KEY_VARS
 from omniopd_verl.testing import Fault, serve_fault_server
@@ -83,7 +90,8 @@ def test_empty_sample_with_a_stop_is_a_real_answer(fmt):
         [result] = asyncio.run(teacher.sample([request(0)]))
         assert result.texts is not None and len(result.texts) == N
         empty = [j for j, t in enumerate(result.texts) if t == ""]
-        assert empty == ([2] if fmt != "anthropic" else [0])  # kept in place, to be scored
+        # kept in place, to be scored (Anthropic: N one-sample calls race, the fault hits whichever comes first)
+        assert empty == [2] if fmt != "anthropic" else len(empty) == 1
         m = teacher.metrics()
         assert m["teacher/retries"] == 0 and m["teacher/empty_stop_samples"] == 1 and m["teacher/failures"] == 0
 
@@ -229,3 +237,116 @@ def _forbidden(path, headers):
 
     message = f"Key {sent_key(headers)} is not allowed to use this model"
     return Reply(403, error_body(path == "/v1/messages", "permission_error", message))
+
+
+def test_no_key_in_the_audit_cli_outputs_after_success_and_401(canaries, tmp_path, capfd):
+    """`omniopd-verl audit` with the litellm teacher and the key from the provider's default variable:
+    nothing of any canary in stdout, stderr, the JSONL, the HTML report or the cache."""
+    from omniopd_verl.cli.main import main
+
+    inp = tmp_path / "in.jsonl"
+    inp.write_text(
+        json.dumps({"id": "r0", "prompt": "Count to ten.", "response": " one two three four five six"}) + "\n"
+    )
+    out, report, cache = tmp_path / "out.jsonl", tmp_path / "report.html", tmp_path / "cache.sqlite"
+
+    def audit(server):
+        return main(
+            ["audit", "--input", str(inp), "--output", str(out), "--report", str(report), "--cache", str(cache),
+             "--student", "smollm2-135m-instruct", "--teacher", "litellm", "--teacher-model", "openai/tiny",
+             "--teacher-api-base", server.url, "--chunks", "1", "--samples", "2", "--chunk-len", "3",
+             "--similarity", "ned", "--max-retries", "2", "--teacher-option", "backoff_base_s=0.01"]
+        )  # fmt: skip
+
+    with serve_fault_server(api_key=canaries["OPENAI_API_KEY"], faults=[Fault("server_error")]) as server:
+        assert audit(server) == 0
+    texts = [out.read_text(), report.read_text(), cache.read_bytes().decode("utf-8", "replace")]
+    cache.unlink()
+    with serve_fault_server(api_key="sk-the-server-wants-another-key") as server:
+        assert audit(server) != 0
+    captured = capfd.readouterr()
+    assert "HTTP 401" in captured.err and "$OPENAI_API_KEY" in captured.err and "$None" not in captured.err
+    texts += [captured.out, captured.err]
+    leaks = {var for text in texts for var in _leaks(text)}
+    assert not leaks, leaks
+
+
+class _EmptyThenText:
+    """A raw plugin (any backend looks like this to the library): the first answer has an empty sample
+    ending with `finish`, the next answers are full."""
+
+    capabilities = TeacherCapabilities(supports_n=True, raw_completion=True, batched=True, priced=False)
+
+    def __init__(self, finish):
+        self.finish, self.calls = finish, 0
+
+    def sample_raw(self, requests):
+        self.calls += 1
+        empty = self.calls == 1
+        return [
+            RawAnswer([RawSample("" if empty and j == 0 else f" s{j}", self.finish if empty and j == 0 else "length")
+                       for j in range(r.n)])
+            for r in requests
+        ]  # fmt: skip
+
+
+@pytest.mark.parametrize(("finish", "retried"), [("length", True), (None, True), ("stop", False), ("eos", False)])
+def test_the_empty_sample_rule_holds_for_any_plugin(finish, retried):
+    from omniopd_verl.teachers.library import Teacher
+
+    plugin = _EmptyThenText(finish)
+    teacher = Teacher("empty", plugin, TeacherConfig(name="transformers", model="m", max_retries=1))
+    [result] = asyncio.run(teacher.sample([request(0)]))
+    m = teacher.metrics()
+    if retried:
+        assert result.texts == [" s0", " s1", " s2"] and m["teacher/retries"] == 1 and plugin.calls == 2
+        assert m["teacher/empty_stop_samples"] == 0
+    else:
+        assert result.texts == ["", " s1", " s2"] and m["teacher/retries"] == 0 and plugin.calls == 1
+        assert m["teacher/empty_stop_samples"] == 1
+
+
+def test_a_teacher_failure_stop_still_caches_the_answers_in_flight(tmp_path, tiny_model_path):
+    """on_failure='error': the Auditor stops the batch, but what the server already served is kept."""
+    import torch
+    from transformers import AutoTokenizer
+
+    from omniopd_verl.audit import StudentResponse, TeacherFailureError
+    from omniopd_verl.audit.auditor import Auditor
+    from omniopd_verl.config import OmniOPDConfig
+
+    tok = AutoTokenizer.from_pretrained(tiny_model_path)
+    ids = tok("one two three four five six seven eight", add_special_tokens=False)["input_ids"]
+    responses = [StudentResponse(f"r{i}", f"Count {i}:", ids, torch.full((len(ids),), -1.0)) for i in range(6)]
+    cache = tmp_path / "cache.sqlite"
+    with serve_fault_server(faults=[Fault("server_error", times=100, match="Count 0:")], latency_s=0.5) as server:
+        cfg = OmniOPDConfig(
+            chunks=1,
+            samples=2,
+            chunk_len=2,
+            scheduler="uniform",
+            similarity="ned",
+            teacher=dict(
+                name="openai_completions", model="tiny", api_base=server.url, max_retries=0, cache_path=str(cache)
+            ),
+        )
+        auditor = Auditor(cfg, tok)
+        with pytest.raises(TeacherFailureError, match="r0"):
+            asyncio.run(auditor.audit(responses))
+        served = sum(q.status == 200 for q in server.requests)
+    assert served == 5 and TeacherCache(cache).count() == served
+
+
+def test_third_party_loggers_are_redacted(canaries, caplog):
+    """litellm/openai/httpx log records that carry a key (a debug dump, an exception) reach handlers redacted."""
+    from omniopd_verl.teachers.secrets import Redactor, install_log_redaction
+
+    install_log_redaction(Redactor())
+    caplog.set_level(logging.DEBUG)
+    key = canaries["ANTHROPIC_API_KEY"]
+    logging.getLogger("LiteLLM").debug("POST headers={'x-api-key': '%s'}", key)
+    try:
+        raise RuntimeError(f"Incorrect API key provided: {key}")
+    except RuntimeError:
+        logging.getLogger("openai").exception("request failed")
+    assert key not in caplog.text and caplog.text.count("***") == 2

@@ -17,6 +17,7 @@ from them equals the scores on response tokens and 0 on padding.
 from __future__ import annotations
 
 import asyncio
+import json
 import math
 import os
 
@@ -199,8 +200,10 @@ def test_dense_scores_land_on_exactly_the_audited_tokens(ray_session, tiny_model
             k_sem = float(chunk[0]) * (N + ALPHA) - ALPHA * pi_bar
             assert -1e-4 <= k_sem <= N + 1e-4, (a, float(chunk[0]), pi_bar)
         info = fields["extra_fields"]["reward_extra_info"]
-        assert "omniopd_token_scores" not in info and info["audit/chunks"] == len(anchors)
+        assert "omniopd_token_scores" not in info and info["omniopd_row/chunks"] == len(anchors)
         assert "omniopd_student" not in fields["extra_fields"]  # per-token lists stay out of TransferQueue
+        logged = json.loads(info["omniopd_audit"])
+        assert [(c["start"], c["end"]) for c in logged["chunks"]] == [(a, a + C) for a in anchors]
         assert info["audit/entropy_source"] == "rollout_topk"
         assert info["acc"] in (0.0, 1.0)  # verl's gsm8k scorer, reported (lambda = 0: not mixed in)
         rows_scores.append(rm_scores)

@@ -1,8 +1,9 @@
 """The `omniopd` estimator through verl's own compute_advantage paths, against naive references.
 
 Batches are hand-built DataProto objects with right padding (verl's layout); rm_scores come from the
-same functions the reward manager uses (audits -> token credit -> dense scores). The references are
-plain loops over rows and tokens.
+per-row step the reward manager uses (`advantage.token_scores`). The references are plain loops over
+rows and tokens. 'centered_batch' needs the audited-token mask, which verl's compute_advantage cannot
+forward: it is passed to the estimator explicitly (as the OmniOPD trainer modes do), never guessed.
 """
 
 from __future__ import annotations
@@ -15,8 +16,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from omegaconf import OmegaConf
 
-from omniopd_verl.advantage import dense_token_scores, omniopd_advantage
-from omniopd_verl.audit import audits_to_token_credit
+from omniopd_verl.advantage import advantage_from_audits, batch_advantage, token_scores
 from omniopd_verl.audit.types import ChunkAudit, ResponseAudit
 
 
@@ -82,42 +82,71 @@ def batch(scores_BT, mask_BT, garbage_on_padding=True):
 
 
 def reward_side_scores(audits, mask_BT, mode, task=None, lam=0.0):
-    """What the reward manager writes as rm_scores, one response at a time."""
-    rows = []
+    """What the reward manager writes as rm_scores (and the audited-token mask), one response at a time."""
+    scores, audited = torch.zeros(mask_BT.shape), torch.zeros(mask_BT.shape, dtype=torch.bool)
     for b, a in enumerate(audits):
         n = int(mask_BT[b].sum())
-        row_mode = "posterior" if mode == "centered_batch" else mode
-        credit = audits_to_token_credit([a], torch.ones(1, n, dtype=torch.long), row_mode)
         t = None if task is None else torch.tensor([task[b]])
-        rows.append(dense_token_scores(credit, t, lam)[0])
-    scores = torch.zeros(mask_BT.shape)
-    for b, r in enumerate(rows):
-        scores[b, : len(r)] = r
-    return scores
+        row = token_scores([a], torch.ones(1, n, dtype=torch.long), mode, t, lam)
+        scores[b, :n], audited[b, :n] = row.scores_BT[0], row.audit_mask_BT[0]
+    return scores, audited
+
+
+def estimate(data, cfg, mode, audited, path="compute_advantage"):
+    """verl's compute_advantage paths; 'centered_batch' calls the estimator with the explicit mask."""
+    from verl.trainer.ppo.ray_trainer import compute_advantage
+    from verl.trainer.ppo.v1.utils import compute_advantage_for_multi_trajectories
+
+    from omniopd_verl.verl_integration.estimator import omniopd_adv_estimator
+
+    if mode == "centered_batch":
+        advantages, returns = omniopd_adv_estimator(
+            data.batch["token_level_rewards"], data.batch["response_mask"], config=cfg, audit_mask=audited
+        )
+        return advantages, returns
+    if path == "compute_advantage":
+        out = compute_advantage(data, adv_estimator="omniopd", config=cfg)
+    else:
+        keys = [f"u{b}_0_0" for b in range(len(data))]
+        out = compute_advantage_for_multi_trajectories(data, batch_keys=keys, adv_estimator="omniopd", config=cfg)
+    return out.batch["advantages"], out.batch["returns"]
 
 
 @pytest.mark.parametrize("path", ["compute_advantage", "multi_trajectories"])
 @pytest.mark.parametrize("mode", ["posterior", "centered_prior", "centered_batch"])
 def test_estimator_through_verl_matches_naive(path, mode):
-    from verl.trainer.ppo.ray_trainer import compute_advantage
-    from verl.trainer.ppo.v1.utils import compute_advantage_for_multi_trajectories
-
     width = 14
     mask = mask_for(LENGTHS, width)
-    data = batch(reward_side_scores(AUDITS, mask, mode), mask)
-    cfg = algorithm_config(mode)
-    if path == "compute_advantage":
-        out = compute_advantage(data, adv_estimator="omniopd", config=cfg)
-    else:
-        keys = [f"u{b}_0_0" for b in range(len(LENGTHS))]
-        out = compute_advantage_for_multi_trajectories(data, batch_keys=keys, adv_estimator="omniopd", config=cfg)
+    scores, audited = reward_side_scores(AUDITS, mask, mode)
+    advantages, returns = estimate(batch(scores, mask), algorithm_config(mode), mode, audited, path)
     expected = naive_advantage(AUDITS, LENGTHS, width, mode)
-    torch.testing.assert_close(out.batch["advantages"], expected, rtol=0, atol=1e-6)
-    torch.testing.assert_close(out.batch["returns"], expected, rtol=0, atol=1e-6)
+    torch.testing.assert_close(advantages, expected, rtol=0, atol=1e-6)
+    torch.testing.assert_close(returns, expected, rtol=0, atol=1e-6)
     if mode == "posterior":  # exactly pi_hat on chunk tokens, exactly 0 elsewhere
-        assert out.batch["advantages"][0, 0].item() == pytest.approx(0.8)
-        assert torch.all(out.batch["advantages"][2] == 0)
-        assert torch.all(out.batch["advantages"][mask == 0] == 0)
+        assert advantages[0, 0].item() == pytest.approx(0.8)
+        assert torch.all(advantages[2] == 0)
+        assert torch.all(advantages[mask == 0] == 0)
+    # the local engine's one function gives the same advantage on the same batch
+    local, _ = advantage_from_audits(AUDITS, mask, mode)
+    torch.testing.assert_close(local, expected, rtol=0, atol=1e-6)
+
+
+def test_centered_batch_uses_the_audited_mask_not_the_sign():
+    """A chunk whose pi_hat is tiny is still audited, and a negative score (a task reward, a KL penalty)
+    is not: the mean is over the mask, whatever the signs."""
+    from verl.trainer.ppo.ray_trainer import compute_advantage
+
+    from omniopd_verl.errors import ConfigError
+    from omniopd_verl.verl_integration.estimator import omniopd_adv_estimator
+
+    mask = mask_for([4, 4], 4)
+    scores = torch.tensor([[0.9, 0.9, -0.3, -0.3], [0.1, 0.1, 0.0, 0.0]])
+    audited = torch.tensor([[1, 1, 0, 0], [1, 1, 0, 0]], dtype=torch.bool)
+    adv, _ = omniopd_adv_estimator(scores, mask, config=algorithm_config("centered_batch"), audit_mask=audited)
+    expected = torch.tensor([[0.4, 0.4, -0.3, -0.3], [-0.4, -0.4, 0.0, 0.0]])
+    torch.testing.assert_close(adv, expected, rtol=0, atol=1e-6)
+    with pytest.raises(ConfigError, match="needs the batch's audited-token mask"):
+        compute_advantage(batch(scores, mask), adv_estimator="omniopd", config=algorithm_config("centered_batch"))
 
 
 def test_task_reward_mixed_in_with_its_weight():
@@ -125,7 +154,7 @@ def test_task_reward_mixed_in_with_its_weight():
 
     width, task, lam = 12, [1.0, 0.0, 1.0], 0.5
     mask = mask_for(LENGTHS, width)
-    data = batch(reward_side_scores(AUDITS, mask, "posterior", task, lam), mask)
+    data = batch(reward_side_scores(AUDITS, mask, "posterior", task, lam)[0], mask)
     out = compute_advantage(data, adv_estimator="omniopd", config=algorithm_config("posterior", lam))
     torch.testing.assert_close(
         out.batch["advantages"], naive_advantage(AUDITS, LENGTHS, width, "posterior", task, lam), rtol=0, atol=1e-6
@@ -134,11 +163,10 @@ def test_task_reward_mixed_in_with_its_weight():
 
 def test_centered_batch_refuses_a_task_reward():
     from omniopd_verl.errors import ConfigError
-    from omniopd_verl.verl_integration.estimator import omniopd_adv_estimator
 
     mask = mask_for(LENGTHS, 12)
     with pytest.raises(ConfigError, match="task_reward_weight"):
-        omniopd_adv_estimator(torch.zeros(3, 12), mask, config=algorithm_config("centered_batch", 0.5))
+        token_scores(AUDITS, mask, "centered_batch", torch.ones(3), 0.5)
 
 
 def test_estimator_reads_the_interpolated_omniopd_node_of_the_shipped_config():
@@ -150,7 +178,7 @@ def test_estimator_reads_the_interpolated_omniopd_node_of_the_shipped_config():
     assert cfg.algorithm.adv_estimator == "omniopd"
     width = 12
     mask = mask_for(LENGTHS, width)
-    data = batch(reward_side_scores(AUDITS, mask, "centered_prior"), mask)
+    data = batch(reward_side_scores(AUDITS, mask, "centered_prior")[0], mask)
     out = compute_advantage(data, adv_estimator=cfg.algorithm.adv_estimator, config=cfg.algorithm)
     torch.testing.assert_close(
         out.batch["advantages"], naive_advantage(AUDITS, LENGTHS, width, "centered_prior"), rtol=0, atol=1e-6
@@ -178,22 +206,22 @@ def audited_batches(draw):
 @settings(max_examples=40, deadline=None)
 @given(audited_batches(), st.sampled_from(["posterior", "centered_prior", "centered_batch"]))
 def test_estimator_property_matches_naive(sample, mode):
-    from verl.trainer.ppo.ray_trainer import compute_advantage
-
     audits, lengths, extra_pad = sample
     width = max(lengths + [1]) + extra_pad
     mask = mask_for(lengths, width)
-    data = batch(reward_side_scores(audits, mask, mode), mask)
-    out = compute_advantage(data, adv_estimator="omniopd", config=algorithm_config(mode))
-    torch.testing.assert_close(
-        out.batch["advantages"], naive_advantage(audits, lengths, width, mode), rtol=0, atol=1e-6
-    )
+    scores, audited = reward_side_scores(audits, mask, mode)
+    advantages, _ = estimate(batch(scores, mask), algorithm_config(mode), mode, audited)
+    expected = naive_advantage(audits, lengths, width, mode)
+    torch.testing.assert_close(advantages, expected, rtol=0, atol=1e-6)
+    torch.testing.assert_close(advantage_from_audits(audits, mask, mode)[0], expected, rtol=0, atol=1e-6)
 
 
 def test_pure_function_guards():
     from omniopd_verl.errors import GuardError
 
     with pytest.raises(GuardError, match="same"):
-        omniopd_advantage(torch.zeros(2, 3), torch.ones(2, 4))
+        batch_advantage(torch.zeros(2, 3), torch.ones(2, 4))
     with pytest.raises(GuardError, match="NaN"):
-        omniopd_advantage(torch.tensor([[float("nan")]]), torch.ones(1, 1))
+        batch_advantage(torch.tensor([[float("nan")]]), torch.ones(1, 1))
+    with pytest.raises(GuardError, match="audited-token mask"):
+        batch_advantage(torch.zeros(1, 2), torch.ones(1, 2), "centered_batch")

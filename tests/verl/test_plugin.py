@@ -6,6 +6,7 @@ broken install fails loudly (verl 0.9.1 itself swallows plugin import errors at 
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 import textwrap
@@ -62,3 +63,33 @@ def test_a_broken_install_fails_loudly_with_its_cause():
         assert "OmniOPD is not registered" in message and "ModuleNotFoundError" in message
         assert "advantage estimator 'omniopd' is not registered" in message
     assert "OmniOPD failed to register its verl plugin" in out.stderr  # logged at ERROR in every process
+
+
+def test_a_package_that_fails_to_import_is_reported_with_its_cause(tmp_path):
+    """Issue 10 item 5: the entry module lives outside the package, so a shadowed / broken `omniopd_verl`
+    is logged at ERROR with its cause, and asking verl for `omniopd` raises with that cause."""
+    shadow = tmp_path / "omniopd_verl"
+    shadow.mkdir()
+    (shadow / "__init__.py").write_text("raise ImportError('shadowed on purpose by the test')\n")
+    code = textwrap.dedent(
+        """
+        import verl
+        from verl.trainer.ppo.core_algos import get_adv_estimator_fn
+        from verl.experimental.reward_loop.reward_manager import get_reward_manager_cls
+        messages = []
+        for lookup in (lambda: get_adv_estimator_fn("omniopd")(None, None), lambda: get_reward_manager_cls("omniopd")(None, None)):
+            try:
+                lookup()
+            except RuntimeError as exc:
+                messages.append(str(exc))
+        print("MESSAGES", messages)
+        """
+    )
+    env = dict(os.environ, PYTHONPATH=str(tmp_path))
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=240, env=env, cwd=tmp_path
+    )
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert "omniopd-verl failed to import" in out.stderr and "shadowed on purpose by the test" in out.stderr
+    line = next(x for x in out.stdout.splitlines() if x.startswith("MESSAGES"))
+    assert line.count("shadowed on purpose by the test") == 2, line

@@ -108,11 +108,34 @@ def test_recipe_yaml_composes_from_the_packaged_bases(capsys, tmp_path):
     assert cfg.actor_rollout_ref.actor.megatron.tensor_model_parallel_size == 4
 
 
-def test_launch_without_gpu_stops_at_once_pointing_to_the_local_engine(capsys):
+def test_launch_without_gpu_runs_verl_in_cpu_mode(capsys, monkeypatch):
+    """No GPU: main_ppo is launched with the CPU overlay and VERL_PLATFORM=cpu, after a message saying
+    what CPU mode is for (the run itself: tests/verl/test_main_ppo_cpu.py and recipes/verl_cpu_smoke)."""
+    import omniopd_verl.cli.train as train_cli
+
+    launched = {}
+
+    def fake_call(cmd, env):  # subprocess.call: record instead of starting Ray
+        launched.update(cmd=cmd, env=env)
+        return 0
+
+    monkeypatch.setattr(train_cli, "_has_gpu", lambda: False)
+    monkeypatch.setattr(train_cli.subprocess, "call", fake_call)
     rc = main(["train", MODEL])
     err = capsys.readouterr().err
-    assert rc == 3
-    assert "--engine local" in err and "GPU" in err
+    assert rc == 0, err
+    assert "CPU mode" in err and "no GPU" in err and "not train a real model" in err
+    assert launched["cmd"][1:3] == ["-m", "verl.trainer.main_ppo"] and "+omniopd_platform=cpu" in launched["cmd"]
+    assert launched["env"]["VERL_PLATFORM"] == "cpu"
+
+
+def test_cpu_dry_run_shows_the_cpu_overlay(capsys):
+    rc = main(["train", "--cpu", "--dry-run", MODEL])
+    out, err = capsys.readouterr()
+    assert rc == 0, err
+    cfg = OmegaConf.create(out)
+    assert cfg.actor_rollout_ref.rollout.name == "hf" and cfg.trainer.v1.trainer_mode == "cpu_sync"
+    assert cfg.actor_rollout_ref.actor.strategy == "fsdp2" and cfg.trainer.device == "cpu"
 
 
 def test_unknown_config_name_lists_the_shipped_ones(capsys):

@@ -1,0 +1,156 @@
+"""The layers hold (docs/architecture.md): read statically from the source with ast, nothing imported.
+
+- no import cycles between omniopd_verl modules (every import counts, also those inside functions);
+- no plugin module (an entry point of omniopd_verl.teachers / .similarity / .schedulers) imports
+  another plugin module: shared code lives in the teacher library, `similarity.base`, `core`;
+- the local engine imports no teacher class (it builds its teacher through the registry);
+- the config is plain data: omniopd_verl.config imports no registry and no plugin;
+- core imports nothing of the project but core (and errors).
+"""
+
+from __future__ import annotations
+
+import ast
+from importlib.metadata import entry_points
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+PKG = ROOT / "omniopd_verl"
+
+
+def module_name(path: Path) -> str:
+    parts = list(path.relative_to(ROOT).with_suffix("").parts)
+    if parts[-1] == "__init__":
+        parts = parts[:-1]
+    return ".".join(parts)
+
+
+MODULES = {module_name(p): p for p in PKG.rglob("*.py")}
+
+
+def resolve(name: str) -> str | None:
+    """The project module an import names (a module, or the module holding the imported name)."""
+    while name:
+        if name in MODULES:
+            return name
+        name = name.rpartition(".")[0]
+    return None
+
+
+def imports_of(module: str) -> set[str]:
+    path = MODULES[module]
+    tree = ast.parse(path.read_text(), str(path))
+    package = module if path.name == "__init__.py" else module.rpartition(".")[0]
+    found = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            names = [a.name for a in node.names]
+        elif isinstance(node, ast.ImportFrom):
+            base = node.module or ""
+            if node.level:
+                anchor = package.split(".")[: len(package.split(".")) - node.level + 1]
+                base = ".".join([*anchor, base] if base else anchor)
+            names = [f"{base}.{a.name}" for a in node.names] + [base]
+        else:
+            continue
+        for name in names:
+            target = resolve(name) if name.startswith("omniopd_verl") else None
+            # `from omniopd_verl.audit.types import X` imports audit.types (its package __init__ runs too,
+            # but that is Python's machinery, not a dependency of this module on the package's contents)
+            if target is not None and target != module:
+                found.add(target)
+    # keep the most specific target: `from a.b import c` names both a.b and a.b.c when c is a module
+    return {
+        t for t in found if not any(o != t and o.startswith(t + ".") for o in found) or MODULES[t].name != "__init__.py"
+    }
+
+
+# The one back-edge left, owned by the verl integration: the reward manager calls plugin.self_check()
+# lazily (function-level import) while plugin.register() imports the reward manager. To be removed when
+# self_check moves out of plugin.py; any other cycle fails the test.
+# (checks -> plugin, for name constants, is gone where those moved to verl_integration/names.py.)
+KNOWN_BACK_EDGES = {
+    ("omniopd_verl.verl_integration.reward_manager", "omniopd_verl.verl_integration.plugin"),
+    ("omniopd_verl.verl_integration.checks", "omniopd_verl.verl_integration.plugin"),
+}
+
+GRAPH = {m: {n for n in imports_of(m) if (m, n) not in KNOWN_BACK_EDGES} for m in MODULES}
+
+
+def plugin_modules() -> dict[str, str]:
+    """module -> 'group:name' for this package's own plugin entry points (installed metadata)."""
+    out = {}
+    for group in ("omniopd_verl.teachers", "omniopd_verl.similarity", "omniopd_verl.schedulers"):
+        for ep in entry_points(group=group):
+            module = ep.value.split(":")[0]
+            if module in MODULES:
+                out[module] = f"{group}:{ep.name}"
+    return out
+
+
+def find_cycle() -> list[str] | None:
+    state: dict[str, int] = {}
+    stack: list[str] = []
+
+    def visit(m: str) -> list[str] | None:
+        state[m] = 1
+        stack.append(m)
+        for n in sorted(GRAPH[m]):
+            if state.get(n) == 1:
+                return stack[stack.index(n) :] + [n]
+            if n not in state:
+                cycle = visit(n)
+                if cycle:
+                    return cycle
+        stack.pop()
+        state[m] = 2
+        return None
+
+    for m in sorted(GRAPH):
+        if m not in state:
+            cycle = visit(m)
+            if cycle:
+                return cycle
+    return None
+
+
+def test_the_reader_sees_real_imports():
+    assert "omniopd_verl.teachers.library" in GRAPH["omniopd_verl.registry"]  # a lazy import counts
+    assert "omniopd_verl.core.credit" in GRAPH["omniopd_verl.core"]
+
+
+def test_no_import_cycles():
+    cycle = find_cycle()
+    assert cycle is None, " -> ".join(cycle)
+
+
+def test_no_plugin_module_imports_another_plugin_module():
+    plugins = plugin_modules()
+    assert len(plugins) >= 8  # 4 teacher modules, 3 similarity modules, the schedulers module
+    bad = [
+        f"{m} ({plugins[m]}) imports {n} ({plugins[n]})"
+        for m in plugins
+        if m in GRAPH
+        for n in GRAPH[m]
+        if n in plugins and n != m
+    ]
+    assert not bad, bad
+
+
+def test_the_local_engine_imports_no_teacher_class():
+    teacher_plugins = {m for m, ep in plugin_modules().items() if ep.startswith("omniopd_verl.teachers:")}
+    for module, path in MODULES.items():
+        if not module.startswith("omniopd_verl.local"):
+            continue
+        assert not (GRAPH[module] & teacher_plugins), (module, GRAPH[module] & teacher_plugins)
+        tree = ast.parse(path.read_text())
+        named = [a.name for n in ast.walk(tree) if isinstance(n, ast.ImportFrom) for a in n.names]
+        assert not [n for n in named if n.endswith("Teacher")], (module, named)
+
+
+def test_config_is_plain_data_and_core_is_pure():
+    assert GRAPH["omniopd_verl.config"] <= {"omniopd_verl.errors"}, GRAPH["omniopd_verl.config"]
+    for module in MODULES:
+        if module.startswith("omniopd_verl.core"):
+            outside = {n for n in GRAPH[module] if not n.startswith("omniopd_verl.core") and n != "omniopd_verl.errors"}
+            assert not outside, (module, outside)

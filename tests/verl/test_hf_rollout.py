@@ -1,0 +1,168 @@
+"""The `hf` rollout backend without Ray: batched sampling against a naive one-sequence reference, vLLM's
+sampling semantics and prompt_logprobs layout, and the server's batching, weight updates and aborts.
+(The backend inside verl's trainer: test_main_ppo_cpu.py.)"""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+import torch
+
+from omniopd_verl.verl_integration.hf_generation import (
+    GenerationRequest,
+    generate_batch,
+    request_seed,
+    sampling_logprobs,
+)
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from omniopd_verl.models import make_tiny_random_model
+
+    path = make_tiny_random_model(tmp_path_factory.mktemp("hf_rollout") / "tiny")
+    model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32, attn_implementation="eager").eval()
+    return path, model, AutoTokenizer.from_pretrained(path)
+
+
+@torch.no_grad()
+def naive_greedy(model, prompt: list[int], n: int) -> tuple[list[int], list[float]]:
+    """No cache, no padding, no batch: one full forward per new token."""
+    ids, toks, lps = list(prompt), [], []
+    for _ in range(n):
+        lp = torch.log_softmax(model(torch.tensor([ids])).logits[0, -1].float(), -1)
+        tok = int(lp.argmax())
+        toks.append(tok)
+        lps.append(float(lp[tok]))
+        ids.append(tok)
+    return toks, lps
+
+
+PROMPTS = [[1, 50, 60, 70, 80, 90], [1, 200, 300], [1, 5, 6, 7, 8, 9, 10, 11, 12]]
+
+
+def test_batched_greedy_equals_the_naive_reference_under_left_padding(tiny):
+    _, model, tok = tiny
+    requests = [GenerationRequest(p, max_tokens=6, temperature=0.0) for p in PROMPTS]
+    results = generate_batch(model, requests, eos_token_ids=set(), pad_token_id=tok.pad_token_id or 0)
+    for prompt, result in zip(PROMPTS, results, strict=True):
+        toks, lps = naive_greedy(model, prompt, 6)
+        assert result.token_ids == toks
+        assert result.log_probs == pytest.approx(lps, abs=1e-5)
+        assert result.stop_reason == "completed"
+
+
+def test_sampling_is_per_request_reproducible_and_independent_of_the_batch(tiny):
+    _, model, tok = tiny
+    requests = [
+        GenerationRequest(p, max_tokens=8, temperature=1.0, seed=request_seed(f"r{i}")) for i, p in enumerate(PROMPTS)
+    ]
+    together = generate_batch(model, requests, eos_token_ids=set(), pad_token_id=0)
+    alone = [generate_batch(model, [r], eos_token_ids=set(), pad_token_id=0)[0] for r in requests]
+    for a, b in zip(together, alone, strict=True):
+        assert a.token_ids == b.token_ids
+        assert a.log_probs == pytest.approx(b.log_probs, abs=1e-5)
+    assert len({tuple(r.token_ids) for r in together}) > 1
+
+
+def test_eos_and_max_tokens_stop_each_row_on_its_own(tiny):
+    _, model, _ = tiny
+    greedy0, _ = naive_greedy(model, PROMPTS[0], 1)
+    greedy1, _ = naive_greedy(model, PROMPTS[1], 3)
+    eos = greedy0[0]  # row 0 ends at its first token; row 1 goes on to max_tokens (or its own eos)
+    requests = [
+        GenerationRequest(PROMPTS[0], max_tokens=10, temperature=0.0),
+        GenerationRequest(PROMPTS[1], max_tokens=3, temperature=0.0),
+    ]
+    results = generate_batch(model, requests, eos_token_ids={eos}, pad_token_id=0)
+    assert results[0].token_ids == [eos]
+    expected1 = greedy1[: greedy1.index(eos) + 1] if eos in greedy1 else greedy1
+    assert results[1].token_ids == expected1
+
+
+def test_sampling_logprobs_follow_vllms_temperature_top_k_top_p():
+    logits = torch.tensor([3.0, 2.0, 1.0, 0.0, -1.0])
+    lp = sampling_logprobs(logits, temperature=2.0, top_k=-1, top_p=1.0)
+    assert torch.allclose(lp, torch.log_softmax(logits / 2.0, -1))
+    lp = sampling_logprobs(logits, temperature=1.0, top_k=2, top_p=1.0)
+    assert torch.isfinite(lp).tolist() == [True, True, False, False, False]
+    assert torch.allclose(lp[:2], torch.log_softmax(logits[:2], -1))
+    p = torch.softmax(logits, -1)
+    lp = sampling_logprobs(logits, temperature=1.0, top_k=-1, top_p=float(p[0] + p[1] / 2))
+    assert torch.isfinite(lp).tolist() == [True, True, False, False, False]  # smallest prefix reaching top_p
+    assert float(lp.exp().sum()) == pytest.approx(1.0)
+
+
+def test_prompt_logprobs_in_vllms_layout(tiny):
+    _, model, _ = tiny
+    prompt = PROMPTS[2]
+    with torch.no_grad():
+        raw = torch.log_softmax(model(torch.tensor([prompt])).logits[0].float(), -1)
+    for k in (0, 3):
+        [res] = generate_batch(
+            model,
+            [GenerationRequest(prompt, max_tokens=1, temperature=0.0, prompt_logprobs=k)],
+            eos_token_ids=set(),
+            pad_token_id=0,
+        )
+        assert len(res.prompt_ids) == len(res.prompt_logprobs) == len(prompt)
+        assert res.prompt_logprobs[-1] == [0.0] * max(k, 1)  # the dummy last row
+        for i in range(len(prompt) - 1):
+            if k == 0:
+                assert res.prompt_ids[i] == [prompt[i + 1]]
+                assert res.prompt_logprobs[i][0] == pytest.approx(float(raw[i, prompt[i + 1]]), abs=1e-5)
+            else:
+                values, ids = raw[i].topk(k)
+                assert res.prompt_ids[i] == ids.tolist()
+                assert res.prompt_logprobs[i] == pytest.approx(values.tolist(), abs=1e-5)
+
+
+def test_bad_sampling_values_name_the_key():
+    with pytest.raises(ValueError, match="top_p=0"):
+        GenerationRequest([1, 2], max_tokens=2, top_p=0.0)
+    with pytest.raises(ValueError, match="logprobs_mode='raw_logits'"):
+        GenerationRequest([1, 2], max_tokens=2, logprobs_mode="raw_logits")
+
+
+def test_server_batches_concurrent_requests_updates_weights_and_aborts(tiny):
+    from omniopd_verl.verl_integration.hf_rollout import HFRolloutServer
+
+    path, model, _ = tiny
+
+    async def scenario():
+        server = HFRolloutServer({"prompt_length": 16, "response_length": 8}, {"path": path}, replica_rank=0)
+        outs = await asyncio.gather(
+            *[
+                server.generate(p, {"temperature": 0.0, "max_tokens": 4, "logprobs": True}, f"id{i}")
+                for i, p in enumerate(PROMPTS)
+            ]
+        )
+        assert server.batches == [3]  # the three concurrent requests ran as one batch
+        for p, out in zip(PROMPTS, outs, strict=True):
+            assert out.token_ids == naive_greedy(model, p, 4)[0] and out.stop_reason == "completed"
+        with pytest.raises(ValueError, match="not supported by the hf rollout"):
+            await server.generate(PROMPTS[0], {"best_of": 2}, "bad")
+        # weights from the actor: every tensor, then the server samples from them
+        state = {k: v + 0.01 for k, v in model.state_dict().items()}
+        before = server.stats()["param_checksum"]
+        await server.update_weights(state, global_steps=3)
+        assert server.stats()["weight_updates"] == 1 and server.stats()["param_checksum"] != before
+        out = await server.generate(PROMPTS[0], {"temperature": 0.0, "max_tokens": 2}, "after")
+        assert out.extra_fields["global_steps"] == 3
+        # abort: pending requests come back 'aborted', new ones wait for resume_generation
+        task = asyncio.ensure_future(server.generate(PROMPTS[1], {"temperature": 1.0, "max_tokens": 8}, "long"))
+        await asyncio.sleep(0)
+        await server.abort_all_requests()
+        assert (await task).stop_reason == "aborted"
+        waiting = asyncio.ensure_future(server.generate(PROMPTS[1], {"temperature": 0.0, "max_tokens": 1}, "held"))
+        await asyncio.sleep(0.05)
+        assert not waiting.done()
+        await server.resume_generation()
+        assert (await waiting).stop_reason == "completed"
+        await server.sleep()
+        await server.wake_up(["weights"])  # no-ops on CPU
+
+    asyncio.run(scenario())

@@ -1,0 +1,279 @@
+"""verl's real trainer (`python -m verl.trainer.main_ppo`, v1) end to end on CPU, 2 steps each.
+
+What runs: the CPU platform, the `cpu_sync` trainer, FSDP2 on gloo, the `hf` rollout backend and
+verl's own registries, Ray, TransferQueue, reward loop and agent loop; a tiny random Llama with
+SmolLM2's tokenizer. OmniOPD's teacher is this project's HTTP server on 127.0.0.1 (real sockets,
+scripted texts, injected faults). Checked independently of the code under test:
+- rollout vs actor log-probs agree (< 1e-4, verl's own training/rollout_probs_diff_max);
+- the actor's weights changed: the step-2 responses' log-probs under the *initial* model differ from
+  the old log-probs verl computed with the synced weights, while at step 1 they agree;
+- the advantages the actor received (verl's TransferQueue, dumped through trainer.rollout_data_dir)
+  equal pi_hat = (sum of the logged similarities + alpha * pi_bar) / (N + alpha), with pi_bar from verl's
+  rollout log-probs, on exactly the audited tokens and 0 elsewhere;
+- audit/* and teacher/* in verl's console `step:N - ...` lines, equal to the same sums over the dump;
+- a failing teacher: on_failure=drop counts the dropped anchors in the step metrics; on_failure=error
+  stops the run with a message naming the teacher and the cause.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from omniopd_verl.testing import Fault, ScriptedGenerator, serve_fault_server
+from omniopd_verl.verl_integration.cpu_smoke import cpu_env, prepare, step_metrics_from_log
+
+REPO = Path(__file__).resolve().parents[2]
+ALPHA, N, C, M = 1.0, 2, 4, 2
+SIZES = [
+    "data.train_batch_size=2",
+    "data.max_prompt_length=64",
+    "data.max_response_length=16",
+    "data.dataloader_num_workers=0",
+    "actor_rollout_ref.actor.ppo_max_token_len_per_gpu=1024",
+    "actor_rollout_ref.rollout.n=2",
+    "actor_rollout_ref.rollout.log_prob_max_token_len_per_gpu=1024",
+    "trainer.total_training_steps=2",
+    "trainer.val_before_train=false",
+    "trainer.test_freq=-1",
+    "trainer.save_freq=-1",
+    "trainer.logger=[console]",
+]
+
+
+@pytest.fixture(scope="module")
+def smoke(tmp_path_factory):
+    model, data = prepare(tmp_path_factory.mktemp("verl_cpu"))
+    return {"model": model, "data": data}
+
+
+def main_ppo(args: list[str], out_dir: Path, timeout: int = 420, entry=("-m", "verl.trainer.main_ppo"), env=None):
+    cmd = [sys.executable, *entry, *args, f"trainer.default_local_dir={out_dir / 'ckpt'}"]
+    proc = subprocess.run(cmd, cwd=REPO, env=env or cpu_env(), capture_output=True, text=True, timeout=timeout)
+    return proc.returncode, proc.stdout + proc.stderr
+
+
+def omniopd_args(smoke, api_base: str, dump: Path, *extra: str) -> list[str]:
+    return [
+        f"--config-path={REPO / 'omniopd_verl' / 'config'}",
+        "--config-name=omniopd_fsdp",
+        "+omniopd_platform=cpu",
+        f"data.train_files={smoke['data']}",
+        f"data.val_files={smoke['data']}",
+        f"actor_rollout_ref.model.path={smoke['model']}",
+        "actor_rollout_ref.actor.optim.lr=1e-3",  # large enough that 1 step visibly moves the weights
+        *SIZES,
+        f"omniopd.chunks={M}",
+        f"omniopd.samples={N}",
+        f"omniopd.chunk_len={C}",
+        f"omniopd.alpha={ALPHA}",
+        "omniopd.rollout_topk=5",
+        "omniopd.similarity=ned",
+        "omniopd.teacher.name=openai_completions",
+        "omniopd.teacher.model=local-teacher",
+        f"omniopd.teacher.api_base={api_base}",
+        "omniopd.teacher.timeout_s=20",
+        f"trainer.rollout_data_dir={dump}",
+        *extra,
+    ]
+
+
+def read_dump(dump: Path, step: int) -> list[dict]:
+    return [json.loads(line) for line in (dump / f"omniopd_step{step}.jsonl").read_text().splitlines()]
+
+
+def expected_advantages(row: dict) -> list[float]:
+    """pi_hat on each logged chunk's tokens, 0 elsewhere, from the logged similarities and verl's rollout log-probs."""
+    audit = json.loads(row["reward_extra_info"]["omniopd_audit"])
+    lp = row["rollout_log_probs"]
+    adv = [0.0] * len(row["responses"])
+    for chunk in audit["chunks"]:
+        start, end = chunk["start"], chunk["end"]
+        k_sem = sum(chunk["similarities"])
+        pi_bar = math.exp(sum(lp[start:end]) / (end - start))
+        pi_hat = (k_sem + ALPHA * pi_bar) / (N + ALPHA)
+        for t in range(start, end):
+            adv[t] = pi_hat
+    return adv
+
+
+@torch.no_grad()
+def logprobs_under(model_path: str, prompt: list[int], response: list[int]) -> torch.Tensor:
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(model_path, dtype=torch.float32, attn_implementation="eager").eval()
+    ids = torch.tensor([prompt + response])
+    lp = torch.log_softmax(model(ids).logits[0].float(), -1)
+    P = len(prompt)
+    return torch.stack([lp[P - 1 + t, tok] for t, tok in enumerate(response)])
+
+
+def test_grpo_baseline_recipe_runs_two_steps_with_the_cpu_overlay(smoke, tmp_path):
+    """verl's GRPO (the baseline_grpo recipe's algorithm) + the CPU overlay, hf rollout: exit 0, 2 steps."""
+    rc, log = main_ppo(
+        [
+            f"--config-path={REPO / 'recipes' / 'baseline_grpo'}",
+            "--config-name=baseline_grpo",
+            "hydra.searchpath=[pkg://verl.trainer.config,pkg://omniopd_verl.config]",
+            "+omniopd_platform=cpu",
+            f"data.train_files={smoke['data']}",
+            f"data.val_files={smoke['data']}",
+            f"actor_rollout_ref.model.path={smoke['model']}",
+            "actor_rollout_ref.model.enable_gradient_checkpointing=false",
+            "actor_rollout_ref.actor.ppo_mini_batch_size=2",
+            "actor_rollout_ref.ref.fsdp_config.param_offload=false",
+            *SIZES,
+        ],
+        tmp_path,
+    )
+    steps = step_metrics_from_log(log)
+    assert rc == 0 and 2 in steps, log[-4000:]
+    for metrics in steps.values():
+        assert metrics["training/rollout_probs_diff_max"] < 1e-4
+        assert "audit/pi_hat_mean" not in metrics  # no OmniOPD rows in a GRPO run
+
+
+def test_omniopd_train_cli_runs_the_cpu_smoke_recipe_and_trains_on_pi_hat(smoke, tmp_path):
+    """`omniopd-verl train --config recipes/verl_cpu_smoke/verl_cpu_smoke.yaml` on this GPU-less machine:
+    CPU mode (the recipe lists the overlay), main_ppo, the HTTP teacher on 127.0.0.1."""
+    dump = tmp_path / "dump"
+    folder = Path(smoke["model"]).parent
+    with serve_fault_server(generator=ScriptedGenerator()) as server:
+        env = dict(os.environ, SMOKE_DIR=str(folder), TEACHER_PORT=server.url.rsplit(":", 1)[1].split("/")[0])
+        env.pop("VERL_PLATFORM", None)  # the CLI sets it itself in CPU mode
+        rc, log = main_ppo(
+            [
+                "train",
+                "--config",
+                str(REPO / "recipes" / "verl_cpu_smoke" / "verl_cpu_smoke.yaml"),
+                f"trainer.rollout_data_dir={dump}",
+            ],
+            tmp_path,
+            entry=("-m", "omniopd_verl.cli.main"),
+            env=env,
+        )
+        teacher_calls = server.calls("/v1/completions")
+    assert "CPU mode" in log  # the CLI said what CPU mode is for
+    steps = step_metrics_from_log(log)
+    assert rc == 0 and 2 in steps, log[-4000:]
+
+    for step in (1, 2):
+        metrics, rows = steps[step], read_dump(dump, step)
+        assert len(rows) == 4  # 2 prompts x n=2
+        assert metrics["training/rollout_probs_diff_max"] < 1e-4
+        chunks = pi_hat_sum = audited = tokens = 0
+        for row in rows:
+            expected = expected_advantages(row)
+            assert row["advantages"] == pytest.approx(expected, abs=1e-5), row["key"]
+            audit = json.loads(row["reward_extra_info"]["omniopd_audit"])
+            chunks += len(audit["chunks"])
+            pi_hat_sum += sum(c["pi_hat"] for c in audit["chunks"])
+            audited += sum(c["end"] - c["start"] for c in audit["chunks"])
+            tokens += len(row["responses"])
+        # verl's step metrics carry the audit and the teacher accounting
+        assert metrics["audit/chunks"] == chunks > 0
+        assert metrics["audit/pi_hat_mean"] == pytest.approx(pi_hat_sum / chunks, rel=1e-6)
+        assert metrics["audit/token_fraction"] == pytest.approx(audited / tokens, rel=1e-6)
+        assert metrics["teacher/calls"] == chunks  # one /v1/completions call (n = N) per anchor
+        assert metrics["audit/anchors_dropped"] == 0 and metrics["teacher/failures"] == 0
+        for key in ("audit/k_sem_frac_mean", "audit/pi_bar_mean", "teacher/retries", "teacher/seconds"):
+            assert key in metrics, key
+    assert teacher_calls == steps[1]["teacher/calls"] + steps[2]["teacher/calls"]
+
+    # the actor learned and its weights reached the rollout: step 1 was sampled from the initial model,
+    # step 2 from the updated one (verl's old log-probs = the synced actor's)
+    for step, changed in ((1, False), (2, True)):
+        row = read_dump(dump, step)[0]
+        initial_lp = logprobs_under(smoke["model"], row["prompts"], row["responses"])
+        diff = (initial_lp - torch.tensor(row["old_log_probs"])).abs().max().item()
+        assert (diff > 1e-3) if changed else (diff < 1e-4), (step, diff)
+
+
+def test_omniopd_teacher_failures_dropped_are_counted_in_step_metrics(smoke, tmp_path):
+    faults = [Fault("server_error", times=3)]
+    with serve_fault_server(generator=ScriptedGenerator(), faults=faults) as server:
+        rc, log = main_ppo(
+            omniopd_args(
+                smoke, server.url, tmp_path / "dump", "omniopd.teacher.on_failure=drop", "omniopd.teacher.max_retries=0"
+            ),
+            tmp_path,
+        )
+    steps = step_metrics_from_log(log)
+    assert rc == 0 and 2 in steps, log[-4000:]
+    dropped = sum(steps[s]["audit/anchors_dropped"] for s in (1, 2))
+    failures = sum(steps[s]["teacher/failures"] for s in (1, 2))
+    assert dropped == failures == 3
+
+
+@pytest.mark.slow
+def test_omniopd_teacher_failure_with_on_failure_error_stops_naming_teacher_and_cause(smoke, tmp_path):
+    faults = [Fault("server_error", times=1000)]
+    with serve_fault_server(generator=ScriptedGenerator(), faults=faults) as server:
+        rc, log = main_ppo(
+            omniopd_args(
+                smoke,
+                server.url,
+                tmp_path / "dump",
+                "omniopd.teacher.on_failure=error",
+                "omniopd.teacher.max_retries=0",
+            ),
+            tmp_path,
+        )
+    assert rc != 0
+    assert "teacher 'openai_completions' failed" in log, log[-4000:]
+    assert "500" in log
+    assert "step:1 -" not in log
+
+
+@pytest.mark.slow
+def test_centered_batch_advantages_subtract_the_batch_mean_over_audited_tokens(smoke, tmp_path):
+    dump = tmp_path / "dump"
+    with serve_fault_server(generator=ScriptedGenerator()) as server:
+        rc, log = main_ppo(omniopd_args(smoke, server.url, dump, "omniopd.advantage=centered_batch"), tmp_path)
+    steps = step_metrics_from_log(log)
+    assert rc == 0 and 2 in steps, log[-4000:]
+    for step in (1, 2):
+        rows = read_dump(dump, step)
+        posterior = [expected_advantages(row) for row in rows]
+        audited = [
+            [
+                any(c["start"] <= t < c["end"] for c in json.loads(row["reward_extra_info"]["omniopd_audit"])["chunks"])
+                for t in range(len(row["responses"]))
+            ]
+            for row in rows
+        ]
+        values = [a for adv, mask in zip(posterior, audited, strict=True) for a, m in zip(adv, mask, strict=True) if m]
+        batch_mean = sum(values) / len(values)
+        for row, adv, mask in zip(rows, posterior, audited, strict=True):
+            expected = [a - batch_mean if m else 0.0 for a, m in zip(adv, mask, strict=True)]
+            assert row["advantages"] == pytest.approx(expected, abs=1e-5), row["key"]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("variant", ["omniopd", "grpo"])
+def test_cpu_smoke_recipe_run_sh(tmp_path, variant):
+    """recipes/verl_cpu_smoke/run.sh: starts the CPU teacher server (omniopd), trains 2 steps, stops it,
+    exits 0 after verl's step:2 line (with the OmniOPD metrics for omniopd)."""
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    env = dict(os.environ, SMOKE_DIR=str(tmp_path / "smoke"), TEACHER_PORT=str(port))
+    argv = [str(REPO / "recipes" / "verl_cpu_smoke" / "run.sh"), *(["grpo"] if variant == "grpo" else [])]
+    proc = subprocess.run(argv, env=env, capture_output=True, text=True, timeout=600)
+    out = proc.stdout + proc.stderr
+    assert proc.returncode == 0, out[-4000:]
+    step2 = step_metrics_from_log(out)[2]
+    if variant == "omniopd":
+        assert step2["audit/chunks"] > 0 and step2["teacher/calls"] == step2["audit/chunks"]
+        assert "step 2 reached" in out
+    else:
+        assert "audit/chunks" not in step2
