@@ -129,3 +129,36 @@ def test_example_teacher_returning_fewer_than_n_samples_is_a_clear_error(tiny_mo
         TeacherFailureError, match=r"teacher 'markov' failed on r0:0 .* returned 2 samples, asked for 3"
     ):
         asyncio.run(auditor.audit([StudentResponse("r0", "Count:", ids, torch.full((len(ids),), -1.0))]))
+
+
+def test_example_teacher_end_to_end_through_the_auditor(tiny_model_path, tmp_path):
+    """The outsider's teacher audited like a built-in: its samples (trimmed to C student tokens) are what is
+    scored, and a rerun comes from the cache."""
+    from transformers import AutoTokenizer
+
+    from omniopd_verl.audit import trim_to_student_tokens
+
+    tok = AutoTokenizer.from_pretrained(tiny_model_path)
+    ids = tok(" the cat sat on the mat and the dog sat on the cat", add_special_tokens=False)["input_ids"]
+    response = StudentResponse("r0", "Story: the cat", ids, torch.full((len(ids),), -1.0))
+    teacher = dict(name="markov", model="bigram", cache_path=str(tmp_path / "c.sqlite"))
+    cfg = OmniOPDConfig(chunks=2, samples=N, chunk_len=3, scheduler="uniform", similarity="jaccard", teacher=teacher)
+    auditor = Auditor(cfg, tok)
+    [audit] = asyncio.run(auditor.audit([response]))
+    assert len(audit.chunks) == 2 and audit.anchors_dropped == 0
+    from omniopd_verl.audit import stable_seed
+    from omniopd_verl.audit.text import ResponseText
+
+    text = ResponseText(tok, ids)
+    expected = asyncio.run(
+        markov().sample(
+            [TeacherRequest("q", "Story: the cat", text.prefix(c.start), N, 3, seed=stable_seed(0, "r0", c.start))
+             for c in audit.chunks]
+        )
+    )  # fmt: skip
+    for c, e in zip(audit.chunks, expected, strict=True):  # exactly the plugin's samples, trimmed to C
+        assert c.teacher_texts == [trim_to_student_tokens(tok, t, 3) for t in e.texts]
+    again = Auditor(cfg, tok)
+    [audit2] = asyncio.run(again.audit([response]))
+    assert [c.teacher_texts for c in audit2.chunks] == [c.teacher_texts for c in audit.chunks]
+    assert again.metrics()["teacher/cache_hits"] == 2 and again.metrics()["teacher/calls"] == 0

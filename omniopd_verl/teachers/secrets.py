@@ -108,24 +108,31 @@ class Redactor:
 
 
 class RedactingFilter(logging.Filter):
-    """Redacts secrets from a log record's rendered message (installed on LOGGERS and their handlers)."""
+    """Redacts every installed secret from a log record's rendered message (installed on LOGGERS)."""
 
     def __init__(self) -> None:
         super().__init__("omniopd-redact")
-        self.redactors: list[Redactor] = []
+        self.secrets: set[str] = set()
+        self._ordered: list[str] = []
+
+    def add(self, secrets: set[str]) -> None:
+        self.secrets |= secrets
+        self._ordered = sorted(self.secrets, key=len, reverse=True)
+
+    def _redact(self, text: str) -> str:
+        for secret in self._ordered:
+            if secret in text:
+                text = text.replace(secret, "***")
+        return text
 
     def filter(self, record: logging.LogRecord) -> bool:
         try:
             message = record.getMessage()
         except Exception:  # a malformed record: leave it to logging's own error handling
             return True
-        clean = message
-        for redactor in self.redactors:
-            clean = redactor(clean)
+        clean = self._redact(message)
         if record.exc_info and record.exc_info[1] is not None:
-            exc_text = logging.Formatter().formatException(record.exc_info)
-            for redactor in self.redactors:
-                exc_text = redactor(exc_text)
+            exc_text = self._redact(logging.Formatter().formatException(record.exc_info))
             record.exc_info, record.exc_text = None, None  # rendered (redacted) into the message instead
             clean = f"{clean}\n{exc_text}"
         if clean != message or record.args:
@@ -138,10 +145,9 @@ _install_lock = threading.Lock()
 
 
 def install_log_redaction(redactor: Redactor) -> None:
-    """Redact `redactor`'s secrets from the loggers teacher calls write to (idempotent per redactor)."""
+    """Redact `redactor`'s secrets from the loggers teacher calls write to (idempotent)."""
     with _install_lock:
-        if redactor not in _FILTER.redactors:
-            _FILTER.redactors.append(redactor)
+        _FILTER.add(set(redactor._secrets))
         for name in LOGGERS:
             logger = logging.getLogger(name)
             if _FILTER not in logger.filters:

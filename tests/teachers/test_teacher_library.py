@@ -335,3 +335,18 @@ def test_a_teacher_failure_stop_still_caches_the_answers_in_flight(tmp_path, tin
             asyncio.run(auditor.audit(responses))
         served = sum(q.status == 200 for q in server.requests)
     assert served == 5 and TeacherCache(cache).count() == served
+
+
+def test_third_party_loggers_are_redacted(canaries, caplog):
+    """litellm/openai/httpx log records that carry a key (a debug dump, an exception) reach handlers redacted."""
+    from omniopd_verl.teachers.secrets import Redactor, install_log_redaction
+
+    install_log_redaction(Redactor())
+    caplog.set_level(logging.DEBUG)
+    key = canaries["ANTHROPIC_API_KEY"]
+    logging.getLogger("LiteLLM").debug("POST headers={'x-api-key': '%s'}", key)
+    try:
+        raise RuntimeError(f"Incorrect API key provided: {key}")
+    except RuntimeError:
+        logging.getLogger("openai").exception("request failed")
+    assert key not in caplog.text and caplog.text.count("***") == 2
