@@ -349,4 +349,7 @@ def test_third_party_loggers_are_redacted(canaries, caplog):
         raise RuntimeError(f"Incorrect API key provided: {key}")
     except RuntimeError:
         logging.getLogger("openai").exception("request failed")
-    assert key not in caplog.text and caplog.text.count("***") == 2
+    # litellm, once imported, masks its own header dumps as 'REDACTED' before our filter sees them
+    assert key not in caplog.text
+    assert "Incorrect API key provided: ***" in caplog.text
+    assert "x-api-key': '***'" in caplog.text or "REDACTED" in caplog.text
