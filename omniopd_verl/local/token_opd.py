@@ -24,15 +24,15 @@ from omniopd_verl.errors import ConfigError
 from omniopd_verl.generation import score_continuations
 
 
-class WhiteBoxTeacher:
-    """A local causal LM (optionally steered) that reports log pi_T of given tokens."""
+class WhiteBoxScorer:
+    """The white-box view of a local teacher: log pi_T of given tokens (a local causal LM, optionally steered)."""
 
     def __init__(self, model, logit_bias_V: torch.Tensor | None = None):
         self.model = model
         self.logit_bias_V = logit_bias_V
 
     @classmethod
-    def from_config(cls, teacher_cfg, *, student_model_name: str, reference_model, tokenizer) -> WhiteBoxTeacher:
+    def from_config(cls, teacher_cfg, *, student_model_name: str, reference_model, tokenizer) -> WhiteBoxScorer:
         if teacher_cfg.name != "transformers":
             raise ConfigError(
                 f"omniopd.teacher.name={teacher_cfg.name!r} is invalid with local.method='token_opd': allowed "

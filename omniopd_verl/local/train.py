@@ -98,9 +98,9 @@ class LocalTrainer:
             teacher = self._build_teacher()
         self.auditor = Auditor(run.omniopd, self.tokenizer, teacher=teacher, similarity=similarity)
         if cfg.method == "token_opd":
-            from omniopd_verl.local.token_opd import WhiteBoxTeacher
+            from omniopd_verl.local.token_opd import WhiteBoxScorer
 
-            self.white_box = WhiteBoxTeacher.from_config(
+            self.white_box = WhiteBoxScorer.from_config(
                 run.omniopd.teacher,
                 student_model_name=cfg.model,
                 reference_model=self.ref_model,

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from omniopd_verl.local.loss import collate, make_actor_config
-from omniopd_verl.local.token_opd import WhiteBoxTeacher, token_opd_credit
+from omniopd_verl.local.token_opd import WhiteBoxScorer, token_opd_credit
 from omniopd_verl.local.update import policy_update
 from omniopd_verl.models import load_causal_lm, make_tiny_random_model
 
@@ -40,7 +40,7 @@ def test_teacher_logprobs_equal_a_full_forward_with_and_without_steering(models)
     bias = torch.zeros(teacher.config.vocab_size)
     bias[[12, 15, 16]] = 3.0
     for b in (None, bias):
-        got = WhiteBoxTeacher(teacher, b).token_logprobs(PROMPTS, RESPONSES, pad_token_id=tok.pad_token_id)
+        got = WhiteBoxScorer(teacher, b).token_logprobs(PROMPTS, RESPONSES, pad_token_id=tok.pad_token_id)
         for p, r, g in zip(PROMPTS, RESPONSES, got, strict=True):
             assert torch.allclose(g, naive_logprobs(teacher, p, r, b), atol=1e-5)
 
@@ -48,7 +48,7 @@ def test_teacher_logprobs_equal_a_full_forward_with_and_without_steering(models)
 def test_token_opd_loss_equals_the_naive_reverse_kl_policy_gradient(models):
     student, teacher, tok = models
     student = copy.deepcopy(student)
-    t_lp = WhiteBoxTeacher(teacher).token_logprobs(PROMPTS, RESPONSES, pad_token_id=tok.pad_token_id)
+    t_lp = WhiteBoxScorer(teacher).token_logprobs(PROMPTS, RESPONSES, pad_token_id=tok.pad_token_id)
     s_lp = [naive_logprobs(student, p, r) for p, r in zip(PROMPTS, RESPONSES, strict=True)]
     batch = collate(PROMPTS, RESPONSES, tok.pad_token_id)
     credit = token_opd_credit(t_lp, s_lp, batch.response_mask_BT)
@@ -81,7 +81,7 @@ def test_token_opd_needs_a_white_box_teacher(models):
 
     student, _, tok = models
     with pytest.raises(ConfigError, match=r"omniopd.teacher.name='openai_completions' is invalid with local.method"):
-        WhiteBoxTeacher.from_config(
+        WhiteBoxScorer.from_config(
             TeacherConfig(name="openai_completions", model="m"),
             student_model_name="s",
             reference_model=student,
