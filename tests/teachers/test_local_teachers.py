@@ -230,3 +230,21 @@ def test_vllm_request_translation(tmp_path):
     assert results[1].texts == [" s101-0", " s101-1", " s101-2"]
     assert t.metrics()["teacher/completion_tokens"] == 5 * 6
     assert asyncio.run(t.sample([req(0, n=2)]))[0].cached and len(vllm.calls) == 1
+
+
+def test_steered_teacher_refuses_a_cache_its_key_would_not_distinguish(tiny_sampler, tmp_path):
+    from omniopd_verl.config import TeacherConfig
+    from omniopd_verl.errors import ConfigError
+    from omniopd_verl.teachers.transformers_local import TransformersTeacher
+
+    steer = {"tokens": "arithmetic", "bias": 4.0}
+    cfg = TeacherConfig(
+        name="transformers", model="tiny", cache_path=str(tmp_path / "c.sqlite"), options={"steer": steer}
+    )
+    with pytest.raises(ConfigError, match=r"options.steer=.* with omniopd.teacher.cache_path=.* is invalid"):
+        TransformersTeacher(cfg, resources={"sampler": tiny_sampler})
+    ok = TransformersTeacher(
+        TeacherConfig(name="transformers", model="tiny", options={"steer": steer}), resources={"sampler": tiny_sampler}
+    )
+    assert ok.sampler is not tiny_sampler and tiny_sampler.logit_bias_V is None  # the shared sampler is untouched
+    assert int((ok.sampler.logit_bias_V == 4.0).sum()) == 175
