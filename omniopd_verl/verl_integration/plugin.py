@@ -11,6 +11,7 @@ module does only cheap registrations, and makes a failure loud in three ways:
 
 Registered here (names in names.py):
 - advantage estimator `omniopd` (verl.trainer.ppo.core_algos.register_adv_est);
+- distillation loss `omniopd_forward_kl_topk_unaudited` (omniopd.kl_anchor=topk_ref, kl_anchor.py);
 - reward manager `omniopd` (verl.experimental.reward_loop.reward_manager.register);
 - the CPU platform `cpu` (selected with VERL_PLATFORM=cpu), the `hf` (transformers) rollout backend,
   the v1 trainer modes `omniopd_sync` and `cpu_sync`, and verl's FSDP engines for device "cpu"
@@ -97,6 +98,9 @@ def register() -> None:
     if ADV_ESTIMATOR_REGISTRY.get(ESTIMATOR_NAME) is not omniopd_adv_estimator:
         register_adv_est(ESTIMATOR_NAME)(omniopd_adv_estimator)
     register_reward_manager(REWARD_MANAGER_NAME)(OmniOPDRewardManager)
+    from omniopd_verl.verl_integration import kl_anchor
+
+    kl_anchor.register()  # the masked top-k reference KL of omniopd.kl_anchor=topk_ref
     register_runtime()
 
 
