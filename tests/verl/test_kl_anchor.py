@@ -111,3 +111,83 @@ def test_masked_topk_loss_without_the_audit_mask_names_the_field():
         get_distillation_loss_fn(TOPK_REF_LOSS_NAME)(
             config=None, distillation_config=cfg, model_output=model_output, data=data
         )
+
+
+# --- the composition: `omniopd-verl train ... omniopd.kl_anchor=topk_ref` sets exactly these verl keys ---
+
+MODEL = "actor_rollout_ref.model.path=/models/student"
+
+
+def _dry_run(capsys, *argv: str):
+    from omegaconf import OmegaConf
+
+    from omniopd_verl.cli.main import main
+
+    rc = main(["train", "--dry-run", *argv])
+    out, err = capsys.readouterr()
+    return rc, (OmegaConf.create(out) if rc == 0 else None), err
+
+
+def test_topk_ref_sets_the_distillation_keys_exactly(capsys):
+    rc, cfg, err = _dry_run(capsys, MODEL, "omniopd.kl_anchor=topk_ref", "omniopd.kl_topk=20", "omniopd.beta=0.05")
+    assert rc == 0, err
+    d = cfg.distillation
+    assert d.enabled is True and (d.n_gpus_per_node, d.nnodes) == (1, 1)
+    assert d.distillation_loss.loss_mode == TOPK_REF_LOSS_NAME
+    assert d.distillation_loss.topk == 20 and d.distillation_loss.distillation_loss_coef == 0.05
+    assert d.distillation_loss.use_task_rewards is True and d.distillation_loss.use_policy_gradient is False
+    assert list(d.teacher_models) == ["teacher_model"]
+    assert d.teacher_models.teacher_model.model_path == "/models/student"  # the reference = initial checkpoint
+    assert d.teacher_models.teacher_model.inference.tensor_model_parallel_size == 1
+    assert d.teacher_models.teacher_model.inference.name == "vllm"  # = the rollout engine on GPU
+    assert cfg.actor_rollout_ref.actor.use_kl_loss is False  # verl's k3 KL loss is replaced, not added
+    assert cfg.algorithm.use_kl_in_reward is False
+    assert cfg.actor_rollout_ref.actor.loss_agg_mode == "seq-mean-token-sum"
+
+
+def test_default_anchor_is_low_var_kl_without_a_teacher_pool(capsys):
+    rc, cfg, err = _dry_run(capsys, MODEL)
+    assert rc == 0, err
+    assert cfg.omniopd.kl_anchor == "low_var_kl" and cfg.distillation.enabled is False
+    assert cfg.actor_rollout_ref.actor.use_kl_loss is True
+    assert cfg.actor_rollout_ref.actor.kl_loss_type == "low_var_kl"
+
+
+def test_topk_ref_in_cpu_mode_serves_the_reference_with_the_hf_rollout(capsys):
+    rc, cfg, err = _dry_run(capsys, "--cpu", MODEL, "omniopd.kl_anchor=topk_ref")
+    assert rc == 0, err
+    assert cfg.actor_rollout_ref.rollout.name == "hf"
+    assert cfg.distillation.teacher_models.teacher_model.inference.name == "sglang"  # aliased to hf on CPU
+    assert cfg.ray_kwargs.ray_init.num_gpus == 2 and cfg.ray_kwargs.ray_init.num_cpus == 4  # + the teacher pool
+
+
+def test_main_ppo_overlay_alone_sets_the_anchor():
+    from omniopd_verl.cli.train import compose_verl_config, config_location, validate
+
+    config_dir, name = config_location(None, "fsdp")
+    cfg = compose_verl_config(config_dir, name, [MODEL, "+omniopd_kl_anchor=topk_ref"])
+    validate(cfg)
+    assert cfg.omniopd.kl_anchor == "topk_ref" and cfg.distillation.distillation_loss.topk == 64
+
+
+@pytest.mark.parametrize(
+    ("override", "key"),
+    [
+        ("distillation.distillation_loss.topk=32", "distillation.distillation_loss.topk=32"),
+        ("actor_rollout_ref.actor.use_kl_loss=true", "actor_rollout_ref.actor.use_kl_loss=True"),
+        ("distillation.distillation_loss.loss_mode=forward_kl_topk", "loss_mode='forward_kl_topk'"),
+        ("distillation.teacher_models.teacher_model.model_path=/other", "model_path=['/other']"),
+        ("distillation.distillation_loss.distillation_loss_coef=1.0", "distillation_loss_coef=1.0"),
+    ],
+)
+def test_inconsistent_topk_ref_keys_are_rejected_naming_the_key(capsys, override, key):
+    rc, _, err = _dry_run(capsys, MODEL, "+omniopd_kl_anchor=topk_ref", override)
+    assert rc == 2 and key in err and "kl_anchor" in err, err
+
+
+def test_topk_ref_is_refused_by_the_local_engine():
+    from omniopd_verl.config import OmniOPDConfig
+    from omniopd_verl.engines import check_engine_support
+
+    with pytest.raises(ConfigError, match=r"kl_anchor='topk_ref' is not supported by the local engine"):
+        check_engine_support(OmniOPDConfig(kl_anchor="topk_ref"), "local")
