@@ -215,6 +215,10 @@ def validate(cfg) -> None:
     OmegaConf.resolve(cfg)  # every interpolation, including ${omniopd_verl.resource:...}
     check_verl_config(cfg)
     validate_config(config=cfg, use_reference_policy=need_reference_policy(cfg), use_critic=need_critic(cfg))
+    if _select(cfg, "distillation.enabled"):  # kl_anchor=topk_ref: verl's own teacher/pool checks, now
+        from verl.utils.config import omega_conf_to_dataclass
+
+        omega_conf_to_dataclass(cfg.distillation)
 
 
 def _has_gpu() -> bool:
