@@ -65,6 +65,25 @@ def _check_topk_ref(cfg: Any, omniopd: OmniOPDConfig) -> None:
         )
 
 
+def check_kl_anchor_wiring(cfg: Any, omniopd: OmniOPDConfig) -> None:
+    """The cheap part of the kl_anchor checks, run in the workers too (a plain `main_ppo` launch):
+    omniopd.kl_anchor=topk_ref without the overlay would otherwise silently train with no anchor."""
+    from omniopd_verl.verl_integration.names import TOPK_REF_LOSS_NAME
+
+    mode = _get(cfg, "distillation.distillation_loss.loss_mode") if _get(cfg, "distillation.enabled") else None
+    if omniopd.kl_anchor == "topk_ref" and mode != TOPK_REF_LOSS_NAME:
+        raise ConfigError(
+            f"omniopd.kl_anchor='topk_ref' with distillation.distillation_loss.loss_mode={mode!r} (distillation "
+            f"enabled={_get(cfg, 'distillation.enabled')!r}) is invalid: allowed loss_mode={TOPK_REF_LOSS_NAME!r}, "
+            "enabled=True; add the overlay +omniopd_kl_anchor=topk_ref (`omniopd-verl train` adds it)"
+        )
+    if omniopd.kl_anchor == "low_var_kl" and mode == TOPK_REF_LOSS_NAME:
+        raise ConfigError(
+            f"distillation.distillation_loss.loss_mode={mode!r} is invalid with omniopd.kl_anchor='low_var_kl': "
+            "allowed omniopd.kl_anchor='topk_ref' (that loss is its anchor)"
+        )
+
+
 def check_verl_config(cfg: Any) -> OmniOPDConfig:
     """Validate the omniopd node and every verl key OmniOPD relies on."""
     from omniopd_verl.verl_integration.names import (
@@ -112,6 +131,7 @@ def check_verl_config(cfg: Any) -> OmniOPDConfig:
             "verl 0.9.1 only calls the reward manager when a custom reward function is set"
         )
     _require(cfg, "actor_rollout_ref.actor.loss_agg_mode", omniopd.loss_agg_mode, "must match omniopd.loss_agg_mode")
+    check_kl_anchor_wiring(cfg, omniopd)
     if omniopd.kl_anchor == "topk_ref":
         _check_topk_ref(cfg, omniopd)
     elif omniopd.beta > 0:

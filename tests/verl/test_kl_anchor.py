@@ -191,3 +191,19 @@ def test_topk_ref_is_refused_by_the_local_engine():
 
     with pytest.raises(ConfigError, match=r"kl_anchor='topk_ref' is not supported by the local engine"):
         check_engine_support(OmniOPDConfig(kl_anchor="topk_ref"), "local")
+
+
+def test_the_worker_side_check_refuses_topk_ref_without_the_overlay():
+    """What the omniopd_agent loop checks in a plain main_ppo launch (no CLI): no silent fallback."""
+    from omniopd_verl.cli.train import compose_verl_config, config_location
+    from omniopd_verl.verl_integration.checks import check_kl_anchor_wiring, omniopd_config_from_verl
+
+    config_dir, name = config_location(None, "fsdp")
+    cfg = compose_verl_config(config_dir, name, [MODEL, "omniopd.kl_anchor=topk_ref"])
+    with pytest.raises(ConfigError, match=r"kl_anchor='topk_ref' with distillation.*\+omniopd_kl_anchor=topk_ref"):
+        check_kl_anchor_wiring(cfg, omniopd_config_from_verl(cfg))
+    cfg = compose_verl_config(config_dir, name, [MODEL, "+omniopd_kl_anchor=topk_ref", "omniopd.kl_anchor=low_var_kl"])
+    with pytest.raises(ConfigError, match=r"loss_mode='omniopd_forward_kl_topk_unaudited' is invalid with"):
+        check_kl_anchor_wiring(cfg, omniopd_config_from_verl(cfg))
+    cfg = compose_verl_config(config_dir, name, [MODEL, "+omniopd_kl_anchor=topk_ref"])
+    check_kl_anchor_wiring(cfg, omniopd_config_from_verl(cfg))
