@@ -54,6 +54,16 @@ SUPPORT: tuple[Rule, ...] = (
         verl=None,
     ),
     Rule(
+        "kl_anchor='topk_ref'",
+        "kl_anchor",
+        lambda c, _: c.kl_anchor == "topk_ref",
+        local=(
+            "allowed 'low_var_kl' (kl_anchor chooses verl's approximation; the local engine always uses the exact "
+            "full-vocabulary KL on unaudited tokens, ALGORITHM.md step 7)"
+        ),
+        verl=None,
+    ),
+    Rule(
         "advantage='centered_batch' with task_reward_weight > 0",
         "task_reward_weight",
         lambda c, _: c.advantage == "centered_batch" and c.task_reward_weight != 0,

@@ -17,6 +17,7 @@ def test_defaults_are_the_spec():
         0.0,
     )
     assert (c.teacher.temperature, c.teacher.top_p) == (1.0, 1.0)
+    assert (c.kl_anchor, c.kl_topk) == ("low_var_kl", 64)  # verl's cheaper anchor stays the default
 
 
 def test_from_omegaconf_nested():
@@ -40,6 +41,8 @@ BAD = [
     ({"loss_agg_mode": "mean"}, "omniopd.loss_agg_mode='mean'", "seq-mean-token-sum"),
     ({"task_reward_weight": -1}, "omniopd.task_reward_weight=-1", ">= 0.0"),
     ({"rollout_topk": 0}, "omniopd.rollout_topk=0", "integer >= 1"),
+    ({"kl_anchor": "k3"}, "omniopd.kl_anchor='k3'", "['low_var_kl', 'topk_ref']"),
+    ({"kl_topk": 0}, "omniopd.kl_topk=0", "integer >= 1"),
     ({"seed": "a"}, "omniopd.seed='a'", "an integer"),
     ({"similarity_options": []}, "omniopd.similarity_options=[]", "mapping"),
     ({"teacher": {"top_p": 0.0}}, "omniopd.teacher.top_p=0.0", "> 0.0 and <= 1.0"),

@@ -19,6 +19,11 @@ from omniopd_verl.errors import ConfigError
         ),
         (dict(task_reward_weight=0.5), "local", r"omniopd.task_reward_weight=0.5 is not supported by the local"),
         (
+            dict(kl_anchor="topk_ref"),
+            "local",
+            r"omniopd.kl_anchor='topk_ref' is not supported by the local engine .*exact full-vocabulary KL",
+        ),
+        (
             dict(),
             "verl",
             r"omniopd.entropy_source='exact' is not supported by the verl engine .*allowed 'rollout_topk'",
@@ -43,7 +48,8 @@ def test_unsupported_settings_fail_with_key_value_engine_and_allowed(settings, e
         (dict(advantage="centered_prior"), "local"),
         (dict(entropy_source="rollout_topk", task_reward_weight=1.0), "verl"),
         (dict(entropy_source="rollout_topk", advantage="centered_batch"), "verl"),
-        (dict(scheduler="uniform"), "verl"),  # exact is fine on verl when the scheduler needs no entropy
+        (dict(scheduler="uniform"), "verl"),
+        (dict(entropy_source="rollout_topk", kl_anchor="topk_ref", kl_topk=20), "verl"),  # exact is fine on verl when the scheduler needs no entropy
     ],
 )
 def test_supported_settings_pass(settings, engine):

@@ -215,6 +215,10 @@ def validate(cfg) -> None:
     OmegaConf.resolve(cfg)  # every interpolation, including ${omniopd_verl.resource:...}
     check_verl_config(cfg)
     validate_config(config=cfg, use_reference_policy=need_reference_policy(cfg), use_critic=need_critic(cfg))
+    if _select(cfg, "distillation.enabled"):  # kl_anchor=topk_ref: verl's own teacher/pool checks, now
+        from verl.utils.config import omega_conf_to_dataclass
+
+        omega_conf_to_dataclass(cfg.distillation)
 
 
 def _has_gpu() -> bool:
@@ -224,6 +228,9 @@ def _has_gpu() -> bool:
 
 
 CPU_OVERLAY = "+omniopd_platform=cpu"
+TOPK_REF_OVERLAY = "+omniopd_kl_anchor=topk_ref"  # the verl keys of omniopd.kl_anchor=topk_ref
+# CPU mode with topk_ref: the reference "teacher" pool is one more logical GPU and one more bundle CPU
+TOPK_REF_CPU_OVERRIDES = ["ray_kwargs.ray_init.num_gpus=2", "ray_kwargs.ray_init.num_cpus=4"]
 
 
 def _select(cfg, key: str):
@@ -258,8 +265,13 @@ def _run_verl(args: argparse.Namespace) -> int:
         if args.config:
             check_yaml(args.config)  # a syntax error: one line with the file and line, not PyYAML's four
         cfg = compose_verl_config(config_dir, config_name, overrides)
+        if _select(cfg, "omniopd.kl_anchor") == "topk_ref" and not _select(cfg, "distillation.enabled"):
+            overrides.append(TOPK_REF_OVERLAY)  # not composed with it yet
+            cfg = compose_verl_config(config_dir, config_name, overrides)
         if cpu and _select(cfg, "trainer.v1.trainer_mode") != CPU_TRAINER_MODE:  # not composed with it yet
             overrides.append(CPU_OVERLAY)
+            if _select(cfg, "omniopd.kl_anchor") == "topk_ref":
+                overrides.extend(TOPK_REF_CPU_OVERRIDES)
             cfg = compose_verl_config(config_dir, config_name, overrides)
         with contextlib.redirect_stdout(sys.stderr):  # verl's validate_config prints; stdout is the YAML
             validate(cfg)

@@ -72,11 +72,12 @@ class OmniOPDAgentLoop(SingleTurnAgentLoop):
         cls = type(self)
         if cls._omniopd is None:
             from omniopd_verl import registry
-            from omniopd_verl.verl_integration.checks import omniopd_config_from_verl
+            from omniopd_verl.verl_integration.checks import check_kl_anchor_wiring, omniopd_config_from_verl
             from omniopd_verl.verl_integration.plugin import self_check
 
             self_check()
             cfg = omniopd_config_from_verl(self.config)
+            check_kl_anchor_wiring(self.config, cfg)  # main_ppo runs none of the CLI's checks
             cls._needs_entropy = bool(getattr(registry.load("schedulers", cfg.scheduler), "needs_entropy", True))
             cls._omniopd = cfg
             logger.warning(

@@ -37,6 +37,53 @@ def _require(cfg: Any, key: str, allowed: Any, why: str) -> None:
         raise ConfigError(f"{key}={value!r} is invalid for OmniOPD: allowed {allowed!r} ({why})")
 
 
+def _check_topk_ref(cfg: Any, omniopd: OmniOPDConfig) -> None:
+    """omniopd.kl_anchor=topk_ref: the verl keys omniopd_kl_anchor/topk_ref.yaml sets (kl_anchor.py)."""
+    from omniopd_verl.verl_integration.names import TOPK_REF_LOSS_NAME
+
+    why = "omniopd.kl_anchor='topk_ref' (add +omniopd_kl_anchor=topk_ref; `omniopd-verl train` adds it)"
+    _require(cfg, "distillation.enabled", True, why)
+    _require(cfg, "distillation.distillation_loss.loss_mode", TOPK_REF_LOSS_NAME, why)
+    _require(cfg, "distillation.distillation_loss.topk", omniopd.kl_topk, why + "; = omniopd.kl_topk")
+    _require(cfg, "distillation.distillation_loss.use_task_rewards", True, why + "; keeps the chunk advantages")
+    _require(cfg, "distillation.distillation_loss.use_policy_gradient", False, why)
+    _require(cfg, "actor_rollout_ref.actor.use_kl_loss", False, why + "; the anchor replaces verl's KL loss")
+    _require(cfg, "algorithm.use_kl_in_reward", False, why)
+    coef = _get(cfg, "distillation.distillation_loss.distillation_loss_coef")
+    if coef is None or abs(float(coef) - omniopd.beta) > 1e-12:
+        raise ConfigError(
+            f"distillation.distillation_loss.distillation_loss_coef={coef!r} is invalid for OmniOPD: allowed "
+            f"{omniopd.beta!r} (= omniopd.beta with kl_anchor='topk_ref'; the overlay interpolates it)"
+        )
+    teachers = _get(cfg, "distillation.teacher_models") or {}
+    model = _get(cfg, "actor_rollout_ref.model.path")
+    paths = [t.get("model_path") for t in teachers.values()] if hasattr(teachers, "values") else []
+    if paths != [model]:
+        raise ConfigError(
+            f"distillation.teacher_models model_path={paths!r} is invalid for omniopd.kl_anchor='topk_ref': allowed "
+            f"exactly one teacher with model_path={model!r} (the reference is the student's initial checkpoint)"
+        )
+
+
+def check_kl_anchor_wiring(cfg: Any, omniopd: OmniOPDConfig) -> None:
+    """The cheap part of the kl_anchor checks, run in the workers too (a plain `main_ppo` launch):
+    omniopd.kl_anchor=topk_ref without the overlay would otherwise silently train with no anchor."""
+    from omniopd_verl.verl_integration.names import TOPK_REF_LOSS_NAME
+
+    mode = _get(cfg, "distillation.distillation_loss.loss_mode") if _get(cfg, "distillation.enabled") else None
+    if omniopd.kl_anchor == "topk_ref" and mode != TOPK_REF_LOSS_NAME:
+        raise ConfigError(
+            f"omniopd.kl_anchor='topk_ref' with distillation.distillation_loss.loss_mode={mode!r} (distillation "
+            f"enabled={_get(cfg, 'distillation.enabled')!r}) is invalid: allowed loss_mode={TOPK_REF_LOSS_NAME!r}, "
+            "enabled=True; add the overlay +omniopd_kl_anchor=topk_ref (`omniopd-verl train` adds it)"
+        )
+    if omniopd.kl_anchor == "low_var_kl" and mode == TOPK_REF_LOSS_NAME:
+        raise ConfigError(
+            f"distillation.distillation_loss.loss_mode={mode!r} is invalid with omniopd.kl_anchor='low_var_kl': "
+            "allowed omniopd.kl_anchor='topk_ref' (that loss is its anchor)"
+        )
+
+
 def check_verl_config(cfg: Any) -> OmniOPDConfig:
     """Validate the omniopd node and every verl key OmniOPD relies on."""
     from omniopd_verl.verl_integration.names import (
@@ -84,7 +131,10 @@ def check_verl_config(cfg: Any) -> OmniOPDConfig:
             "verl 0.9.1 only calls the reward manager when a custom reward function is set"
         )
     _require(cfg, "actor_rollout_ref.actor.loss_agg_mode", omniopd.loss_agg_mode, "must match omniopd.loss_agg_mode")
-    if omniopd.beta > 0:
+    check_kl_anchor_wiring(cfg, omniopd)
+    if omniopd.kl_anchor == "topk_ref":
+        _check_topk_ref(cfg, omniopd)
+    elif omniopd.beta > 0:
         _require(cfg, "actor_rollout_ref.actor.use_kl_loss", True, "omniopd.beta > 0 needs verl's KL loss")
         coef = _get(cfg, "actor_rollout_ref.actor.kl_loss_coef")
         if coef is None or abs(float(coef) - omniopd.beta) > 1e-12:

@@ -23,3 +23,9 @@ ROW_STATS_PREFIX = "omniopd_row/"
 # reward manager -> agent loop output -> TransferQueue field: the audited-token mask (0/1 per response
 # token), read by the OmniOPD trainer modes for advantage='centered_batch'
 AUDIT_MASK_KEY = "omniopd_audit_mask"
+# distillation.distillation_loss.loss_mode of omniopd.kl_anchor=topk_ref: verl's forward_kl_topk on
+# unaudited tokens only (kl_anchor.py), with the reference model as the "teacher"
+TOPK_REF_LOSS_NAME = "omniopd_forward_kl_topk_unaudited"
+# the teacher engine verl runs the reference on, on CPU: verl accepts only vllm/sglang teacher engines
+# (workers/config/distillation.py), so on the CPU platform `sglang` is served by the hf rollout
+CPU_TEACHER_ENGINE_ALIAS = "sglang"

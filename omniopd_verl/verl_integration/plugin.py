@@ -11,10 +11,13 @@ module does only cheap registrations, and makes a failure loud in three ways:
 
 Registered here (names in names.py):
 - advantage estimator `omniopd` (verl.trainer.ppo.core_algos.register_adv_est);
+- distillation loss `omniopd_forward_kl_topk_unaudited` (omniopd.kl_anchor=topk_ref, kl_anchor.py);
 - reward manager `omniopd` (verl.experimental.reward_loop.reward_manager.register);
 - the CPU platform `cpu` (selected with VERL_PLATFORM=cpu), the `hf` (transformers) rollout backend,
   the v1 trainer modes `omniopd_sync` and `cpu_sync`, and verl's FSDP engines for device "cpu"
-  (cpu_platform.py, hf_rollout.py, trainers.py);
+  (cpu_platform.py, hf_rollout.py, trainers.py); in CPU mode (VERL_PLATFORM=cpu) only, the hf rollout
+  also under the name `sglang`, as the reference "teacher" engine of omniopd.kl_anchor=topk_ref
+  (verl accepts only vllm/sglang teachers; a deviation: that "sglang" is the transformers rollout);
 - OmegaConf resolver `omniopd_verl.resource:<file>` -> absolute path of a file shipped in
   `omniopd_verl/config/` (used for `actor_rollout_ref.rollout.agent.agent_loop_config_path`, which
   registers the `omniopd_agent` loop in the agent-loop workers without importing verl's agent-loop
@@ -24,11 +27,13 @@ Registered here (names in names.py):
 from __future__ import annotations
 
 import logging
+import os
 from pathlib import Path
 
 from omniopd_verl.errors import PluginError
 from omniopd_verl.verl_integration.names import (
     CPU_PLATFORM_NAME,
+    CPU_TEACHER_ENGINE_ALIAS,
     CPU_TRAINER_MODE,
     ESTIMATOR_NAME,
     HF_ROLLOUT_NAME,
@@ -75,6 +80,13 @@ def register_runtime() -> None:
     rollout_base._ROLLOUT_REGISTRY[(HF_ROLLOUT_NAME, "async")] = (
         "omniopd_verl.verl_integration.hf_rollout.HFServerAdapter"
     )
+    if os.environ.get("VERL_PLATFORM") == CPU_PLATFORM_NAME:
+        # kl_anchor=topk_ref on CPU: verl accepts only vllm/sglang teacher engines
+        # (workers/config/distillation.py), so in CPU mode the hf rollout serves the reference as "sglang"
+        RolloutReplicaRegistry.register(CPU_TEACHER_ENGINE_ALIAS, _load_hf_replica)
+        rollout_base._ROLLOUT_REGISTRY[(CPU_TEACHER_ENGINE_ALIAS, "async")] = (
+            "omniopd_verl.verl_integration.hf_rollout.HFServerAdapter"
+        )
     from omniopd_verl.verl_integration import trainers  # registers the trainer modes (checks its verl symbols)
 
     trainers.register_cpu_engines()
@@ -97,6 +109,9 @@ def register() -> None:
     if ADV_ESTIMATOR_REGISTRY.get(ESTIMATOR_NAME) is not omniopd_adv_estimator:
         register_adv_est(ESTIMATOR_NAME)(omniopd_adv_estimator)
     register_reward_manager(REWARD_MANAGER_NAME)(OmniOPDRewardManager)
+    from omniopd_verl.verl_integration import kl_anchor
+
+    kl_anchor.register()  # the masked top-k reference KL of omniopd.kl_anchor=topk_ref
     register_runtime()
 
 

@@ -277,3 +277,43 @@ def test_cpu_smoke_recipe_run_sh(tmp_path, variant):
         assert "step 2 reached" in out
     else:
         assert "audit/chunks" not in step2
+
+
+@pytest.mark.slow
+def test_omniopd_with_the_topk_ref_kl_anchor_runs_two_steps(smoke, tmp_path):
+    """omniopd.kl_anchor=topk_ref through main_ppo on CPU: the reference served by the hf rollout as the
+    distillation "teacher" in its own pool, the masked top-k KL in the actor's loss, 2 steps."""
+    dump = tmp_path / "dump"
+    with serve_fault_server(generator=ScriptedGenerator()) as server:
+        rc, log = main_ppo(
+            omniopd_args(
+                smoke,
+                server.url,
+                dump,
+                "+omniopd_kl_anchor=topk_ref",
+                "omniopd.kl_topk=8",
+                "ray_kwargs.ray_init.num_gpus=2",  # + the teacher pool (what `omniopd-verl train --cpu` adds)
+                "ray_kwargs.ray_init.num_cpus=4",
+            ),
+            tmp_path,
+            timeout=600,
+        )
+    steps = step_metrics_from_log(log)
+    assert rc == 0 and 2 in steps, log[-4000:]
+    for step in (1, 2):
+        metrics, rows = steps[step], read_dump(dump, step)
+        assert metrics["training/rollout_probs_diff_max"] < 1e-4
+        assert "actor/kl_loss" not in metrics  # verl's k3 KL loss is off: the anchor is the distillation loss
+        assert metrics["actor/distillation/loss"] >= 0
+        audited = tokens = 0
+        for row in rows:
+            audit = json.loads(row["reward_extra_info"]["omniopd_audit"])
+            audited += sum(c["end"] - c["start"] for c in audit["chunks"])
+            tokens += len(row["responses"])
+            assert row["advantages"] == pytest.approx(expected_advantages(row), abs=1e-5), row["key"]
+        assert 0 < audited < tokens
+        # the loss saw the audit mask: its unaudited fraction is 1 - the audited fraction from the dump
+        assert metrics["actor/kl_anchor/unaudited_token_fraction"] == pytest.approx(1 - audited / tokens, abs=1e-6)
+    # step 1: the student is the reference (KL ~ 0); step 2: it moved away after one update
+    kl1, kl2 = steps[1]["actor/distillation/loss"], steps[2]["actor/distillation/loss"]
+    assert kl1 < 1e-4 < kl2, (kl1, kl2)
