@@ -9,6 +9,8 @@ complete, validated answers (exactly n texts) are stored. Safe across threads an
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+
 import hashlib
 import json
 import sqlite3
@@ -35,7 +37,14 @@ def cache_key(
     temperature: float,
     top_p: float,
     seed: int,
+    options: Mapping[str, Any] | None = None,
 ) -> str:
+    """Content address of one raw call: everything that shapes its samples (never an API key).
+
+    `options` are the plugin's own options (config.options minus the library's): a steered and an
+    unsteered teacher on the same weights must not share entries. Left out when empty, so cache files
+    written before options were part of the key stay valid for option-free teachers.
+    """
     fields = {
         "backend": backend,
         "model": model,
@@ -46,6 +55,8 @@ def cache_key(
         "top_p": float(top_p),
         "seed": seed,
     }
+    if options:
+        fields["options"] = json.loads(json.dumps(dict(options), sort_keys=True, default=str))
     return hashlib.sha256(json.dumps(fields, sort_keys=True).encode()).hexdigest()
 
 

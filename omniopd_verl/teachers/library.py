@@ -149,6 +149,8 @@ class Teacher:
         self.plugin = plugin
         self.config = config
         self.capabilities = plugin.capabilities
+        # the plugin's own options shape its samples (e.g. `steer`), so they are part of the cache key
+        self.plugin_options = {k: v for k, v in config.options.items() if k not in LIBRARY_OPTIONS}
         opts = dict(options or {})
         self.backoff_base_s = positive_option(opts, "backoff_base_s", 0.5)
         self.backoff_max_s = positive_option(opts, "backoff_max_s", 30.0)
@@ -294,6 +296,7 @@ class Teacher:
                 temperature=self.config.temperature,
                 top_p=self.config.top_p,
                 seed=key_seed,
+                options=self.plugin_options,
             )
             units.append(_Unit(raw, offset, key, chars))
         return units, cut

@@ -156,13 +156,6 @@ class TransformersTeacher:
             )
 
         steer = options.get("steer")
-        if steer is not None and config.cache_path:
-            # the library's cache key names the model, not this option: a steered and an unsteered teacher
-            # on the same weights would share entries
-            raise ConfigError(
-                f"omniopd.teacher.options.steer={steer!r} with omniopd.teacher.cache_path={config.cache_path!r} is "
-                "invalid: allowed a steered teacher without a cache (cache_path: null)"
-            )
         if steer is not None:  # the demonstration teacher: its own sampler view, never a shared one's state
             from omniopd_verl.demo_teacher import steer_bias
 

@@ -232,19 +232,22 @@ def test_vllm_request_translation(tmp_path):
     assert asyncio.run(t.sample([req(0, n=2)]))[0].cached and len(vllm.calls) == 1
 
 
-def test_steered_teacher_refuses_a_cache_its_key_would_not_distinguish(tiny_sampler, tmp_path):
-    from omniopd_verl.config import TeacherConfig
-    from omniopd_verl.errors import ConfigError
-    from omniopd_verl.teachers.transformers_local import TransformersTeacher
-
+def test_steered_teacher_keeps_its_own_cache_entries(tiny_sampler, tmp_path):
+    """Plugin options are part of the cache key: a steered teacher never reads an unsteered one's samples."""
     steer = {"tokens": "arithmetic", "bias": 4.0}
-    cfg = TeacherConfig(
-        name="transformers", model="tiny", cache_path=str(tmp_path / "c.sqlite"), options={"steer": steer}
-    )
-    with pytest.raises(ConfigError, match=r"options.steer=.* with omniopd.teacher.cache_path=.* is invalid"):
-        TransformersTeacher(cfg, resources={"sampler": tiny_sampler})
-    ok = TransformersTeacher(
-        TeacherConfig(name="transformers", model="tiny", options={"steer": steer}), resources={"sampler": tiny_sampler}
-    )
-    assert ok.sampler is not tiny_sampler and tiny_sampler.logit_bias_V is None  # the shared sampler is untouched
-    assert int((ok.sampler.logit_bias_V == 4.0).sum()) == 175
+    cache = str(tmp_path / "c.sqlite")
+
+    def make(options):
+        config = TeacherConfig(name="transformers", model="tiny", cache_path=cache, options=options)
+        return registry.create_teacher(config, resources={"sampler": tiny_sampler})
+
+    plain = asyncio.run(make({}).sample([req(0)]))[0]
+    steered_teacher = make({"steer": steer})
+    steered = asyncio.run(steered_teacher.sample([req(0)]))[0]
+    assert not plain.cached and not steered.cached  # same prefix, seed and weights: still a miss
+    assert steered.texts != plain.texts
+    again = asyncio.run(make({"steer": steer}).sample([req(0)]))[0]
+    assert again.cached and again.texts == steered.texts
+    assert asyncio.run(make({}).sample([req(0)]))[0].texts == plain.texts
+    assert steered_teacher.plugin.sampler is not tiny_sampler and tiny_sampler.logit_bias_V is None
+    assert int((steered_teacher.plugin.sampler.logit_bias_V == 4.0).sum()) == 175
