@@ -9,12 +9,11 @@ complete, validated answers (exactly n texts) are stored. Safe across threads an
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-
 import hashlib
 import json
 import sqlite3
 import threading
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
