@@ -49,7 +49,10 @@ def test_unsupported_settings_fail_with_key_value_engine_and_allowed(settings, e
         (dict(entropy_source="rollout_topk", task_reward_weight=1.0), "verl"),
         (dict(entropy_source="rollout_topk", advantage="centered_batch"), "verl"),
         (dict(scheduler="uniform"), "verl"),
-        (dict(entropy_source="rollout_topk", kl_anchor="topk_ref", kl_topk=20), "verl"),  # exact is fine on verl when the scheduler needs no entropy
+        (
+            dict(entropy_source="rollout_topk", kl_anchor="topk_ref", kl_topk=20),
+            "verl",
+        ),  # exact is fine on verl when the scheduler needs no entropy
     ],
 )
 def test_supported_settings_pass(settings, engine):

@@ -209,7 +209,7 @@ def validate(cfg) -> None:
     from verl.utils.config import validate_config
 
     from omniopd_verl.verl_integration.checks import check_verl_config
-    from omniopd_verl.verl_integration.plugin import self_check
+    from omniopd_verl.verl_integration.self_check import self_check
 
     self_check()
     OmegaConf.resolve(cfg)  # every interpolation, including ${omniopd_verl.resource:...}

@@ -73,7 +73,7 @@ class OmniOPDAgentLoop(SingleTurnAgentLoop):
         if cls._omniopd is None:
             from omniopd_verl import registry
             from omniopd_verl.verl_integration.checks import check_kl_anchor_wiring, omniopd_config_from_verl
-            from omniopd_verl.verl_integration.plugin import self_check
+            from omniopd_verl.verl_integration.self_check import self_check
 
             self_check()
             cfg = omniopd_config_from_verl(self.config)

@@ -4,7 +4,7 @@ verl 0.9.1 loads every `verl.plugins` entry point inside `import verl` (driver, 
 reward-loop and FSDP/Megatron workers alike) and swallows any exception at DEBUG level. So this
 module does only cheap registrations, and makes a failure loud in three ways:
 - it catches the exception, keeps it and logs it at ERROR level (visible in every worker's stderr);
-- `self_check()` re-imports the pieces and raises a PluginError naming the cause; the train CLI,
+- `self_check()` (self_check.py, re-exported here) re-imports the pieces and raises a PluginError naming the cause; the train CLI,
   the reward manager and the agent loop call it;
 - the shipped YAML resolves `${omniopd_verl.resource:...}` through a resolver registered here, and
   the resolver runs `self_check()`: a process whose registration failed cannot even resolve the config.
@@ -34,18 +34,16 @@ from omniopd_verl.errors import PluginError
 from omniopd_verl.verl_integration.names import (
     CPU_PLATFORM_NAME,
     CPU_TEACHER_ENGINE_ALIAS,
-    CPU_TRAINER_MODE,
     ESTIMATOR_NAME,
     HF_ROLLOUT_NAME,
     RESOLVER_NAME,
     REWARD_MANAGER_NAME,
-    SYNC_TRAINER_MODE,
 )
+from omniopd_verl.verl_integration.self_check import record_registration_error, self_check
 
 CONFIG_DIR = Path(__file__).resolve().parents[1] / "config"
 
 logger = logging.getLogger("omniopd_verl.verl_plugin")
-_registration_error: BaseException | None = None
 
 
 def config_resource(name: str) -> str:
@@ -115,38 +113,8 @@ def register() -> None:
     register_runtime()
 
 
-def self_check() -> None:
-    """Raise a PluginError with the cause unless OmniOPD is registered in this process's verl."""
-    problems = []
-    if _registration_error is not None:
-        problems.append(f"registration raised {type(_registration_error).__name__}: {_registration_error}")
-    try:
-        from verl.experimental.reward_loop.reward_manager.registry import REWARD_MANAGER
-        from verl.trainer.ppo.core_algos import ADV_ESTIMATOR_REGISTRY
-
-        if ESTIMATOR_NAME not in ADV_ESTIMATOR_REGISTRY:
-            problems.append(f"advantage estimator {ESTIMATOR_NAME!r} is not registered")
-        if REWARD_MANAGER_NAME not in REWARD_MANAGER:
-            problems.append(f"reward manager {REWARD_MANAGER_NAME!r} is not registered")
-        from verl.trainer.ppo.v1.trainer_base import TRAINER_REGISTRY
-
-        for mode in (SYNC_TRAINER_MODE, CPU_TRAINER_MODE):
-            if mode not in TRAINER_REGISTRY:
-                problems.append(f"trainer mode {mode!r} is not registered")
-    except Exception as exc:  # verl itself is broken: say so rather than a bare ImportError later
-        problems.append(f"verl failed to import: {type(exc).__name__}: {exc}")
-    if problems:
-        raise PluginError(
-            "OmniOPD is not registered in verl in this process (verl swallows plugin import errors): "
-            + "; ".join(problems)
-            + ". Check that omniopd-verl is installed in this environment (`pip show omniopd-verl`), that "
-            "VERL_USE_EXTERNAL_PLUGINS is unset, 'auto' or lists 'omniopd', and run "
-            "`python -c 'from omniopd_verl.verl_integration import plugin; plugin.register()'` for the traceback."
-        )
-
-
 try:
     register()
 except Exception as exc:  # noqa: BLE001 - kept for self_check() and logged at ERROR (verl would log at DEBUG)
-    _registration_error = exc
+    record_registration_error(exc)
     logger.error("OmniOPD failed to register its verl plugin: %s: %s", type(exc).__name__, exc, exc_info=True)

@@ -86,7 +86,7 @@ class OmniOPDRewardManager(RewardManagerBase):
             return
         from omniopd_verl.audit import Auditor
         from omniopd_verl.verl_integration.checks import omniopd_config_from_verl
-        from omniopd_verl.verl_integration.plugin import self_check
+        from omniopd_verl.verl_integration.self_check import self_check
 
         self_check()
         cls.omniopd = omniopd_config_from_verl(config)
