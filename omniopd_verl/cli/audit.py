@@ -157,18 +157,6 @@ def check_flags_and_paths(args: argparse.Namespace) -> None:
 _SURROGATE = re.compile("[\ud800-\udfff]")
 
 
-def _decode_line(raw: bytes, where: str, first: bool) -> str:
-    try:
-        return raw.decode("utf-8-sig" if first else "utf-8")
-    except UnicodeDecodeError as exc:
-        from omniopd_verl.errors import ConfigError
-
-        raise ConfigError(
-            f"{where} is not UTF-8 text: byte 0x{raw[exc.start]:02x} at byte {exc.start + 1} of the line "
-            "(save the file as UTF-8)"
-        ) from None
-
-
 def _check_text(value: Any, where: str, key: str) -> None:
     """Refuse a lone surrogate (valid JSON "\\ud800", but no text can hold half a UTF-16 pair)."""
     from omniopd_verl.errors import ConfigError
@@ -185,61 +173,47 @@ def _check_text(value: Any, where: str, key: str) -> None:
 
 def read_input(path: str) -> list[dict[str, Any]]:
     """Validated input rows; a bad line raises ConfigError naming the file, the line and the key."""
+    from omniopd_verl.data.jsonl import iter_jsonl_objects
     from omniopd_verl.errors import ConfigError
 
     rows, seen = [], set()
-    try:
-        handle = open(path, "rb")  # decoded line by line, so a bad byte is reported with its line
-    except OSError as exc:
-        raise ConfigError(f"--input {path!r} cannot be read: {exc.strerror}") from None
-    with handle:
-        for lineno, raw in enumerate(handle, 1):
-            where = f"{path} line {lineno}"
-            line = _decode_line(raw, where, lineno == 1)
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as exc:
-                raise ConfigError(f"{where} is not JSON: {exc.msg}") from None
-            if not isinstance(row, dict):
-                raise ConfigError(f"{where} must be a JSON object with id, prompt, response")
-            for key in ("id", "prompt", "response"):
-                if key not in row:
-                    raise ConfigError(f"{where} has no {key!r}: allowed keys id, prompt, response, teacher_context")
-            if not isinstance(row["id"], (str, int)) or isinstance(row["id"], bool):
-                raise ConfigError(f"{where}: id={row['id']!r} is invalid: allowed a string or an integer")
-            uid = str(row["id"])
-            if uid in seen:
-                raise ConfigError(f"{where}: id={uid!r} appears twice; ids must be unique")
-            seen.add(uid)
-            prompt = row["prompt"]
-            ok_messages = isinstance(prompt, list) and all(
-                isinstance(m, dict) and isinstance(m.get("role"), str) and isinstance(m.get("content"), str)
-                for m in prompt
+    for lineno, row in iter_jsonl_objects(path, flag="--input"):
+        where = f"{path} line {lineno}"
+        for key in ("id", "prompt", "response"):
+            if key not in row:
+                raise ConfigError(f"{where} has no {key!r}: allowed keys id, prompt, response, teacher_context")
+        if not isinstance(row["id"], (str, int)) or isinstance(row["id"], bool):
+            raise ConfigError(f"{where}: id={row['id']!r} is invalid: allowed a string or an integer")
+        uid = str(row["id"])
+        if uid in seen:
+            raise ConfigError(f"{where}: id={uid!r} appears twice; ids must be unique")
+        seen.add(uid)
+        prompt = row["prompt"]
+        ok_messages = isinstance(prompt, list) and all(
+            isinstance(m, dict) and isinstance(m.get("role"), str) and isinstance(m.get("content"), str) for m in prompt
+        )
+        if not (isinstance(prompt, str) or (ok_messages and prompt)):
+            raise ConfigError(
+                f"{where}: prompt is invalid: allowed a string or a non-empty list of "
+                '{"role": ..., "content": ...} messages'
             )
-            if not (isinstance(prompt, str) or (ok_messages and prompt)):
-                raise ConfigError(
-                    f"{where}: prompt is invalid: allowed a string or a non-empty list of "
-                    '{"role": ..., "content": ...} messages'
-                )
-            if not isinstance(row["response"], str):
-                raise ConfigError(f"{where}: response={row['response']!r} is invalid: allowed a string")
-            context = row.get("teacher_context")
-            if context is not None and not isinstance(context, str):
-                raise ConfigError(f"{where}: teacher_context is invalid: allowed a string or null")
-            for key in ("id", "prompt", "response", "teacher_context"):
-                if row.get(key) is not None and not isinstance(row[key], int):
-                    _check_text(row[key], where, key)
-            rows.append(
-                {
-                    "id": uid,
-                    "prompt": prompt,
-                    "response": row["response"],
-                    "teacher_context": context,
-                    "line": lineno,
-                }
-            )
+        if not isinstance(row["response"], str):
+            raise ConfigError(f"{where}: response={row['response']!r} is invalid: allowed a string")
+        context = row.get("teacher_context")
+        if context is not None and not isinstance(context, str):
+            raise ConfigError(f"{where}: teacher_context is invalid: allowed a string or null")
+        for key in ("id", "prompt", "response", "teacher_context"):
+            if row.get(key) is not None and not isinstance(row[key], int):
+                _check_text(row[key], where, key)
+        rows.append(
+            {
+                "id": uid,
+                "prompt": prompt,
+                "response": row["response"],
+                "teacher_context": context,
+                "line": lineno,
+            }
+        )
     if not rows:
         raise ConfigError(f"--input {path!r} has no rows")
     return rows

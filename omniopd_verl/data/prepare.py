@@ -101,33 +101,10 @@ def read_user_file(
 
 
 def read_jsonl_objects(path: str | os.PathLike) -> list[dict]:
-    """Every non-blank line of a JSONL file as a dict; a line that is not UTF-8, not JSON or not an object
-    raises ConfigError naming the file and the line."""
-    import json
+    """Every non-blank line of a JSONL file as a dict (errors name the file and the line: data/jsonl.py)."""
+    from omniopd_verl.data.jsonl import iter_jsonl_objects
 
-    records = []
-    try:
-        handle = open(path, "rb")
-    except OSError as exc:
-        raise ConfigError(f"input {path} cannot be read: {exc.strerror}") from None
-    with handle:
-        for lineno, raw in enumerate(handle, 1):
-            try:
-                line = raw.decode("utf-8-sig" if lineno == 1 else "utf-8")
-            except UnicodeDecodeError as exc:
-                raise ConfigError(
-                    f"{path} line {lineno} is not UTF-8 text: byte 0x{raw[exc.start]:02x} at byte {exc.start + 1}"
-                ) from None
-            if not line.strip():
-                continue
-            try:
-                record = json.loads(line)
-            except json.JSONDecodeError as exc:
-                raise ConfigError(f"{path} line {lineno} is not JSON: {exc.msg} (column {exc.colno})") from None
-            if not isinstance(record, dict):
-                raise ConfigError(f"{path} line {lineno} must be a JSON object, got {type(record).__name__}")
-            records.append(record)
-    return records
+    return [record for _, record in iter_jsonl_objects(path)]
 
 
 def _read_json_array(path: Path) -> list[dict]:

@@ -6,7 +6,6 @@ prompts an uninterrupted run would have drawn, with no data-loader state to save
 
 from __future__ import annotations
 
-import json
 import os
 import random
 from dataclasses import dataclass
@@ -37,34 +36,27 @@ def resolve_data_path(path: str) -> Path:
 
 def read_problems(path: str, cfg: DataConfig, *, id_prefix: str) -> list[Problem]:
     """Every line of a JSONL file as a Problem; a missing prompt field is an error naming line and key."""
+    from omniopd_verl.data.jsonl import iter_jsonl_objects
+
     problems = []
-    with open(resolve_data_path(path), encoding="utf-8") as fh:
-        for lineno, line in enumerate(fh, 1):
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as exc:
-                raise ConfigError(f"{path} line {lineno} is not JSON: {exc.msg} (column {exc.colno})") from None
-            if not isinstance(row, dict):
-                raise ConfigError(f"{path} line {lineno} must be a JSON object, got {type(row).__name__}")
-            if cfg.prompt_key not in row:
+    for lineno, row in iter_jsonl_objects(resolve_data_path(path)):
+        if cfg.prompt_key not in row:
+            raise ConfigError(
+                f"local.data.prompt_key={cfg.prompt_key!r} is invalid: line {lineno} of {path} has keys {sorted(row)}"
+            )
+        messages = []
+        if cfg.system_prompt:
+            messages.append({"role": "system", "content": cfg.system_prompt})
+        messages.append({"role": "user", "content": str(row[cfg.prompt_key])})
+        reference = None
+        if cfg.reference_key is not None:
+            if cfg.reference_key not in row:
                 raise ConfigError(
-                    f"local.data.prompt_key={cfg.prompt_key!r} is invalid: line {lineno} of {path} has keys {sorted(row)}"
+                    f"local.data.reference_key={cfg.reference_key!r} is invalid: line {lineno} of {path} "
+                    f"has keys {sorted(row)}"
                 )
-            messages = []
-            if cfg.system_prompt:
-                messages.append({"role": "system", "content": cfg.system_prompt})
-            messages.append({"role": "user", "content": str(row[cfg.prompt_key])})
-            reference = None
-            if cfg.reference_key is not None:
-                if cfg.reference_key not in row:
-                    raise ConfigError(
-                        f"local.data.reference_key={cfg.reference_key!r} is invalid: line {lineno} of {path} "
-                        f"has keys {sorted(row)}"
-                    )
-                reference = str(row[cfg.reference_key])
-            problems.append(Problem(pid=f"{id_prefix}{lineno - 1}", messages=tuple(messages), reference=reference))
+            reference = str(row[cfg.reference_key])
+        problems.append(Problem(pid=f"{id_prefix}{lineno - 1}", messages=tuple(messages), reference=reference))
     if not problems:
         raise ConfigError(f"local.data.path={path!r} is invalid: the file holds no prompts")
     return problems
