@@ -100,6 +100,18 @@ def _choose(logits_RV: torch.Tensor, uniforms_R: torch.Tensor, temperature: floa
     return torch.searchsorted(cdf, target).squeeze(-1).clamp_(max=logits_RV.shape[-1] - 1)
 
 
+def _left_pad(rows: Sequence[Sequence[int]], pad_token_id: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Left-padded ids [R, P], attention mask and position ids (0 at each row's first real token)."""
+    P = max(len(r) for r in rows)
+    ids = torch.full((len(rows), P), pad_token_id, dtype=torch.long)
+    mask = torch.zeros((len(rows), P), dtype=torch.long)
+    for b, row in enumerate(rows):
+        ids[b, P - len(row) :] = torch.tensor(list(row), dtype=torch.long)
+        mask[b, P - len(row) :] = 1
+    positions = (mask.cumsum(-1) - 1).clamp(min=0)
+    return ids, mask, positions
+
+
 def _reserve(cache, extra: int) -> None:
     """Give each full-attention cache layer room for `extra` more tokens, so decoding writes in place.
 
@@ -206,13 +218,7 @@ def _generate_group(
     # the sample rows, request by request: row r belongs to request owner[r]
     owner = [i for i in group for _ in range(ns[i])]
     prefill_of = group if share_prefix else owner  # the rows that are prefilled
-    P = max(len(prefixes[i]) for i in prefill_of)
-    ids = torch.full((len(prefill_of), P), pad_token_id, dtype=torch.long)
-    mask = torch.zeros((len(prefill_of), P), dtype=torch.long)
-    for b, i in enumerate(prefill_of):
-        ids[b, P - len(prefixes[i]) :] = torch.tensor(list(prefixes[i]), dtype=torch.long)
-        mask[b, P - len(prefixes[i]) :] = 1
-    positions = (mask.cumsum(-1) - 1).clamp(min=0)
+    ids, mask, positions = _left_pad([prefixes[i] for i in prefill_of], pad_token_id)
     kwargs = {"logits_to_keep": 1} if _accepts(model, "logits_to_keep") else {}
     cache = DynamicCache()
     result = model(
@@ -327,13 +333,7 @@ def _score_group(model, prefixes, continuations, group, out, pad_token_id, logit
         out[i] = [torch.zeros(0) for _ in continuations[i]]
     if not live:
         return
-    P = max(len(prefixes[i]) for i in live)
-    ids = torch.full((len(live), P), pad_token_id, dtype=torch.long)
-    mask = torch.zeros((len(live), P), dtype=torch.long)
-    for b, i in enumerate(live):
-        ids[b, P - len(prefixes[i]) :] = torch.tensor(list(prefixes[i]), dtype=torch.long)
-        mask[b, P - len(prefixes[i]) :] = 1
-    positions = (mask.cumsum(-1) - 1).clamp(min=0)
+    ids, mask, positions = _left_pad([prefixes[i] for i in live], pad_token_id)
     kwargs = {"logits_to_keep": 1} if _accepts(model, "logits_to_keep") else {}
     result = model(
         input_ids=ids.to(device),
