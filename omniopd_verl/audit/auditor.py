@@ -32,8 +32,8 @@ from omniopd_verl.audit.types import ChunkAudit, ResponseAudit, StudentResponse
 from omniopd_verl.config import OmniOPDConfig
 from omniopd_verl.core import check_anchors, chunk_prior_mean, dirichlet_posterior_mean, soft_acceptance
 from omniopd_verl.errors import GuardError, OmniOPDError
+from omniopd_verl.protocols import TeacherRequest, TeacherResult
 from omniopd_verl.teachers.accounting import METRIC_KEYS
-from omniopd_verl.teachers.base import TeacherRequest, TeacherResult
 
 # Teacher counters, reported per step as deltas of the backend's cumulative metrics.
 TEACHER_COUNTERS = METRIC_KEYS

@@ -21,8 +21,8 @@ from omniopd_verl.audit.auditor import stable_seed
 from omniopd_verl.audit.types import StudentResponse
 from omniopd_verl.config import OmniOPDConfig
 from omniopd_verl.errors import GuardError
+from omniopd_verl.protocols import TeacherBackend, TeacherCapabilities, TeacherResult
 from omniopd_verl.similarity.ned import NormalizedEditSimilarity
-from omniopd_verl.teachers.base import TeacherBackend, TeacherCapabilities, TeacherResult
 
 C, N, M, ALPHA = 6, 3, 3, 1.5
 

@@ -14,9 +14,9 @@ import time
 import pytest
 
 from omniopd_verl.config import TeacherConfig
+from omniopd_verl.protocols import TeacherRequest
 from omniopd_verl.serving.openai_compat import GenerationCall
 from omniopd_verl.teachers.accounting import METRIC_KEYS, TeacherBudgetExceeded
-from omniopd_verl.teachers.base import TeacherRequest
 from omniopd_verl.teachers.reliability import TeacherAuthError, parse_retry_after
 from omniopd_verl.testing import Fault, ScriptedGenerator, serve_fault_server
 

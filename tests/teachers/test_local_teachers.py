@@ -12,7 +12,7 @@ import torch
 from omniopd_verl import registry
 from omniopd_verl.config import TeacherConfig
 from omniopd_verl.errors import PluginError
-from omniopd_verl.teachers.base import TeacherBackend, TeacherRequest
+from omniopd_verl.protocols import TeacherBackend, TeacherRequest
 from omniopd_verl.teachers.prompts import CONTEXT_SYSTEM_TEMPLATE
 from omniopd_verl.teachers.transformers_local import LocalSampler
 
