@@ -33,7 +33,7 @@ is where the measured cost was).
 from __future__ import annotations
 
 import inspect
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
 import torch
@@ -305,9 +305,33 @@ def score_continuations(
     saves 2K-1 prefills per prefix). Equal to a full teacher-forced pass up to float rounding.
     `logit_bias_V` is added to the logits first (the log-probs of a steered demonstration teacher).
     """
+    out = [[torch.zeros(0) for _ in conts] for conts in continuations]
+    for i, k, logp_TV in continuation_distributions(
+        model, prefixes, continuations, pad_token_id=pad_token_id, max_rows=max_rows, logit_bias_V=logit_bias_V
+    ):
+        targets_T = torch.tensor(continuations[i][k], dtype=torch.long, device=logp_TV.device)
+        out[i][k] = logp_TV.gather(-1, targets_T.unsqueeze(-1)).squeeze(-1).cpu()
+    return out
+
+
+@torch.inference_mode()
+def continuation_distributions(
+    model,
+    prefixes: Sequence[Sequence[int]],
+    continuations: Sequence[Sequence[Sequence[int]]],
+    *,
+    pad_token_id: int,
+    max_rows: int = 64,
+    logit_bias_V: torch.Tensor | None = None,
+) -> Iterator[tuple[int, int, torch.Tensor]]:
+    """(i, k, logp_TV) for every non-empty continuation k of prefix i: row t is the log-distribution the
+    model draws token t of that continuation from (given the prefix and tokens < t), float32 [T, V].
+
+    The building block of `score_continuations` and of the held-out evaluation's token-set mass; each
+    prefix is prefilled once per group of at most `max_rows` continuations.
+    """
     if len(prefixes) != len(continuations):
         raise ValueError(f"{len(prefixes)} prefixes but {len(continuations)} continuation lists")
-    out: list[list[torch.Tensor]] = [[] for _ in prefixes]
     group: list[int] = []
     rows = 0
     for i in range(len(prefixes)):
@@ -315,64 +339,61 @@ def score_continuations(
             raise ValueError(f"prefix {i} has no tokens: the first continuation token needs a context")
         k = len(continuations[i])
         if group and rows + k > max_rows:
-            _score_group(model, prefixes, continuations, group, out, pad_token_id, logit_bias_V)
+            yield from _distributions_of_group(model, prefixes, continuations, group, pad_token_id, logit_bias_V)
             group, rows = [], 0
         group.append(i)
         rows += k
     if group:
-        _score_group(model, prefixes, continuations, group, out, pad_token_id, logit_bias_V)
-    return out
+        yield from _distributions_of_group(model, prefixes, continuations, group, pad_token_id, logit_bias_V)
 
 
-def _score_group(model, prefixes, continuations, group, out, pad_token_id, logit_bias_V) -> None:
+def _distributions_of_group(model, prefixes, continuations, group, pad_token_id, logit_bias_V):
     device = next(model.parameters()).device
-    was_training = model.training
-    model.eval()
-    live = [i for i in group if continuations[i]]
-    for i in group:
-        out[i] = [torch.zeros(0) for _ in continuations[i]]
-    if not live:
-        return
-    ids, mask, positions = _left_pad([prefixes[i] for i in live], pad_token_id)
-    kwargs = {"logits_to_keep": 1} if _accepts(model, "logits_to_keep") else {}
-    result = model(
-        input_ids=ids.to(device),
-        attention_mask=mask.to(device),
-        position_ids=positions.to(device),
-        past_key_values=DynamicCache(),
-        use_cache=True,
-        **kwargs,
-    )
-    cache = result.past_key_values
-    bias = 0.0 if logit_bias_V is None else logit_bias_V.to(device=result.logits.device, dtype=torch.float32)
-    first_logp_BV = torch.log_softmax(result.logits[:, -1, :].float() + bias, dim=-1)
-    owner = [(b, k) for b, i in enumerate(live) for k in range(len(continuations[i])) if len(continuations[i][k])]
+    owner = [(i, k) for i in group for k in range(len(continuations[i])) if len(continuations[i][k])]
     if not owner:
         return
-    select = torch.tensor([b for b, _ in owner], dtype=torch.long)
-    cache.batch_select_indices(select.to(device))
-    texts = [list(continuations[live[b]][k]) for b, k in owner]
-    T = max(len(t) for t in texts)
-    cont = torch.full((len(texts), T), pad_token_id, dtype=torch.long)
-    cont_mask = torch.zeros((len(texts), T), dtype=torch.long)
-    for r, t in enumerate(texts):
-        cont[r, : len(t)] = torch.tensor(t, dtype=torch.long)
-        cont_mask[r, : len(t)] = 1
-    attn = torch.cat([mask[select], cont_mask], dim=1)
-    pos = positions[select][:, -1:] + 1 + torch.arange(T).unsqueeze(0)
-    logits = model(
-        input_ids=cont.to(device),
-        attention_mask=attn.to(device),
-        position_ids=pos.to(device),
-        past_key_values=cache,
-        use_cache=True,
-    ).logits.float()
-    logp_RTV = torch.log_softmax(logits + bias, dim=-1)
-    for r, ((b, k), t) in enumerate(zip(owner, texts, strict=True)):
-        targets = torch.tensor(t, dtype=torch.long, device=logp_RTV.device)
-        first = first_logp_BV[b, targets[0]].reshape(1)
-        rest = logp_RTV[r, : len(t) - 1].gather(-1, targets[1:].unsqueeze(-1)).squeeze(-1)
-        out[live[b]][k] = torch.cat([first, rest]).cpu()
-    del cache
-    if was_training:
-        model.train()
+    live = sorted({i for i, _ in owner})
+    row_of = {i: b for b, i in enumerate(live)}
+    was_training = model.training
+    model.eval()
+    try:
+        ids, mask, positions = _left_pad([prefixes[i] for i in live], pad_token_id)
+        kwargs = {"logits_to_keep": 1} if _accepts(model, "logits_to_keep") else {}
+        result = model(
+            input_ids=ids.to(device),
+            attention_mask=mask.to(device),
+            position_ids=positions.to(device),
+            past_key_values=DynamicCache(),
+            use_cache=True,
+            **kwargs,
+        )
+        cache = result.past_key_values
+        bias = 0.0 if logit_bias_V is None else logit_bias_V.to(device=result.logits.device, dtype=torch.float32)
+        first_logp_BV = torch.log_softmax(result.logits[:, -1, :].float() + bias, dim=-1)
+        select = torch.tensor([row_of[i] for i, _ in owner], dtype=torch.long)
+        cache.batch_select_indices(select.to(device))
+        texts = [list(continuations[i][k]) for i, k in owner]
+        T = max(len(t) for t in texts)
+        cont = torch.full((len(texts), T), pad_token_id, dtype=torch.long)
+        cont_mask = torch.zeros((len(texts), T), dtype=torch.long)
+        for r, t in enumerate(texts):
+            cont[r, : len(t)] = torch.tensor(t, dtype=torch.long)
+            cont_mask[r, : len(t)] = 1
+        attn = torch.cat([mask[select], cont_mask], dim=1)
+        pos = positions[select][:, -1:] + 1 + torch.arange(T).unsqueeze(0)
+        logits = model(
+            input_ids=cont.to(device),
+            attention_mask=attn.to(device),
+            position_ids=pos.to(device),
+            past_key_values=cache,
+            use_cache=True,
+        ).logits.float()
+        del cache
+        # the distribution of token t is the prefill's last row for t = 0, the continuation's row t-1 after
+        logp_RTV = torch.log_softmax(logits + bias, dim=-1)
+        for r, ((i, k), t) in enumerate(zip(owner, texts, strict=True)):
+            first = first_logp_BV[select[r]].unsqueeze(0)
+            yield i, k, torch.cat([first, logp_RTV[r, : len(t) - 1]], dim=0)
+    finally:
+        if was_training:
+            model.train()

@@ -157,3 +157,34 @@ def test_score_continuations_equals_full_teacher_forcing(tiny64):
     assert [len(t) for t in flat_got] == [len(c) for c in flat_c] and got[2] == []
     for g, (lp, _) in zip(flat_got, ref, strict=True):
         assert torch.allclose(g, lp, atol=1e-9)
+
+
+def naive_distributions(model, prefix, text, bias_V=None):
+    """log-distribution of each token of `text` from ONE unpadded, uncached forward of prefix + text."""
+    ids = torch.tensor([list(prefix) + list(text)])
+    logits = model(input_ids=ids).logits[0].double()
+    if bias_V is not None:
+        logits = logits + bias_V.double()
+    return torch.log_softmax(logits, dim=-1)[len(prefix) - 1 : len(prefix) + len(text) - 1]
+
+
+def test_continuation_distributions_equal_an_uncached_forward_with_and_without_a_bias(tiny64):
+    from omniopd_verl.generation import continuation_distributions
+
+    model, tok = tiny64
+    ps = prefixes(tok)
+    conts = [[[5, 6, 7], [8]], [[9, 10, 11, 12, 13]], [], [[14, 15], [], [18, 19, 20]]]
+    V = model.get_output_embeddings().weight.shape[0]
+    bias_V = torch.zeros(V)
+    bias_V[[5, 9, 30]] = 3.0
+    for bias in (None, bias_V):
+        got = list(
+            continuation_distributions(model, ps, conts, pad_token_id=tok.pad_token_id, max_rows=3, logit_bias_V=bias)
+        )
+        # every non-empty continuation once, empty ones never
+        assert sorted((i, k) for i, k, _ in got) == [(0, 0), (0, 1), (1, 0), (3, 0), (3, 2)]
+        for i, k, logp_TV in got:
+            ref = naive_distributions(model, ps[i], conts[i][k], bias)
+            assert logp_TV.shape == (len(conts[i][k]), V)
+            assert torch.allclose(logp_TV.double(), ref, atol=1e-6)
+    assert not model.training  # the fixture's model was in eval mode and stays so
