@@ -1,20 +1,35 @@
 """Held-out paired evaluation: did training move the student toward what the TEACHER writes?
 
-The primary metric, declared before any run (issue 12 §2), `teacher_minus_base_logprob_change`:
-  1. The INITIAL student samples one response per held-out prompt; the configured scheduler picks its
+One fixed held-out set, built once from the INITIAL student (it never changes between before and after,
+or between arms, so the only thing that differs is the weights; nothing is sampled after training):
+  1. The initial student samples one response per held-out prompt; the configured scheduler picks its
      anchors and the teacher writes N continuations at each (the Auditor, exactly as in training).
   2. The initial student writes N continuations of its own at the same prefixes ("base samples").
   3. Both sets go through one pipeline: text -> student tokens (no special tokens) -> first C tokens.
-  4. For a model m and a prefix x:
-         gap_m(x) = mean_k mean_t log p_m(teacher_k,t | x, ...) - mean_k mean_t log p_m(base_k,t | x, ...)
-     and the metric is gap_trained(x) - gap_initial(x), averaged over a prompt's prefixes, then over
-     prompts, in nat/token.
-A student that merely sharpens, or any change that treats the teacher's texts and the student's own
-kind of text alike, leaves it at 0 in expectation; it is positive only when teacher-like text gained
-likelihood relative to base-model text. No sampling after training: the texts are fixed, so the only
-thing that differs between before and after is the weights. 95% CI: percentile bootstrap over
-held-out prompts (seeded), with the paired-t interval alongside. Each prefix is prefilled once for its
-2N texts (`omniopd_verl.generation.score_continuations`).
+
+Two measures per prefix x, both computed for a model m in one teacher-forced pass per prefix
+(`omniopd_verl.generation.continuation_distributions`: each prefix is prefilled once for its 2N texts):
+
+  mass_m(x)  (`steered_token_mass_change`, the demo's PRIMARY metric, declared in issue 12's second
+             round before its runs) -- only for a steered demonstration teacher (omniopd_verl/
+             demo_teacher.py): the probability m gives the teacher's favoured token set S as its next
+             token, averaged over every position of the base samples (the contexts the initial student
+             writes itself). The demonstration teacher differs from the student by exactly this (its
+             logits are the base model's plus a bias on S), so it is the direction "toward the teacher".
+             Reported as mass_trained(x) - mass_initial(x) in percentage points, with the teacher's
+             own mass at the same contexts as the target.
+  gap_m(x)   (`teacher_minus_base_logprob_change`, secondary, any teacher):
+                 mean_k mean_t log p_m(teacher_k,t | ...) - mean_k mean_t log p_m(base_k,t | ...)
+             and its change gap_trained(x) - gap_initial(x), in nat/token. Recorded, and biased: the base
+             samples are draws from the initial student, where its log-likelihood is at a maximum in
+             expectation (E_p0[log p] is largest at p = p0), so ANY weight change lowers their likelihood
+             by about KL(p0 || p) and raises the gap, teacher or not. The first demo run (issue 12's
+             closing note) showed it: the shuffled-pi_hat control rose more than the OmniOPD arm.
+
+Per-prefix values are averaged per prompt, then over prompts; 95% CI: percentile bootstrap over held-out
+prompts (seeded), with the paired-t interval alongside. The arm is compared with a control trained
+identically with the teacher's signal removed (local/control.py); `arm_minus_control` pairs them on the
+same prompts.
 """
 
 from __future__ import annotations
@@ -26,13 +41,21 @@ from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from omniopd_verl.generation import derive_seed, sample_continuations, score_continuations
+import torch
+
+from omniopd_verl.generation import continuation_distributions, derive_seed, sample_continuations
 from omniopd_verl.student import encode_text
 
-METRIC = "teacher_minus_base_logprob_change"
+METRIC = "steered_token_mass_change"
 METRIC_TEXT = (
+    "change in the probability the student gives the demonstration teacher's favoured tokens as its next token, "
+    "averaged over the positions of the initial student's own held-out continuations (percentage points; "
+    "0 = no move toward the teacher)"
+)
+GAP_METRIC = "teacher_minus_base_logprob_change"
+GAP_METRIC_TEXT = (
     "change in the student's mean log-likelihood per token of the teacher's held-out continuations minus that of "
-    "the initial student's own continuations at the same prefixes (nat/token; 0 = no move toward the teacher)"
+    "the initial student's own continuations at the same prefixes (nat/token; biased upward by any drift)"
 )
 
 
@@ -91,11 +114,25 @@ def load_items(path: Path) -> list[HeldoutItem]:
     return [HeldoutItem(**json.loads(line)) for line in path.read_text().splitlines() if line.strip()]
 
 
-def gaps(
-    model, items: Sequence[HeldoutItem], *, pad_token_id: int, max_rows: int = 64, progress: bool = False
-) -> list[float]:
-    """gap_m(x) per item: mean per-token log-prob of the teacher texts minus that of the base samples."""
+def measure(
+    model,
+    items: Sequence[HeldoutItem],
+    *,
+    pad_token_id: int,
+    set_ids: Sequence[int] | None = None,
+    logit_bias_V: torch.Tensor | None = None,
+    gap: bool = True,
+    max_rows: int = 64,
+    progress: bool = False,
+) -> dict[str, list[float]]:
+    """Per item: "gap" (mean log-prob of the teacher texts minus that of the base samples) and, with
+    `set_ids`, "mass" (the mean probability of the token set at the base samples' positions).
+    `logit_bias_V` scores a steered model (the demonstration teacher's own mass, the target); `gap=False`
+    skips the teacher texts (half the work when only the mass is wanted)."""
+    if not gap and set_ids is None:
+        raise ValueError("measure(gap=False) needs set_ids: there would be nothing to measure")
     step = max(1, max_rows // max(1, max(len(it.teacher_ids) + len(it.base_ids) for it in items)))
+    set_index = None if set_ids is None else torch.tensor(sorted(set(set_ids)), dtype=torch.long)
     bar = None
     if progress:
         import sys
@@ -103,24 +140,36 @@ def gaps(
         from tqdm.auto import tqdm
 
         bar = tqdm(total=len(items), desc="held-out scoring", unit="prefix", file=sys.stderr)
-    scores = []
+    gaps, masses = [], []
     for lo in range(0, len(items), step):
         part = items[lo : lo + step]
-        conts = [it.teacher_ids + it.base_ids for it in part]
-        scores += score_continuations(
-            model, [it.prefix_ids for it in part], conts, pad_token_id=pad_token_id, max_rows=max_rows
-        )
+        first_base = [len(it.teacher_ids) if gap else 0 for it in part]
+        conts = [(it.teacher_ids if gap else []) + it.base_ids for it in part]
+        logp = [[0.0] * len(c) for c in conts]
+        mass = [[] for _ in conts]
+        for i, k, logp_TV in continuation_distributions(
+            model,
+            [it.prefix_ids for it in part],
+            conts,
+            pad_token_id=pad_token_id,
+            max_rows=max_rows,
+            logit_bias_V=logit_bias_V,
+        ):
+            targets_T = torch.tensor(conts[i][k], dtype=torch.long, device=logp_TV.device)
+            logp[i][k] = float(logp_TV.gather(-1, targets_T.unsqueeze(-1)).mean())
+            if set_index is not None and k >= first_base[i]:
+                mass[i] += torch.logsumexp(logp_TV[:, set_index.to(logp_TV.device)], dim=-1).exp().tolist()
+        for it, row, m in zip(part, logp, mass, strict=True):
+            if gap:
+                n_t = len(it.teacher_ids)
+                gaps.append(sum(row[:n_t]) / n_t - sum(row[n_t:]) / len(row[n_t:]))
+            masses.append(sum(m) / len(m) if m else float("nan"))
         if bar is not None:
             bar.update(len(part))
     if bar is not None:
         bar.close()
-    out = []
-    for it, row in zip(items, scores, strict=True):
-        k = len(it.teacher_ids)
-        teacher = sum(float(lp.mean()) for lp in row[:k]) / k
-        base = sum(float(lp.mean()) for lp in row[k:]) / len(row[k:])
-        out.append(teacher - base)
-    return out
+    result = {"gap": gaps} if gap else {}
+    return {"mass": masses, **result} if set_index is not None else result
 
 
 def _by_prompt(items: Sequence[HeldoutItem], values: Sequence[float]) -> list[float]:
@@ -128,6 +177,12 @@ def _by_prompt(items: Sequence[HeldoutItem], values: Sequence[float]) -> list[fl
     for it, v in zip(items, values, strict=True):
         groups.setdefault(it.prompt_id, []).append(v)
     return [sum(v) / len(v) for v in groups.values()]
+
+
+def mean_over_prompts(items: Sequence[HeldoutItem], values: Sequence[float]) -> float:
+    """The per-prompt mean of per-item values, averaged over prompts (how every held-out number is averaged)."""
+    per_prompt = _by_prompt(items, values)
+    return sum(per_prompt) / len(per_prompt)
 
 
 def mean_ci(values: Sequence[float], *, seed: int = 0, resamples: int = 4000) -> dict[str, object]:
@@ -151,14 +206,36 @@ def _t975(df: int) -> float:
     return 1.96 + 2.4 / df if df > 0 else float("nan")
 
 
-def paired_change(items: Sequence[HeldoutItem], before: Sequence[float], after: Sequence[float], *, seed: int = 0):
-    """The primary metric with its CIs: per-prompt mean of gap_after - gap_before."""
+def paired_change(
+    items: Sequence[HeldoutItem],
+    before: Sequence[float],
+    after: Sequence[float],
+    *,
+    metric: str = METRIC,
+    seed: int = 0,
+):
+    """A measure's paired change with its CIs: per-prompt mean of after - before (values per item)."""
     diffs = [a - b for a, b in zip(after, before, strict=True)]
     result = mean_ci(_by_prompt(items, diffs), seed=seed)
     result.update(
-        metric=METRIC, prefixes=len(items), gap_before=sum(before) / len(before), gap_after=sum(after) / len(after)
+        metric=metric,
+        prefixes=len(items),
+        before=mean_over_prompts(items, before),
+        after=mean_over_prompts(items, after),
     )
     return result
+
+
+MEASURES = {"mass": METRIC, "gap": GAP_METRIC}
+
+
+def paired_changes(items, before: dict[str, list[float]], after: dict[str, list[float]], *, seed: int = 0):
+    """`paired_change` of every measure present in both (keys of `measure`'s result), by measure key."""
+    return {
+        key: paired_change(items, before[key], after[key], metric=MEASURES[key], seed=seed)
+        for key in before
+        if key in after
+    }
 
 
 def arm_minus_control(

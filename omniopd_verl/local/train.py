@@ -9,7 +9,7 @@ Per step (ALGORITHM.md steps 1-7):
 Around it: seeds (every random draw of step k is seeded from (seed, k), so a resumed run equals an
 uninterrupted one), checkpoints, metrics to JSONL + TensorBoard, a progress bar, the last step's audits
 (JSONL + HTML report, `local/report.py`), and the held-out paired evaluation before and after
-training (`local/paired_eval.py`: the pre-declared teacher-minus-base log-likelihood change, in eval.json).
+training (`local/paired_eval.py`: steered-token mass and teacher-minus-base log-likelihood, in eval.json).
 `local.control: shuffle_pi_hat` makes the run the control arm (`local/control.py`).
 
 The teacher is built through the registry like any user's (no teacher class is imported here); a
@@ -251,7 +251,7 @@ class LocalTrainer:
         return metrics
 
     def prepare_heldout(self):
-        """The fixed held-out set and the initial student's gaps on it (omniopd_verl.local.paired_eval)."""
+        """The fixed held-out set and the initial student's measures on it (omniopd_verl.local.paired_eval)."""
         from omniopd_verl.local import paired_eval as pe
 
         problems, items, per = self.heldout_problems, [], 8
@@ -293,16 +293,39 @@ class LocalTrainer:
                 bar.update(len(part))
         if bar is not None:
             bar.close()
-        before = pe.gaps(self.ref_model, items, pad_token_id=pad_id(self.tokenizer), progress=self.cfg.progress)
-        return items, before
+        return items, self.heldout_measure(self.ref_model, items)
 
-    def heldout_after(self, items, before) -> dict[str, Any]:
+    def steer(self) -> dict | None:
+        """The demonstration teacher's `options.steer` ({tokens, bias}), or None for any other teacher."""
+        return self.run.omniopd.teacher.options.get("steer")
+
+    def heldout_measure(self, model, items, *, as_teacher: bool = False) -> dict[str, list[float]]:
+        """paired_eval.measure of `model` on the held-out set: "gap", and "mass" when the teacher is steered
+        (`as_teacher` scores `model` with the steering bias: the demonstration teacher's own mass, the target)."""
+        from omniopd_verl.demo_teacher import steer_bias, token_set
         from omniopd_verl.local import paired_eval as pe
 
-        after = pe.gaps(self.model, items, pad_token_id=pad_id(self.tokenizer), progress=self.cfg.progress)
-        result = pe.paired_change(items, before, after, seed=self.cfg.seed)
-        result["gaps_after"] = after
-        return result
+        steer = self.steer()
+        set_ids = token_set(self.tokenizer, steer["tokens"]) if steer else None
+        bias = None
+        if as_teacher and steer:
+            bias = steer_bias(self.tokenizer, model.get_output_embeddings().weight.shape[0], steer)
+        return pe.measure(
+            model,
+            items,
+            pad_token_id=pad_id(self.tokenizer),
+            set_ids=set_ids,
+            logit_bias_V=bias,
+            gap=not as_teacher,  # the teacher's own texts need no gap; its mass is the target
+            progress=self.cfg.progress,
+        )
+
+    def heldout_after(self, items, before) -> dict[str, Any]:
+        """The paired change of every held-out measure, by key ("mass" first when present), plus "after"."""
+        from omniopd_verl.local import paired_eval as pe
+
+        after = self.heldout_measure(self.model, items)
+        return {**pe.paired_changes(items, before, after, seed=self.cfg.seed), "after": after}
 
     # ------------------------------------------------------------------ the run
 
@@ -327,7 +350,7 @@ class LocalTrainer:
         )
 
     def fit(self, heldout=None, on_step=None) -> dict[str, Any]:
-        """Train cfg.steps steps. With held-out prompts (or `heldout` = (items, gaps_before) from
+        """Train cfg.steps steps. With held-out prompts (or `heldout` = (items, measures_before) from
         prepare_heldout, shared between arms) the paired evaluation runs before and after.
         `on_step(trainer, metrics)` is called after every step (the experiment's per-step metric)."""
         from omniopd_verl.local import paired_eval as pe
@@ -340,13 +363,13 @@ class LocalTrainer:
         items = before = None
         if heldout is not None:
             items, before = heldout
-        elif "gaps_before" in evals and set_path.exists():
-            items, before = pe.load_items(set_path), evals["gaps_before"]
+        elif "before" in evals and set_path.exists():
+            items, before = pe.load_items(set_path), evals["before"]
         elif self.heldout_problems and self.step == 0:
             items, before = self.prepare_heldout()
         if items is not None:
             pe.save_items(items, set_path)
-            evals["gaps_before"] = before
+            evals["before"] = before
             eval_path.write_text(json.dumps(evals, indent=2))
         bar = None
         if cfg.progress:
@@ -385,10 +408,10 @@ class LocalTrainer:
             "checkpoint": str(checkpoint),
             "report": str(report) if report else None,
             "metrics": str(logger.path),
-            "eval": {k: v for k, v in evals.items() if k != "gaps_before"},
+            "eval": {k: v for k, v in evals.items() if k != "before"},
         }
         if "paired" in summary["eval"]:
-            summary["eval"]["paired"] = {k: v for k, v in evals["paired"].items() if k != "gaps_after"}
+            summary["eval"]["paired"] = {k: v for k, v in evals["paired"].items() if k != "after"}
         (self.output_dir / "summary.json").write_text(json.dumps(summary, indent=2))
         return summary
 

@@ -71,7 +71,7 @@ def test_paired_change_is_zero_without_a_change_and_sign_follows_the_texts(tmp_p
         pe.HeldoutItem("p0", [5, 6], [[14]], [[15, 16]]),
         pe.HeldoutItem("p1", [20, 21, 22, 23], [[24, 25]], [[26], [27, 28]]),
     ]
-    g = pe.gaps(model, items, pad_token_id=tok.pad_token_id, max_rows=3)
+    g = pe.measure(model, items, pad_token_id=tok.pad_token_id, max_rows=3)["gap"]
     # independent: full teacher-forced scoring of every (prefix, text)
     for it, gap in zip(items, g, strict=True):
         t = [
@@ -79,8 +79,9 @@ def test_paired_change_is_zero_without_a_change_and_sign_follows_the_texts(tmp_p
         ]
         b = [float(lp.mean()) for lp, _ in score_token_ids(model, [it.prefix_ids] * len(it.base_ids), it.base_ids)]
         assert gap == pytest.approx(sum(t) / len(t) - sum(b) / len(b), abs=1e-5)
-    same = pe.paired_change(items, g, g)
+    same = pe.paired_change(items, g, g, metric=pe.GAP_METRIC)
     assert same["effect"] == 0.0 and same["ci95"] == [0.0, 0.0] and same["prefixes"] == 3 and same["prompts"] == 2
+    assert same["metric"] == pe.GAP_METRIC and same["before"] == pytest.approx(((g[0] + g[1]) / 2 + g[2]) / 2)
     shifted = pe.paired_change(items, g, [x + 0.5 for x in g])
     assert shifted["effect"] == pytest.approx(0.5)
     # per prompt first: p0's two prefixes average before the mean over prompts
@@ -94,3 +95,43 @@ def test_saved_items_round_trip(tmp_path):
     items = [pe.HeldoutItem("p", [1, 2], [[3]], [[4, 5]])]
     pe.save_items(items, tmp_path / "set.jsonl")
     assert pe.load_items(tmp_path / "set.jsonl") == items
+
+
+def test_token_set_mass_against_a_naive_softmax_over_the_base_samples_positions(tmp_path):
+    """mass(x) = mean over every base-sample position of sum_{v in S} softmax(logits)_v, by a plain forward."""
+    from omniopd_verl.models import load_causal_lm, make_tiny_random_model
+
+    model, tok = load_causal_lm(make_tiny_random_model(tmp_path / "tiny"))
+    model.eval()
+    items = [
+        pe.HeldoutItem("p0", [5, 6, 7], [[8, 9], [10]], [[11, 12, 13]]),
+        pe.HeldoutItem("p1", [20, 21, 22, 23], [[24, 25]], [[26], [27, 28]]),
+    ]
+    S = [3, 11, 27, 40, 41]
+
+    def naive_mass(m, it, bias_V=None):
+        probs = []
+        for text in it.base_ids:  # teacher texts never count: the contexts are the student's own
+            with torch.no_grad():
+                logits = m(input_ids=torch.tensor([it.prefix_ids + text])).logits[0]
+            if bias_V is not None:
+                logits = logits + bias_V
+            p = torch.softmax(logits.double(), -1)[len(it.prefix_ids) - 1 : len(it.prefix_ids) + len(text) - 1]
+            probs += p[:, S].sum(-1).tolist()
+        return sum(probs) / len(probs)
+
+    got = pe.measure(model, items, pad_token_id=tok.pad_token_id, set_ids=S, max_rows=3)
+    assert set(got) == {"gap", "mass"}
+    assert got["mass"] == pytest.approx([naive_mass(model, it) for it in items], abs=1e-5)
+    # the steered teacher's own mass (its target) is the same computation under its logit bias, and larger
+    bias_V = torch.zeros(model.get_output_embeddings().weight.shape[0])
+    bias_V[S] = 2.0
+    teacher = pe.measure(model, items, pad_token_id=tok.pad_token_id, set_ids=S, logit_bias_V=bias_V, gap=False)
+    assert set(teacher) == {"mass"}
+    assert teacher["mass"] == pytest.approx([naive_mass(model, it, bias_V) for it in items], abs=1e-5)
+    assert all(t > s for t, s in zip(teacher["mass"], got["mass"], strict=True))
+    with pytest.raises(ValueError, match="needs set_ids"):
+        pe.measure(model, items, pad_token_id=tok.pad_token_id, gap=False)
+    changes = pe.paired_changes(items, got, {"gap": got["gap"], "mass": [m + 0.01 for m in got["mass"]]})
+    assert changes["mass"]["metric"] == pe.METRIC and changes["mass"]["effect"] == pytest.approx(0.01)
+    assert changes["gap"]["metric"] == pe.GAP_METRIC and changes["gap"]["effect"] == 0.0

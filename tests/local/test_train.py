@@ -144,7 +144,7 @@ def test_config_errors_name_key_value_and_allowed(tmp_path, benchmarks_dir):
 @pytest.mark.parametrize("variant", [{"control": "shuffle_pi_hat"}, {"method": "token_opd"}])
 def test_paired_heldout_evaluation_control_and_token_opd_end_to_end(tmp_path, tiny_model_path, benchmarks_dir, variant):
     """One step with the held-out paired metric: the control arm and the token-OPD baseline run through fit()."""
-    from omniopd_verl.local.paired_eval import METRIC
+    from omniopd_verl.local.paired_eval import GAP_METRIC
     from omniopd_verl.local.train import LocalTrainer
 
     path = write_run(
@@ -168,12 +168,13 @@ def test_paired_heldout_evaluation_control_and_token_opd_end_to_end(tmp_path, ti
         summary = trainer.fit()
     finally:
         trainer.close()
-    paired = summary["eval"]["paired"]
-    assert paired["metric"] == METRIC and paired["prefixes"] >= 1 and paired["prompts"] <= 2
+    assert set(summary["eval"]["paired"]) == {"gap"}  # no steered teacher here, so no token-set mass
+    paired = summary["eval"]["paired"]["gap"]
+    assert paired["metric"] == GAP_METRIC and paired["prefixes"] >= 1 and paired["prompts"] <= 2
     lo, hi = paired["ci95"]
     assert lo <= paired["effect"] <= hi and paired["effect"] != 0.0  # one lr-1e-3 step moves the student
     saved = json.loads((tmp_path / "run" / "eval.json").read_text())
-    assert len(saved["gaps_before"]) == paired["prefixes"] == len(saved["paired"]["gaps_after"])
+    assert len(saved["before"]["gap"]) == paired["prefixes"] == len(saved["paired"]["after"]["gap"])
     rows = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
     if variant.get("method") == "token_opd":
         assert rows[0]["loss/l_kl"] == 0.0 and rows[0]["teacher/calls"] == 4.0 and "audit/pi_hat_mean" not in rows[0]
