@@ -10,10 +10,13 @@ with its arithmetic tokens' logits raised, so its texts differ measurably from t
   2. The OmniOPD arm trains local.steps steps.
   3. The control arm trains identically, except that pi_hat is shuffled across each batch's chunks
      (local.control=shuffle_pi_hat): same rollouts machinery, teacher calls, advantage distribution.
-  4. The primary metric (omniopd_verl/local/paired_eval.py, declared before the run): the change in
-     the student's log-likelihood per token of the teacher's held-out texts minus that of the initial
-     student's own texts at the same prefixes, with a bootstrap 95% CI over held-out prompts, per arm,
-     and the arms' difference. Written to runs/demo/summary.json and printed in plain words.
+  4. The primary metric (omniopd_verl/local/paired_eval.py, `steered_token_mass_change`, declared
+     before this version's runs): the change in the probability the student gives the teacher's
+     favoured tokens as its next token, at every position of the initial student's own held-out
+     continuations (fixed texts: no sampling after training), with a bootstrap 95% CI over held-out
+     prompts, per arm, and the arms' difference. The earlier metric (teacher minus base log-likelihood
+     change) is reported as secondary: any drift raises it (paired_eval.py says why). Written to
+     runs/demo/summary.json and printed in plain words.
 
 Usage: python -m omniopd_verl.demo [key=value ...]   (overrides for both arms, e.g. local.steps=2)
 """
@@ -62,28 +65,52 @@ def percent(nat_per_token: float) -> float:
     return 100.0 * (math.exp(nat_per_token) - 1.0)
 
 
+def higher_or_lower(nat_per_token: float) -> str:
+    change = percent(nat_per_token)
+    return f"{abs(change):.1f}% {'higher' if change >= 0 else 'lower'}"
+
+
+def effect_shown(arm: dict, control: dict, diff: dict) -> bool:
+    """The demo's pre-declared criterion: the arm's CI above 0, and the control's CI covering 0 or the
+    arms' difference's CI above 0."""
+    control_null = control["ci95"][0] <= 0 <= control["ci95"][1]
+    return arm["ci95"][0] > 0 and (control_null or diff["ci95"][0] > 0)
+
+
 def format_result(summary: dict) -> str:
     arm, ctrl, diff = summary, summary["control"], summary["arm_minus_control"]
+    pts = 100.0  # the mass is a probability: shown in percentage points
 
     def line(label, r):
         lo, hi = r["ci95"]
-        return f"  {label:<26}{r['effect']:>+10.4f}   [{lo:+.4f}, {hi:+.4f}]   ({percent(r['effect']):+.1f}% per token)"
+        return f"  {label:<28}{pts * r['effect']:>+8.2f} pts  [{pts * lo:+.2f}, {pts * hi:+.2f}]"
 
-    shown = arm["ci95"][0] > 0 and (ctrl["ci95"][0] <= 0 <= ctrl["ci95"][1] or diff["ci95"][0] > 0)
+    before, target = arm["before"], summary["teacher_mass"]
     lines = [
-        f"primary metric ({summary['metric']}), nat/token, 95% bootstrap CI over {arm['prompts']} held-out prompts "
-        f"({arm['prefixes']} prefixes):",
+        f"primary metric ({summary['metric']}): the student's probability of the teacher's favoured tokens, "
+        f"95% bootstrap CI over {arm['prompts']} held-out prompts ({arm['prefixes']} prefixes):",
         line("OmniOPD arm", arm),
         line("control (pi_hat shuffled)", ctrl),
         line("arm minus control", diff),
         "",
-        f"In plain words: the student now gives the teacher's continuations {percent(arm['effect']):+.1f}% higher "
-        f"likelihood per token, relative to its own initial continuations at the same prefixes; "
-        f"control: {percent(ctrl['effect']):+.1f}%.",
-        "Effect shown (arm CI above 0, control CI covering 0 or the difference's CI above 0)."
-        if shown
+        f"In plain words: at the held-out contexts the student's chance of writing one of the teacher's favoured "
+        f"tokens next went from {pts * before:.2f}% to {pts * arm['after']:.2f}% "
+        f"({100 * arm['effect'] / before:+.1f}% relative; the teacher itself: {pts * target:.2f}%); "
+        f"control: {pts * ctrl['before']:.2f}% to {pts * ctrl['after']:.2f}% ({100 * ctrl['effect'] / before:+.1f}%).",
+        "Effect shown (arm CI above 0, and the control CI covering 0 or the difference's CI above 0)."
+        if effect_shown(arm, ctrl, diff)
         else "Effect NOT shown at this setting: the intervals above do not separate the arm from 0 and the control.",
     ]
+    gap = summary.get("secondary")
+    if gap:
+        a, c = gap["omniopd"], gap["control"]
+        lines += [
+            "",
+            f"secondary ({gap['metric']}, biased upward by any drift): the student gives the teacher's continuations "
+            f"{higher_or_lower(a['effect'])} likelihood per token relative to its own initial continuations "
+            f"({a['effect']:+.3f} [{a['ci95'][0]:+.3f}, {a['ci95'][1]:+.3f}] nat/token); control: "
+            f"{higher_or_lower(c['effect'])} ({c['effect']:+.3f} [{c['ci95'][0]:+.3f}, {c['ci95'][1]:+.3f}]).",
+        ]
     return "\n".join(lines)
 
 
@@ -123,15 +150,26 @@ def main(argv: list[str] | None = None) -> int:
     if not trainer.heldout_problems:
         print("local.data.heldout_prompts is 0: nothing to measure", file=sys.stderr)
         return 2
+    if not steer:
+        print(
+            "omniopd.teacher.options.steer is null: the demo's metric is the demonstration teacher's token set "
+            "(omniopd_verl/demo_teacher.py); allowed a mapping {tokens: arithmetic, bias: <number>}",
+            file=sys.stderr,
+        )
+        return 2
     items, before = trainer.prepare_heldout()
     pe.save_items(items, OUT / "heldout_set.jsonl")
-    share = pe.token_share_summary(items, token_set(trainer.tokenizer, steer["tokens"])) if steer else None
-    gap0 = sum(before) / len(before)
+    teacher_mass = pe.mean_over_prompts(
+        items, trainer.heldout_measure(trainer.ref_model, items, as_teacher=True)["mass"]
+    )
+    share = pe.token_share_summary(items, token_set(trainer.tokenizer, steer["tokens"]))
+    mass0, gap0 = pe.mean_over_prompts(items, before["mass"]), pe.mean_over_prompts(items, before["gap"])
     print(f"the teacher differs from the student, before any training ({len(items)} held-out prefixes):")
-    if share:
-        print(
-            f"  share of {steer['tokens']} tokens: teacher texts {share['teacher']:.1%}, student's own {share['base']:.1%}"
-        )
+    print(
+        f"  next-token probability of its favoured '{steer['tokens']}' tokens at the student's own held-out "
+        f"contexts: teacher {teacher_mass:.1%}, student {mass0:.1%}"
+    )
+    print(f"  share of those tokens in the texts: teacher's {share['teacher']:.1%}, student's own {share['base']:.1%}")
     print(
         f"  the initial student gives the teacher's texts {abs(percent(gap0)):.1f}% {'lower' if gap0 < 0 else 'higher'} "
         f"likelihood per token than its own ({gap0:+.3f} nat/token)"
@@ -151,19 +189,25 @@ def main(argv: list[str] | None = None) -> int:
 
     print("\n[4/4] results", flush=True)
     arm, ctrl = results["omniopd"]["paired"], results["control"]["paired"]
-    diff = pe.arm_minus_control(items, arm["gaps_after"], ctrl["gaps_after"], seed=loc.seed)
+    diff = pe.arm_minus_control(items, arm["after"]["mass"], ctrl["after"]["mass"], seed=loc.seed)
     seconds = time.perf_counter() - t0
+    keep = ("effect", "ci95", "t_ci95", "before", "after")
     summary = {
         "metric": pe.METRIC,
         "metric_description": pe.METRIC_TEXT,
-        "effect": arm["effect"],
-        "ci95": arm["ci95"],
-        "t_ci95": arm["t_ci95"],
-        "prompts": arm["prompts"],
-        "prefixes": arm["prefixes"],
-        "control": {k: ctrl[k] for k in ("effect", "ci95", "t_ci95")},
+        **{k: arm["mass"][k] for k in (*keep, "prompts", "prefixes")},
+        "control": {k: ctrl["mass"][k] for k in keep},
         "arm_minus_control": diff,
-        "before": {"gap_nat_per_token": gap0, "token_share": share},
+        "effect_shown": effect_shown(arm["mass"], ctrl["mass"], diff),
+        "teacher_mass": teacher_mass,
+        "secondary": {
+            "metric": pe.GAP_METRIC,
+            "metric_description": pe.GAP_METRIC_TEXT,
+            "omniopd": {k: arm["gap"][k] for k in keep},
+            "control": {k: ctrl["gap"][k] for k in keep},
+            "arm_minus_control": pe.arm_minus_control(items, arm["after"]["gap"], ctrl["after"]["gap"], seed=loc.seed),
+        },
+        "initial": {"token_mass": mass0, "gap_nat_per_token": gap0, "token_share": share},
         "setting": {
             "advantage": o.advantage,
             "similarity": o.similarity,
@@ -174,6 +218,7 @@ def main(argv: list[str] | None = None) -> int:
             "N": o.samples,
             "C": o.chunk_len,
             "batch": loc.batch_size,
+            "heldout_prompts": loc.data.heldout_prompts,
         },
         "seconds": seconds,
         "teacher_build_seconds": 0.0,  # the steered teacher needs no build: it is the base model plus a bias

@@ -2,8 +2,10 @@
 
 Trains the same student (SmolLM2-135M-Instruct) from the same seeds against the same demonstration
 teacher (recipes/quickstart_cpu/quickstart_cpu.yaml) in several arms and scores every arm on ONE fixed
-held-out set with the pre-declared primary metric of omniopd_verl/local/paired_eval.py (teacher minus
-base log-likelihood change, nat/token, bootstrap 95% CI over held-out prompts):
+held-out set with the demo's primary metric (omniopd_verl/local/paired_eval.py, steered_token_mass_change:
+the student's next-token probability of the teacher's favoured tokens at fixed held-out contexts,
+percentage points, bootstrap 95% CI over held-out prompts; the teacher-minus-base log-likelihood change
+alongside as the secondary, drift-biased measure):
 
   centered        OmniOPD, advantage centered_batch, peak-entropy scheduler, embedding similarity (the demo)
   posterior       OmniOPD, the spec's advantage 'posterior'
@@ -56,18 +58,24 @@ def _commit() -> str:
 
 
 def markdown_table(results: dict, meta: dict) -> str:
+    def ci(r, scale=100.0, fmt="{:+.2f}"):
+        return f"{fmt.format(scale * r['effect'])} [{fmt.format(scale * r['ci95'][0])}, {fmt.format(scale * r['ci95'][1])}]"
+
     lines = [
         f"{meta['label']}: {meta['date']}, commit {meta['commit']}, {meta['machine']}; {meta['steps']} steps per arm, "
-        f"{meta['prompts']} held-out prompts ({meta['prefixes']} prefixes).",
+        f"{meta['prompts']} held-out prompts ({meta['prefixes']} prefixes). Primary: change in the student's "
+        f"probability of the teacher's favoured tokens (percentage points; initial {100 * meta['mass_before']:.2f}%, "
+        f"teacher {100 * meta['teacher_mass']:.2f}%). Secondary: teacher-minus-base log-likelihood change "
+        "(nat/token, biased upward by any drift). 95% bootstrap CIs over held-out prompts.",
         "",
-        "| arm | metric change (nat/token) | 95% CI | minus control | 95% CI | teacher calls | teacher tokens | wall s |",
-        "|---|---|---|---|---|---|---|---|",
+        "| arm | primary (pts) [95% CI] | minus control [95% CI] | secondary (nat/token) [95% CI] | "
+        "teacher calls | teacher tokens | wall s |",
+        "|---|---|---|---|---|---|---|",
     ]
     for name, r in results.items():
         d = r.get("minus_control")
-        dtxt = f"{d['effect']:+.4f} | [{d['ci95'][0]:+.4f}, {d['ci95'][1]:+.4f}]" if d else "— | —"
         lines.append(
-            f"| {name} | {r['effect']:+.4f} | [{r['ci95'][0]:+.4f}, {r['ci95'][1]:+.4f}] | {dtxt} | "
+            f"| {name} | {ci(r)} | {ci(d) if d else '—'} | {ci(r['secondary'], 1.0, '{:+.4f}')} | "
             f"{r['teacher_calls']:.0f} | {r['teacher_tokens']:.0f} | {r['seconds']:.0f} |"
         )
     return "\n".join(lines) + "\n"
@@ -82,14 +90,14 @@ def plot(results: dict, path: Path, title: str) -> None:
     fig, ax = plt.subplots(figsize=(7, 4.2))
     for name, r in results.items():
         steps = [0] + [p["step"] for p in r["curve"]]
-        vals = [0.0] + [p["effect"] for p in r["curve"]]
-        lo = [0.0] + [p["ci95"][0] for p in r["curve"]]
-        hi = [0.0] + [p["ci95"][1] for p in r["curve"]]
+        vals = [0.0] + [100 * p["effect"] for p in r["curve"]]
+        lo = [0.0] + [100 * p["ci95"][0] for p in r["curve"]]
+        hi = [0.0] + [100 * p["ci95"][1] for p in r["curve"]]
         (line,) = ax.plot(steps, vals, marker="o", label=name)
         ax.fill_between(steps, lo, hi, color=line.get_color(), alpha=0.12)
     ax.axhline(0, color="black", lw=0.8)
     ax.set_xlabel("training step")
-    ax.set_ylabel("teacher - base log-lik change (nat/token)")
+    ax.set_ylabel("change in P(teacher's favoured tokens), pts")
     ax.set_title(title, fontsize=9)
     ax.legend(fontsize=8)
     fig.tight_layout()
@@ -103,7 +111,7 @@ def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--arms", default=",".join(ARMS), help=f"comma-separated subset of {list(ARMS)}")
-    parser.add_argument("--eval-every", type=int, default=2)
+    parser.add_argument("--eval-every", type=int, default=4, help="also score the held-out set every K steps")
     parser.add_argument("--label", default="CPU, small scale")
     parser.add_argument("--docs", default=None, help="also copy the table and the plot into this folder")
     parser.add_argument("overrides", nargs="*", help="key=value overrides for every arm, e.g. local.steps=4")
@@ -117,10 +125,9 @@ def main(argv: list[str] | None = None) -> int:
     from omniopd_verl.local import paired_eval as pe
     from omniopd_verl.local.config import load_run_config
     from omniopd_verl.local.metrics import read_metrics
-    from omniopd_verl.local.rollout import pad_id
     from omniopd_verl.local.train import LocalTrainer
 
-    t_all = time.perf_counter()
+    t_all, load0 = time.perf_counter(), os.getloadavg()[0]
     OUT.mkdir(parents=True, exist_ok=True)
     base = ["local.resume=false", *args.overrides]
     heldout = None
@@ -131,30 +138,39 @@ def main(argv: list[str] | None = None) -> int:
         t0 = time.perf_counter()
         trainer = LocalTrainer(cfg)
         if heldout is None:  # one held-out set for every arm (built with the first arm's teacher = the recipe's)
+            t_set = time.perf_counter()
             heldout = trainer.prepare_heldout()
             pe.save_items(heldout[0], OUT / "heldout_set.jsonl")
+            teacher = trainer.heldout_measure(trainer.ref_model, heldout[0], as_teacher=True)
+            target = {
+                "mass_before": pe.mean_over_prompts(heldout[0], heldout[1]["mass"]),
+                "teacher_mass": pe.mean_over_prompts(heldout[0], teacher["mass"]),
+                "heldout_set_seconds": time.perf_counter() - t_set,
+            }
+            t0 += target["heldout_set_seconds"]  # an arm's wall time excludes the shared held-out set
         items, before = heldout
         curve = []
 
         def on_step(tr, metrics, curve=curve, steps=cfg.local.steps, items=items, before=before):
-            if tr.step % args.eval_every == 0 or tr.step == steps:
-                after = pe.gaps(tr.model, items, pad_token_id=pad_id(tr.tokenizer), progress=tr.cfg.progress)
-                r = pe.paired_change(items, before, after, seed=tr.cfg.seed)
-                curve.append({"step": tr.step, "effect": r["effect"], "ci95": r["ci95"], "gaps_after": after})
+            if tr.step % args.eval_every == 0 and tr.step < steps:  # the last step is fit()'s own evaluation
+                r = pe.paired_change(
+                    items, before["mass"], tr.heldout_measure(tr.model, items)["mass"], seed=tr.cfg.seed
+                )
+                curve.append({"step": tr.step, "effect": r["effect"], "ci95": r["ci95"]})
 
         summary = trainer.fit(heldout=heldout, on_step=on_step)
         trainer.close()
         del trainer
         gc.collect()
         final = json.loads((Path(cfg.local.output_dir) / "eval.json").read_text())["paired"]
+        curve.append({"step": cfg.local.steps, "effect": final["mass"]["effect"], "ci95": final["mass"]["ci95"]})
         rows = read_metrics(Path(summary["metrics"]))
         results[name] = {
             "overrides": ARMS[name],
-            "effect": final["effect"],
-            "ci95": final["ci95"],
-            "t_ci95": final["t_ci95"],
-            "gaps_after": final["gaps_after"],
-            "curve": [{k: v for k, v in p.items() if k != "gaps_after"} for p in curve],
+            **{k: final["mass"][k] for k in ("effect", "ci95", "t_ci95", "before", "after")},
+            "secondary": {k: final["gap"][k] for k in ("metric", "effect", "ci95", "t_ci95")},
+            "after_values": final["after"],
+            "curve": curve,
             "teacher_calls": sum(r.get("teacher/calls", 0.0) for r in rows),
             "teacher_tokens": sum(
                 r.get("teacher/completion_tokens", 0.0) + r.get("teacher/prompt_tokens", 0.0) for r in rows
@@ -162,28 +178,32 @@ def main(argv: list[str] | None = None) -> int:
             "seconds": time.perf_counter() - t0,
         }
         print(
-            f"   {name}: {final['effect']:+.4f} nat/token [{final['ci95'][0]:+.4f}, {final['ci95'][1]:+.4f}]",
+            f"   {name}: {100 * final['mass']['effect']:+.2f} pts [{100 * final['mass']['ci95'][0]:+.2f}, "
+            f"{100 * final['mass']['ci95'][1]:+.2f}]; secondary {final['gap']['effect']:+.4f} nat/token",
             flush=True,
         )
     items = heldout[0]
     if "control" in results:
         for name, r in results.items():
             if name != "control":
-                r["minus_control"] = pe.arm_minus_control(items, r["gaps_after"], results["control"]["gaps_after"])
+                ctrl = results["control"]["after_values"]["mass"]
+                r["minus_control"] = pe.arm_minus_control(items, r["after_values"]["mass"], ctrl)
     cfg0 = load_run_config(str(RECIPE), base)
     meta = {
         "label": args.label,
         "date": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
         "commit": _commit(),
-        "machine": f"{platform.machine()}, {os.cpu_count()} CPUs, shared with other jobs",
+        "machine": f"{platform.machine()}, {os.cpu_count()} CPUs, load average {load0:.1f} at the start, "
+        f"{os.getloadavg()[1]:.1f} over the last 5 min at the end",
         "steps": cfg0.local.steps,
         "prompts": len({it.prompt_id for it in items}),
         "prefixes": len(items),
         "seconds": time.perf_counter() - t_all,
         "overrides": args.overrides,
+        **target,
     }
     for r in results.values():
-        r.pop("gaps_after", None)
+        r.pop("after_values", None)
     (OUT / "results.json").write_text(json.dumps({"meta": meta, "arms": results}, indent=2))
     table = markdown_table(results, meta)
     (OUT / "results.md").write_text(table)

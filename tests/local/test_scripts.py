@@ -45,12 +45,21 @@ def test_demo_table_has_one_row_per_step_and_marks_missing_values():
     assert lines[3].split()[1] == "n/a" and lines[3].split()[4] == "2.500"
     from omniopd_verl.demo import format_result
 
-    r = {"effect": 0.05, "ci95": [0.02, 0.08], "prompts": 40, "prefixes": 80}
-    summary = {"metric": "m", **r, "control": {"effect": 0.0, "ci95": [-0.03, 0.03]},
-               "arm_minus_control": {"effect": 0.05, "ci95": [0.01, 0.09]}}  # fmt: skip
+    r = {"effect": 0.02, "ci95": [0.01, 0.03], "prompts": 40, "prefixes": 80, "before": 0.25, "after": 0.27}
+    summary = {"metric": "m", **r, "teacher_mass": 0.5,
+               "control": {"effect": 0.0, "ci95": [-0.01, 0.01], "before": 0.25, "after": 0.25},
+               "arm_minus_control": {"effect": 0.02, "ci95": [0.005, 0.035]},
+               "secondary": {"metric": "g", "omniopd": {"effect": -0.05, "ci95": [-0.08, -0.02]},
+                             "control": {"effect": 0.05, "ci95": [0.02, 0.08]}}}  # fmt: skip
     text = format_result(summary)
-    assert "+5.1% higher likelihood" in text and "control: +0.0%" in text and "Effect shown" in text
-    summary["ci95"] = [-0.01, 0.08]
+    assert "+2.00 pts  [+1.00, +3.00]" in text and "arm minus control" in text
+    assert "went from 25.00% to 27.00% (+8.0% relative; the teacher itself: 50.00%)" in text
+    assert "control: 25.00% to 25.00% (+0.0%)" in text and "Effect shown" in text
+    assert "4.9% lower likelihood" in text and "control: 5.1% higher" in text
+    summary["ci95"] = [-0.01, 0.03]  # the arm's CI covers 0: not shown, whatever the control did
+    assert "NOT shown" in format_result(summary)
+    summary["ci95"], summary["control"]["ci95"] = [0.01, 0.03], [0.002, 0.02]
+    summary["arm_minus_control"]["ci95"] = [-0.001, 0.03]  # control moved too, and the arms do not separate
     assert "NOT shown" in format_result(summary)
 
 
