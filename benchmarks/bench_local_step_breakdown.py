@@ -1,7 +1,7 @@
 """Step-time breakdown of the local engine: rollout, audit, reference, update (CPU, the quickstart recipe).
 
-Runs a few training steps of recipes/quickstart_cpu (SmolLM2-135M-Instruct student, privileged
-self-distillation teacher on the same weights, MiniLM similarity) without evaluation, into a temporary
+Runs a few training steps of recipes/quickstart_cpu (SmolLM2-135M-Instruct student, the steered
+demonstration teacher on the same frozen weights, MiniLM similarity) without evaluation, into a temporary
 folder, and prints each stage's seconds and share of the step from the run's own metrics.jsonl.
 The process's CPU time is printed too: on a shared machine wall time depends on the neighbours, CPU
 time much less.

@@ -1,0 +1,95 @@
+"""`make experiment` (omniopd_verl/experiment.py) end to end on the tiny random model: three arms of the
+quickstart recipe, one shared held-out set, the table, the plot, and numbers recomputed here from each
+arm's own eval.json by a naive per-prompt average (so a wrong pairing, sign or arm would show).
+"""
+
+from __future__ import annotations
+
+import json
+from collections import defaultdict
+
+import pytest
+
+
+def naive_per_prompt_mean(prompt_ids, values):
+    groups = defaultdict(list)
+    for pid, v in zip(prompt_ids, values, strict=True):
+        groups[pid].append(v)
+    return sum(sum(v) / len(v) for v in groups.values()) / len(groups)
+
+
+@pytest.fixture
+def experiment_run(tmp_path, tiny_model_path, benchmarks_dir, monkeypatch):
+    from omniopd_verl import experiment
+
+    monkeypatch.setattr(experiment, "OUT", tmp_path / "exp")
+    overrides = [
+        f"local.model={tiny_model_path}",
+        f"omniopd.teacher.model={tiny_model_path}",
+        "omniopd.similarity=ned",
+        "omniopd.samples=2",
+        "omniopd.chunk_len=4",
+        "local.steps=2",
+        "local.prompts_per_step=2",
+        "local.responses_per_prompt=2",
+        "local.micro_batch_size=2",
+        "local.max_new_tokens=12",
+        "local.progress=false",
+        f"local.data.path={benchmarks_dir / 'gsm8k' / 'train.jsonl'}",
+        f"local.data.heldout_path={benchmarks_dir / 'gsm8k' / 'test.jsonl'}",
+        "local.data.heldout_prompts=3",  # given after the experiment's default of 40, so it wins
+    ]
+    docs = tmp_path / "docs"
+    rc = experiment.main(["--arms", "centered,token_opd,control", "--eval-every", "1", "--docs", str(docs), *overrides])
+    return rc, tmp_path / "exp", docs
+
+
+def test_experiment_scores_every_arm_on_one_heldout_set_and_matches_a_naive_recomputation(experiment_run):
+    rc, out, docs = experiment_run
+    assert rc == 0
+    report = json.loads((out / "results.json").read_text())
+    arms, meta = report["arms"], report["meta"]
+    assert list(arms) == ["centered", "token_opd", "control"]
+    assert meta["overrides"][0] == "local.data.heldout_prompts=40"
+    assert meta["overrides"][-1] == "local.data.heldout_prompts=3" and meta["prompts"] <= 3
+
+    shared = [json.loads(line) for line in (out / "heldout_set.jsonl").read_text().splitlines()]
+    prompt_ids = [it["prompt_id"] for it in shared]
+    assert meta["prefixes"] == len(shared) > 0
+    after = {}
+    for name, r in arms.items():
+        # every arm saved (and was scored on) exactly the shared held-out set
+        own = [json.loads(line) for line in (out / name / "heldout_set.jsonl").read_text().splitlines()]
+        assert own == shared
+        evals = json.loads((out / name / "eval.json").read_text())
+        before, after[name] = evals["before"]["mass"], evals["paired"]["after"]["mass"]
+        diffs = [a - b for a, b in zip(after[name], before, strict=True)]
+        assert r["effect"] == pytest.approx(naive_per_prompt_mean(prompt_ids, diffs), abs=1e-12)
+        assert r["ci95"][0] <= r["effect"] <= r["ci95"][1]
+        assert meta["mass_before"] == pytest.approx(naive_per_prompt_mean(prompt_ids, before), abs=1e-12)
+        # the curve: step 1 from the on_step hook, step 2 = fit()'s final evaluation
+        assert [p["step"] for p in r["curve"]] == [1, 2]
+        assert r["curve"][-1]["effect"] == r["effect"]
+        assert r["seconds"] > 0
+    # OmniOPD arms ask the teacher for continuations; token-level OPD reads its logits, no samples
+    assert arms["centered"]["teacher_calls"] > 0
+    for name in ("centered", "token_opd"):
+        diffs = [a - c for a, c in zip(after[name], after["control"], strict=True)]
+        assert arms[name]["minus_control"]["effect"] == pytest.approx(
+            naive_per_prompt_mean(prompt_ids, diffs), abs=1e-12
+        )
+    assert "minus_control" not in arms["control"]
+
+    table = (docs / "experiment_cpu_small.md").read_text()
+    assert table == (out / "results.md").read_text()
+    rows = [line for line in table.splitlines() if line.startswith("| ") and not line.startswith("| arm")]
+    assert [row.split("|")[1].strip() for row in rows] == ["centered", "token_opd", "control"]
+    assert (docs / "experiment_cpu_small.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_experiment_rejects_an_unknown_arm_and_names_the_allowed_ones(capsys):
+    from omniopd_verl import experiment
+
+    assert experiment.main(["--arms", "centered,dpo"]) == 2
+    err = capsys.readouterr().err
+    assert "['dpo']" in err and "token_opd" in err and "control" in err
