@@ -84,9 +84,12 @@ def main() -> None:
     same = sum(a == b for a, b in zip(new, old, strict=True))
     old_s, new_s, pr, pu = min(old_t), min(new_t), min(pre_rows), min(pre_unique)
     decode = max(new_s - pu, 0.0)
+    from omniopd_verl.cpu_allocator import tune_malloc_for_cpu_inference
+
     print(
         f"{len(prefixes)} prefixes x n={args.n}, {sum(map(len, prefixes)) / len(prefixes):.0f} prefix tokens, "
-        f"{args.new_tokens} new tokens, {args.model}, best of {args.reps}"
+        f"{args.new_tokens} new tokens, {args.model}, best of {args.reps}, "
+        f"malloc tuning {'on' if tune_malloc_for_cpu_inference() else 'off'} (omniopd_verl/cpu_allocator.py)"
     )
     print(f"one prefill per sample row (old): {old_s:8.1f} s")
     print(f"one prefill per prefix (new):     {new_s:8.1f} s   ratio old/new {old_s / new_s:.2f}x (target >= 2.5x)")

@@ -203,6 +203,10 @@ def load_causal_lm(name_or_path: str, *, dtype=None, device: str = "cpu"):
     from transformers import AutoModelForCausalLM
 
     path = resolve_model_path(name_or_path)
+    if str(device).startswith("cpu"):  # a CPU LM in this process: keep malloc from re-faulting each decode step
+        from omniopd_verl.cpu_allocator import tune_malloc_for_cpu_inference
+
+        tune_malloc_for_cpu_inference()
     tokenizer = load_tokenizer(path)
     model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype or torch.float32).to(device)
     model.eval()
