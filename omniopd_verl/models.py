@@ -209,6 +209,10 @@ def load_causal_lm(name_or_path: str, *, dtype=None, device: str = "cpu"):
         tune_malloc_for_cpu_inference()
     tokenizer = load_tokenizer(path)
     model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype or torch.float32).to(device)
+    if str(device).startswith("cpu"):  # decode steps without repeating the KV cache per query head
+        from omniopd_verl.decode_attention import use_for
+
+        use_for(model)
     model.eval()
     return model, tokenizer
 
@@ -221,8 +225,11 @@ def make_tiny_random_model(
     hidden_size: int = 64,
     num_layers: int = 2,
     num_heads: int = 4,
+    num_key_value_heads: int | None = None,
 ) -> str:
-    """Write a tiny random Llama with SmolLM2's tokenizer to `path` (for fast tests); returns the path."""
+    """Write a tiny random Llama with SmolLM2's tokenizer to `path` (for fast tests); returns the path.
+
+    `num_key_value_heads` < `num_heads` makes it grouped-query attention, like SmolLM2 (9 on 3)."""
     import torch
     from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
 
@@ -237,7 +244,7 @@ def make_tiny_random_model(
         intermediate_size=hidden_size * 2,
         num_hidden_layers=num_layers,
         num_attention_heads=num_heads,
-        num_key_value_heads=num_heads,
+        num_key_value_heads=num_key_value_heads or num_heads,
         max_position_embeddings=2048,
         bos_token_id=tokenizer.bos_token_id,
         eos_token_id=tokenizer.eos_token_id,
