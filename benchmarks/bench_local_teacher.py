@@ -38,6 +38,7 @@ def main() -> None:
 
     import torch
 
+    from omniopd_verl.cpu_allocator import tune_malloc_for_cpu_inference
     from omniopd_verl.generation import eos_token_ids, sample_continuations
     from omniopd_verl.models import load_causal_lm
 
@@ -84,8 +85,6 @@ def main() -> None:
     same = sum(a == b for a, b in zip(new, old, strict=True))
     old_s, new_s, pr, pu = min(old_t), min(new_t), min(pre_rows), min(pre_unique)
     decode = max(new_s - pu, 0.0)
-    from omniopd_verl.cpu_allocator import tune_malloc_for_cpu_inference
-
     print(
         f"{len(prefixes)} prefixes x n={args.n}, {sum(map(len, prefixes)) / len(prefixes):.0f} prefix tokens, "
         f"{args.new_tokens} new tokens, {args.model}, best of {args.reps}, "

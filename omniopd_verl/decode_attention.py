@@ -18,14 +18,13 @@ so on CPU. tests/test_decode_attention.py pins it against `sdpa` on a GQA model.
 from __future__ import annotations
 
 import torch
+from transformers.integrations.sdpa_attention import sdpa_attention_forward
 
 NAME = "omniopd_sdpa"
 
 
 def gqa_decode_sdpa(module, query, key, value, attention_mask, dropout=0.0, scaling=None, is_causal=None, **kwargs):
     """`sdpa_attention_forward`'s signature and output ([B, q_len, H, D], None)."""
-    from transformers.integrations.sdpa_attention import sdpa_attention_forward
-
     groups = getattr(module, "num_key_value_groups", 1)
     if query.shape[2] != 1 or groups == 1 or kwargs.get("output_attentions", False) or dropout:
         return sdpa_attention_forward(

@@ -133,7 +133,8 @@ def main(argv: list[str] | None = None) -> int:
 
     t_all, load0 = time.perf_counter(), os.getloadavg()[0]
     OUT.mkdir(parents=True, exist_ok=True)
-    base = ["local.resume=false", *DEFAULTS, *args.overrides]
+    overrides = [*DEFAULTS, *args.overrides]
+    base = ["local.resume=false", *overrides]
     heldout = None
     results: dict[str, dict] = {}
     for name in arms:
@@ -203,7 +204,7 @@ def main(argv: list[str] | None = None) -> int:
         "prompts": len({it.prompt_id for it in items}),
         "prefixes": len(items),
         "seconds": time.perf_counter() - t_all,
-        "overrides": [*DEFAULTS, *args.overrides],
+        "overrides": overrides,
         **target,
     }
     for r in results.values():

@@ -202,17 +202,16 @@ def load_causal_lm(name_or_path: str, *, dtype=None, device: str = "cpu"):
     import torch
     from transformers import AutoModelForCausalLM
 
-    path = resolve_model_path(name_or_path)
-    if str(device).startswith("cpu"):  # a CPU LM in this process: keep malloc from re-faulting each decode step
-        from omniopd_verl.cpu_allocator import tune_malloc_for_cpu_inference
+    from omniopd_verl import cpu_allocator, decode_attention
 
-        tune_malloc_for_cpu_inference()
+    path = resolve_model_path(name_or_path)
+    on_cpu = str(device).startswith("cpu")
+    if on_cpu:  # before the weights are allocated: tuned after the load, the warm decode still page-faults
+        cpu_allocator.tune_malloc_for_cpu_inference()
     tokenizer = load_tokenizer(path)
     model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype or torch.float32).to(device)
-    if str(device).startswith("cpu"):  # decode steps without repeating the KV cache per query head
-        from omniopd_verl.decode_attention import use_for
-
-        use_for(model)
+    if on_cpu:  # one-token decode steps without repeating the KV cache per query head
+        decode_attention.use_for(model)
     model.eval()
     return model, tokenizer
 
