@@ -29,11 +29,18 @@ def tiny(tmp_path_factory):
 
 
 @torch.no_grad()
-def naive_greedy(model, prompt: list[int], n: int) -> tuple[list[int], list[float]]:
-    """No cache, no padding, no batch: one full forward per new token."""
+def naive_greedy(model, prompt: list[int], n: int, *, near_tie: float = 1e-4) -> tuple[list[int], list[float]]:
+    """No cache, no padding, no batch: one full forward per new token.
+
+    Stops early at a near tie (top-2 log-probs closer than `near_tie`): there the batched, left-padded path
+    may legitimately pick the other token, since float32 kernels differ in the last bits between batch shapes
+    and between CPUs (AVX2 vs AVX-512). The tokens up to the tie must match exactly on any machine."""
     ids, toks, lps = list(prompt), [], []
     for _ in range(n):
         lp = torch.log_softmax(model(torch.tensor([ids])).logits[0, -1].float(), -1)
+        top2 = lp.topk(2).values
+        if float(top2[0] - top2[1]) < near_tie:
+            break
         tok = int(lp.argmax())
         toks.append(tok)
         lps.append(float(lp[tok]))
@@ -50,8 +57,9 @@ def test_batched_greedy_equals_the_naive_reference_under_left_padding(tiny):
     results = generate_batch(model, requests, eos_token_ids=set(), pad_token_id=tok.pad_token_id or 0)
     for prompt, result in zip(PROMPTS, results, strict=True):
         toks, lps = naive_greedy(model, prompt, 6)
-        assert result.token_ids == toks
-        assert result.log_probs == pytest.approx(lps, abs=1e-5)
+        assert len(toks) >= 3  # the comparison covers most of the response, not an early tie
+        assert result.token_ids[: len(toks)] == toks
+        assert result.log_probs[: len(toks)] == pytest.approx(lps, abs=1e-5)
         assert result.stop_reason == "completed"
 
 
@@ -142,7 +150,8 @@ def test_server_batches_concurrent_requests_updates_weights_and_aborts(tiny):
         )
         assert server.batches == [3]  # the three concurrent requests ran as one batch
         for p, out in zip(PROMPTS, outs, strict=True):
-            assert out.token_ids == naive_greedy(model, p, 4)[0] and out.stop_reason == "completed"
+            expected = naive_greedy(model, p, 4)[0]  # up to a near tie, if any
+            assert out.token_ids[: len(expected)] == expected and out.stop_reason == "completed"
         with pytest.raises(ValueError, match="not supported by the hf rollout"):
             await server.generate(PROMPTS[0], {"best_of": 2}, "bad")
         # weights from the actor: every tensor, then the server samples from them
