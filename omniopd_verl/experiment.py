@@ -35,7 +35,9 @@ import time
 from datetime import datetime, timezone
 from pathlib import Path
 
-RECIPE = Path(__file__).resolve().parents[1] / "recipes" / "quickstart_cpu" / "quickstart_cpu.yaml"
+from omniopd_verl.package_files import QUICKSTART_RECIPE, package_file
+
+RECIPE = package_file(QUICKSTART_RECIPE)  # recipes/quickstart_cpu/quickstart_cpu.yaml links to it
 OUT = Path("runs/experiment")
 # Six arms compare effects smaller than the demo's arm-vs-control one, so the experiment scores a larger
 # held-out set than the 15-minute demo can afford (40 prompts, ~80 prefixes); an override on the command

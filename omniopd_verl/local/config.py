@@ -53,8 +53,9 @@ def _nonempty_str(key: str, value: Any, *, optional: bool = False) -> None:
 class DataConfig:
     """Where prompts come from (`local.data.*`): a JSONL file with one problem per line."""
 
-    path: str = "../shared/data/benchmarks/gsm8k/train.jsonl"
-    """JSONL file of training prompts; a relative path is taken from the run file's folder's repo root (cwd)."""
+    path: str = "pkg://omniopd_verl.data/gsm8k_subset/train.jsonl"
+    """JSONL file of training prompts: `pkg://package/path` for a file shipped in a package (the default: the
+    GSM8K subset in omniopd_verl/data/gsm8k_subset), else a path from the current folder or the repo root."""
     prompt_key: str = "question"
     """Field holding the user prompt (sent through the student's chat template)."""
     reference_key: str | None = "answer"
@@ -213,6 +214,9 @@ def load_run_config(path: str | os.PathLike | None, overrides: Sequence[str] = (
     from omegaconf.errors import OmegaConfBaseException
 
     if path is not None:
+        from omniopd_verl.package_files import resolve
+
+        path = resolve(path)
         if not os.path.isfile(path):
             raise ConfigError(f"config file {str(path)!r} does not exist")
         base = OmegaConf.load(path)

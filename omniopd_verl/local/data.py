@@ -11,6 +11,7 @@ import random
 from dataclasses import dataclass
 from pathlib import Path
 
+from omniopd_verl import package_files
 from omniopd_verl.errors import ConfigError
 from omniopd_verl.local.config import DataConfig
 
@@ -27,7 +28,13 @@ class Problem:
 
 
 def resolve_data_path(path: str) -> Path:
-    """A relative path is tried from the current directory, then from the repository root."""
+    """`pkg://` names a file shipped in the package; a relative path is tried from the current directory,
+    then from the repository root."""
+    if path.startswith(package_files.PREFIX):
+        found = package_files.package_file(path)
+        if found.is_file():
+            return found
+        raise ConfigError(f"local.data.path={path!r} is invalid: the package has no file {found}")
     for candidate in (Path(path), REPO_ROOT / path):
         if candidate.is_file():
             return candidate

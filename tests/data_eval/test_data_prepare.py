@@ -196,3 +196,15 @@ def test_bad_input_is_a_clear_error(tmp_path, benchmarks_dir, capsys):
         ]
     )
     assert re.search("expects .*does_not_exist", err)
+
+
+def test_without_a_benchmark_folder_it_says_how_to_get_the_public_sets(tmp_path, capsys):
+    """A user's clone has no ../shared: one line naming the folder tried, the flag, the variable and sources."""
+    missing = tmp_path / "no-such-folder"
+    rc = main(["data", "prepare", "--benchmarks", "gsm8k", "--benchmarks-dir", str(missing), "--out", str(tmp_path)])
+    err = capsys.readouterr().err
+    assert rc == 2 and "Traceback" not in err and len(err.strip().splitlines()) == 1
+    assert f"no benchmark folder at {missing}" in err
+    assert "--benchmarks-dir" in err and "OMNIOPD_BENCHMARKS" in err
+    assert "github.com/openai/grade-school-math" in err and "data prepare --input FILE --name NAME" in err
+    assert not list(tmp_path.glob("*/*.parquet"))  # nothing written

@@ -19,7 +19,7 @@ def naive_per_prompt_mean(prompt_ids, values):
 
 
 @pytest.fixture
-def experiment_run(tmp_path, tiny_model_path, benchmarks_dir, monkeypatch):
+def experiment_run(tmp_path, tiny_model_path, monkeypatch):
     from omniopd_verl import experiment
 
     monkeypatch.setattr(experiment, "OUT", tmp_path / "exp")
@@ -35,8 +35,6 @@ def experiment_run(tmp_path, tiny_model_path, benchmarks_dir, monkeypatch):
         "local.micro_batch_size=2",
         "local.max_new_tokens=12",
         "local.progress=false",
-        f"local.data.path={benchmarks_dir / 'gsm8k' / 'train.jsonl'}",
-        f"local.data.heldout_path={benchmarks_dir / 'gsm8k' / 'test.jsonl'}",
         "local.data.heldout_prompts=3",  # given after the experiment's default of 40, so it wins
     ]
     docs = tmp_path / "docs"

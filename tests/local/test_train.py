@@ -17,7 +17,7 @@ from omniopd_verl.local.loss import collate, omniopd_loss, response_logits
 from omniopd_verl.local.rollout import pad_id
 
 
-def write_run(tmp_path: Path, model: str, benchmarks_dir: Path, *, steps=2, output="run", **local) -> Path:
+def write_run(tmp_path: Path, model: str, gsm8k_subset: Path, *, steps=2, output="run", **local) -> Path:
     cfg = {
         "omniopd": {
             "chunks": 2,
@@ -37,7 +37,7 @@ def write_run(tmp_path: Path, model: str, benchmarks_dir: Path, *, steps=2, outp
             "lr": 1e-3,
             "progress": False,
             "output_dir": str(tmp_path / output),
-            "data": {"path": str(benchmarks_dir / "gsm8k" / "train.jsonl"), "max_prompts": 50},
+            "data": {"path": str(gsm8k_subset / "train.jsonl"), "max_prompts": 50},
             **local,
         },
     }
@@ -63,12 +63,12 @@ def fixed_batch_loss(trainer, rollouts, credit, batch):
     return float(terms.l_chunk) + trainer.run.omniopd.beta * float(terms.l_kl)
 
 
-def test_one_step_changes_parameters_and_lowers_the_loss_on_a_fixed_batch(tmp_path, tiny_model_path, benchmarks_dir):
+def test_one_step_changes_parameters_and_lowers_the_loss_on_a_fixed_batch(tmp_path, tiny_model_path, gsm8k_subset):
     from omniopd_verl.audit.credit import audits_to_token_credit
     from omniopd_verl.local.train import LocalTrainer
     from omniopd_verl.local.update import Timer
 
-    run = load_run_config(write_run(tmp_path, tiny_model_path, benchmarks_dir))
+    run = load_run_config(write_run(tmp_path, tiny_model_path, gsm8k_subset))
     trainer = LocalTrainer(run)
     try:
         rollouts = trainer.rollout(trainer.train_problems[:2], seed=1, uid_prefix="t-", responses_per_prompt=2)
@@ -90,15 +90,15 @@ def test_one_step_changes_parameters_and_lowers_the_loss_on_a_fixed_batch(tmp_pa
         trainer.close()
 
 
-def test_resume_equals_uninterrupted_training(tmp_path, tiny_model_path, benchmarks_dir):
+def test_resume_equals_uninterrupted_training(tmp_path, tiny_model_path, gsm8k_subset):
     from safetensors.torch import load_file
 
     from omniopd_verl.local.train import run
 
-    straight = write_run(tmp_path, tiny_model_path, benchmarks_dir, steps=3, output="straight")
+    straight = write_run(tmp_path, tiny_model_path, gsm8k_subset, steps=3, output="straight")
     assert run(str(straight), []) == 0
     # the same run, stopped after step 1 (checkpoint), then restarted with the full step count
-    split = write_run(tmp_path, tiny_model_path, benchmarks_dir, steps=3, output="split")
+    split = write_run(tmp_path, tiny_model_path, gsm8k_subset, steps=3, output="split")
     assert run(str(split), ["local.steps=1"]) == 0
     assert run(str(split), []) == 0
 
@@ -118,8 +118,8 @@ def test_resume_equals_uninterrupted_training(tmp_path, tiny_model_path, benchma
     assert "<html" in (tmp_path / "split" / "last_step_report.html").read_text()
 
 
-def test_config_errors_name_key_value_and_allowed(tmp_path, benchmarks_dir):
-    path = write_run(tmp_path, "smollm2-135m-instruct", benchmarks_dir)
+def test_config_errors_name_key_value_and_allowed(tmp_path, gsm8k_subset):
+    path = write_run(tmp_path, "smollm2-135m-instruct", gsm8k_subset)
     with pytest.raises(ConfigError, match=r"local\.lr=-1\.0 is invalid: allowed a finite number > 0"):
         load_run_config(path, ["local.lr=-1.0"])
     with pytest.raises(ConfigError, match=r"unknown key local\.stepz; did you mean steps\?"):
@@ -142,7 +142,7 @@ def test_config_errors_name_key_value_and_allowed(tmp_path, benchmarks_dir):
 
 
 @pytest.mark.parametrize("variant", [{"control": "shuffle_pi_hat"}, {"method": "token_opd"}])
-def test_paired_heldout_evaluation_control_and_token_opd_end_to_end(tmp_path, tiny_model_path, benchmarks_dir, variant):
+def test_paired_heldout_evaluation_control_and_token_opd_end_to_end(tmp_path, tiny_model_path, gsm8k_subset, variant):
     """One step with the held-out paired metric: the control arm and the token-OPD baseline run through fit()."""
     from omniopd_verl.local.paired_eval import GAP_METRIC
     from omniopd_verl.local.train import LocalTrainer
@@ -150,12 +150,12 @@ def test_paired_heldout_evaluation_control_and_token_opd_end_to_end(tmp_path, ti
     path = write_run(
         tmp_path,
         tiny_model_path,
-        benchmarks_dir,
+        gsm8k_subset,
         steps=1,
         tensorboard=False,
         data={
-            "path": str(benchmarks_dir / "gsm8k" / "train.jsonl"),
-            "heldout_path": str(benchmarks_dir / "gsm8k" / "test.jsonl"),
+            "path": str(gsm8k_subset / "train.jsonl"),
+            "heldout_path": str(gsm8k_subset / "test.jsonl"),
             "heldout_prompts": 2,
             "max_prompts": 50,
         },

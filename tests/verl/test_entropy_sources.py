@@ -21,12 +21,12 @@ K, M, C, PROMPTS, MAX_NEW = 20, 4, 8, 6, 96
 
 
 @pytest.mark.slow
-def test_rollout_topk_vs_exact_anchor_agreement(smollm2_path, benchmarks_dir):
+def test_rollout_topk_vs_exact_anchor_agreement(smollm2_path, gsm8k_subset):
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     tok = AutoTokenizer.from_pretrained(smollm2_path)
     model = AutoModelForCausalLM.from_pretrained(smollm2_path, dtype=torch.float32).eval()
-    rows = [json.loads(line) for line in (benchmarks_dir / "gsm8k" / "test.jsonl").open()][:PROMPTS]
+    rows = [json.loads(line) for line in (gsm8k_subset / "test.jsonl").open()][:PROMPTS]
     torch.manual_seed(0)
     shared, total, same_anchor, n_anchor, gaps = 0, 0, 0, 0, []
     for row in rows:
