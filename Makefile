@@ -14,7 +14,7 @@ export TOKENIZERS_PARALLELISM := false
 export RAY_AUTH_MODE := disabled
 export RAY_USAGE_STATS_ENABLED := 0
 
-.PHONY: setup test test-all demo experiment bench lint clean
+.PHONY: setup test test-all demo demo-sweep experiment bench lint clean
 
 setup: $(STAMP)
 
@@ -39,8 +39,13 @@ test: setup
 test-all: setup
 	$(PY) -m pytest -q --timeout=1800
 
+# SEED=N sets every seed of the demo's run (default: the recipe's, 0)
 demo: setup
-	$(PY) -m omniopd_verl.demo
+	$(PY) -m omniopd_verl.demo $(if $(SEED),--seed $(SEED))
+
+# the demo for seeds 0-9, one fresh process each: one table of verdicts and wall times (docs/results.md)
+demo-sweep: setup
+	$(PY) scripts/demo_seed_sweep.py
 
 # the paper's comparison at small scale (<= 90 min on an idle 2-core machine): table + plot into docs/
 experiment: setup

@@ -18,7 +18,12 @@ with its arithmetic tokens' logits raised, so its texts differ measurably from t
      change) is reported as secondary: any drift raises it (paired_eval.py says why). Written to
      runs/demo/summary.json and printed in plain words.
 
-Usage: python -m omniopd_verl.demo [key=value ...]   (overrides for both arms, e.g. local.steps=2)
+Usage: python -m omniopd_verl.demo [--seed N] [--out DIR] [key=value ...]
+  --seed N   every seed of the run (rollouts, teacher, held-out set, control permutation, bootstrap): local.seed
+             and omniopd.seed; `make demo SEED=N`. scripts/demo_seed_sweep.py runs seeds 0-9.
+  --out DIR  where summary.json and both arms' outputs go (default runs/demo under the current folder)
+  key=value  overrides for both arms, e.g. local.steps=2
+Everything it reads ships in the package (the recipe and a GSM8K subset), so it runs from any folder.
 """
 
 from __future__ import annotations
@@ -31,8 +36,10 @@ import sys
 import time
 from pathlib import Path
 
-RECIPE = Path(__file__).resolve().parents[1] / "recipes" / "quickstart_cpu" / "quickstart_cpu.yaml"
-OUT = Path("runs/demo")
+from omniopd_verl.package_files import QUICKSTART_RECIPE, package_file
+
+RECIPE = package_file(QUICKSTART_RECIPE)  # recipes/quickstart_cpu/quickstart_cpu.yaml links to it
+DEFAULT_OUT = "runs/demo"
 
 COLUMNS = [
     ("step", "step", "{:>4d}"),
@@ -114,11 +121,32 @@ def format_result(summary: dict) -> str:
     return "\n".join(lines)
 
 
+def peak_rss_mb() -> float:
+    """This process's peak resident memory (Linux reports ru_maxrss in KiB)."""
+    import resource
+
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def parse_args(argv: list[str]):
+    import argparse
+
+    parser = argparse.ArgumentParser(
+        prog="python -m omniopd_verl.demo", description=__doc__.splitlines()[0], allow_abbrev=False
+    )
+    parser.add_argument("--seed", type=int, default=None, help="every seed of the run (default: the recipe's, 0)")
+    parser.add_argument("--out", default=DEFAULT_OUT, help="output folder (default runs/demo)")
+    parser.add_argument("overrides", nargs="*", help="key=value overrides for both arms, e.g. local.steps=2")
+    return parser.parse_args(argv)
+
+
 def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-    overrides = list(sys.argv[1:] if argv is None else argv)
+    args = parse_args(sys.argv[1:] if argv is None else argv)
+    OUT = Path(args.out)
+    overrides = args.overrides
     from omniopd_verl.demo_teacher import token_set
     from omniopd_verl.local import paired_eval as pe
     from omniopd_verl.local.config import load_run_config
@@ -129,6 +157,8 @@ def main(argv: list[str] | None = None) -> int:
     OUT.mkdir(parents=True, exist_ok=True)
     # a demo always starts from the initial student, never from an older demo's checkpoint
     base = ["local.resume=false", *overrides]
+    if args.seed is not None:  # after the user's overrides: --seed wins
+        base += [f"local.seed={args.seed}", f"omniopd.seed={args.seed}"]
     arm_cfg = load_run_config(str(RECIPE), [*base, f"local.output_dir={OUT / 'omniopd'}"])
     ctrl_cfg = load_run_config(
         str(RECIPE), [*base, f"local.output_dir={OUT / 'control'}", "local.control=shuffle_pi_hat"]
@@ -220,7 +250,10 @@ def main(argv: list[str] | None = None) -> int:
             "batch": loc.batch_size,
             "heldout_prompts": loc.data.heldout_prompts,
         },
+        "seed": loc.seed,
+        "seeds": {"local.seed": loc.seed, "omniopd.seed": o.seed},
         "seconds": seconds,
+        "peak_rss_mb": peak_rss_mb(),
         "teacher_build_seconds": 0.0,  # the steered teacher needs no build: it is the base model plus a bias
     }
     (OUT / "summary.json").write_text(json.dumps(summary, indent=2))
@@ -232,7 +265,7 @@ def main(argv: list[str] | None = None) -> int:
     print(
         f"\nsummary: {OUT / 'summary.json'}; audit report of the last step: {results['omniopd']['summary']['report']}"
     )
-    print(f"total time: {seconds:.0f} s")
+    print(f"total time: {seconds:.0f} s; peak memory {summary['peak_rss_mb']:.0f} MB")
     return 0
 
 

@@ -63,6 +63,56 @@ def test_demo_table_has_one_row_per_step_and_marks_missing_values():
     assert "NOT shown" in format_result(summary)
 
 
+def test_demo_runs_from_an_empty_folder_with_one_seed_for_everything(tmp_path, tiny_model_path):
+    """`python -m omniopd_verl.demo --seed 3` in a folder with nothing beside it: the recipe and the GSM8K
+    subset come from the package, every seed is 3, and the verdict follows the declared rule."""
+    import json
+    import os
+    import subprocess
+
+    from omniopd_verl.demo import effect_shown
+
+    work = tmp_path / "empty"
+    work.mkdir()
+    tiny = [
+        f"local.model={tiny_model_path}",
+        f"omniopd.teacher.model={tiny_model_path}",
+        "omniopd.similarity=ned",
+        "omniopd.samples=2",
+        "omniopd.chunk_len=4",
+        "local.steps=1",
+        "local.prompts_per_step=2",
+        "local.responses_per_prompt=2",
+        "local.micro_batch_size=2",
+        "local.max_new_tokens=12",
+        "local.data.heldout_prompts=3",
+        "local.seed=7",  # --seed comes after the overrides and wins
+    ]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
+    out = subprocess.run(
+        [sys.executable, "-m", "omniopd_verl.demo", "--seed", "3", "--out", "demo_out", *tiny],
+        cwd=work, env=env, capture_output=True, text=True, timeout=600,
+    )  # fmt: skip
+    assert out.returncode == 0, out.stderr[-3000:]
+    summary = json.loads((work / "demo_out" / "summary.json").read_text())
+    assert summary["seeds"] == {"local.seed": 3, "omniopd.seed": 3} and summary["seed"] == 3
+    arm, ctrl, diff = summary, summary["control"], summary["arm_minus_control"]
+    rule = arm["ci95"][0] > 0 and (ctrl["ci95"][0] <= 0 <= ctrl["ci95"][1] or diff["ci95"][0] > 0)
+    assert summary["effect_shown"] is rule is effect_shown(arm, ctrl, diff)
+    assert summary["seconds"] > 0 and summary["peak_rss_mb"] > 0
+    assert summary["prompts"] == 3 and summary["setting"]["steps"] == 1
+    assert sorted(p.name for p in work.iterdir()) == ["demo_out"]  # nothing written outside --out
+    assert ("Effect shown" in out.stdout) is rule and "total time:" in out.stdout
+
+
+def test_demo_rejects_a_bad_seed_with_one_line(capsys):
+    from omniopd_verl.demo import main
+
+    with pytest.raises(SystemExit) as err:
+        main(["--seed", "x"])
+    assert err.value.code == 2 and "--seed: invalid int value: 'x'" in capsys.readouterr().err
+
+
 def test_gpu_timing_script_runs_at_its_tiny_cpu_shape(monkeypatch, capsys):
     monkeypatch.setattr(sys, "argv", ["time_local_engine.py", "--tiny"])
     runpy.run_path(str(ROOT / "scripts" / "gpu" / "time_local_engine.py"), run_name="__main__")
