@@ -21,7 +21,8 @@ from omniopd_verl.errors import ConfigError
 
 DEVICES = ("auto", "cpu", "cuda")
 DTYPES = ("float32", "bfloat16")
-METHODS = ("omniopd", "token_opd")  # local/token_opd.py: the white-box token-level OPD baseline
+# local/token_opd.py: the white-box token-level OPD baseline; local/seqkd.py: SFT on the teacher's answers
+METHODS = ("omniopd", "token_opd", "seqkd")
 CONTROLS = ("none", "shuffle_pi_hat")  # local/control.py: the control arm
 
 
@@ -133,7 +134,8 @@ class LocalEngineConfig:
     tensorboard: bool = True
     """Also write metrics as TensorBoard events (output_dir/tensorboard)."""
     method: str = "omniopd"
-    """'omniopd', or 'token_opd': the white-box token-level OPD baseline (local/token_opd.py; needs a local teacher)."""
+    """'omniopd'; 'token_opd': the white-box token-level OPD baseline (local/token_opd.py; needs a local teacher);
+    'seqkd': SFT on the teacher's complete answers to the step's prompts (local/seqkd.py; any teacher)."""
     control: str = "none"
     """'none', or 'shuffle_pi_hat': the control arm, pi_hat permuted across the batch's chunks (local/control.py)."""
 

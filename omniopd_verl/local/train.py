@@ -31,6 +31,7 @@ from typing import Any
 import torch
 
 from omniopd_verl.audit.types import ResponseAudit, StudentResponse
+from omniopd_verl.errors import GuardError
 from omniopd_verl.local import checkpoint as ckpt
 from omniopd_verl.local.config import RunConfig, load_run_config
 from omniopd_verl.local.data import Problem, load_splits, prompts_for_step
@@ -218,6 +219,8 @@ class LocalTrainer:
         t0 = time.perf_counter()
         idx = prompts_for_step(len(self.train_problems), step, cfg.prompts_per_step, cfg.seed)
         problems = [self.train_problems[i] for i in idx]
+        if cfg.method == "seqkd":  # off-policy: SFT on the teacher's answers, no student rollout
+            return self.seqkd_step(problems, timer, t0)
         self._phase("rollout")
         with timer("rollout"):
             rollouts = self.rollout(
@@ -248,6 +251,60 @@ class LocalTrainer:
             }
         )
         self.last_audits, self.last_rollouts = list(audits), list(rollouts)
+        return metrics
+
+    def seqkd_step(self, problems: Sequence[Problem], timer: Timer, t0: float) -> dict[str, float]:
+        """One SeqKD step (local/seqkd.py): the teacher answers the step's prompts, the student is fine-tuned."""
+        from omniopd_verl.local import seqkd
+        from omniopd_verl.local.rollout import render_prompts
+
+        cfg = self.cfg
+        rendered = render_prompts(self.tokenizer, problems, cfg.max_prompt_tokens)
+        requests = seqkd.answer_requests(
+            problems,
+            [text for text, _ in rendered],
+            n=cfg.responses_per_prompt,
+            max_new_tokens=cfg.max_new_tokens,
+            step=self.step,
+            seed=self.run.omniopd.seed,
+        )
+        self.auditor.reset_metrics()
+        self._phase("teacher answers")
+        with timer("teacher"):
+            results = self.loop.run_until_complete(self.auditor.teacher.sample(requests))
+        answers = seqkd.answers_to_token_ids(results, self.tokenizer, cfg.max_new_tokens)
+        pairs = [(ids, a) for (_, ids), row in zip(rendered, answers, strict=True) for a in row if a]
+        if not pairs:
+            raise GuardError(f"seqkd step {self.step + 1}: every teacher answer was empty")
+        prompts, responses = [p for p, _ in pairs], [a for _, a in pairs]
+        batch = collate(prompts, responses, pad_id(self.tokenizer))
+        self._phase("update")
+        metrics = policy_update(
+            self.model,
+            self.ref_model,
+            self.optimizer,
+            self.actor_config,
+            prompts,
+            responses,
+            seqkd.sft_credit(batch.response_mask_BT),
+            beta=0.0,  # no KL anchor: every token is a teacher token
+            micro_batch_size=cfg.micro_batch_size,
+            grad_clip=cfg.grad_clip,
+            pad_token_id=pad_id(self.tokenizer),
+            timer=timer,
+        )
+        metrics.update({k: v for k, v in self.auditor.metrics().items() if k.startswith("teacher/")})
+        metrics.update(
+            {
+                "train/lr": cfg.lr,
+                "seqkd/answers": float(len(responses)),
+                "seqkd/empty_answers": float(sum(len(row) for row in answers) - len(responses)),
+                "seqkd/answer_len_mean": sum(map(len, responses)) / len(responses),
+                **{f"time/{k}": v for k, v in timer.seconds.items()},
+                "time/step": time.perf_counter() - t0,
+            }
+        )
+        self.last_audits, self.last_rollouts = [], []
         return metrics
 
     def prepare_heldout(self):
