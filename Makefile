@@ -34,10 +34,10 @@ $(STAMP): pyproject.toml constraints.txt $(PLUGIN)/pyproject.toml
 	touch $(STAMP)
 
 test: setup
-	$(PY) -m pytest -q -m "not slow" --timeout=900
+	$(PY) -m pytest -q -rs -m "not slow" --timeout=900
 
 test-all: setup
-	$(PY) -m pytest -q --timeout=1800
+	$(PY) -m pytest -q -rs --timeout=1800
 
 # SEED=N sets every seed of the demo's run (default: the recipe's, 0)
 demo: setup
