@@ -83,6 +83,28 @@ def read_api_key(config) -> str | None:
     return value
 
 
+_CREDENTIAL_OPTION = re.compile(r"(key|token|secret|password|passwd|authori[sz]ation|credential|auth)", re.IGNORECASE)
+
+
+def option_secrets(options: object, _credential: bool = False) -> tuple[str, ...]:
+    """Every string under a credential-named key of `options`, at any depth (e.g. litellm
+    `extra_kwargs: {api_key: ...}` or `extra_headers: {Authorization: "Bearer ..."}`): such a value is a
+    key the user put in the config, and must be redacted like one."""
+    found: list[str] = []
+    if isinstance(options, dict):
+        for key, value in options.items():
+            found += option_secrets(value, _credential or bool(_CREDENTIAL_OPTION.search(str(key))))
+    elif isinstance(options, (list, tuple)):
+        for value in options:
+            found += option_secrets(value, _credential)
+    elif _credential and isinstance(options, str):
+        found.append(options)
+        scheme, _, token = options.partition(" ")  # "Bearer sk-...": the token alone is the secret too
+        if token and scheme.lower() in ("bearer", "basic", "token"):
+            found.append(token.strip())
+    return tuple(found)
+
+
 def secret_values(extra: tuple[str | None, ...] = ()) -> set[str]:
     """Every secret this process may hold: provider key variables, credential-like variables, `extra`."""
     names = set(PROVIDER_KEY_VARS) | {k for k in os.environ if _CREDENTIAL_NAME.search(k)}
