@@ -58,9 +58,14 @@ def url_secrets(url: str | None) -> tuple[str, ...]:
 def served_weights_digest(api_base: str, model: str, api_key: str | None) -> str | None:
     """The `weights_digest` a server reports for `model` in GET {api_base}/models; None if it reports none
     (or cannot be asked: most servers and every provider API have no such field)."""
-    request = urllib.request.Request(api_base.rstrip("/") + "/models", headers={"Accept": "application/json"})
+    parts = urlsplit(api_base.strip())
+    url = public_api_base(api_base) + "/models" + (f"?{parts.query}" if parts.query else "")
+    request = urllib.request.Request(url, headers={"Accept": "application/json"})
     if api_key:
         request.add_header("Authorization", f"Bearer {api_key}")
+    elif parts.username is not None:  # credentials in the URL: sent as the teacher's client sends them
+        pair = f"{unquote(parts.username)}:{unquote(parts.password or '')}"
+        request.add_header("Authorization", "Basic " + base64.b64encode(pair.encode()).decode())
     try:
         with urllib.request.urlopen(request, timeout=MODELS_TIMEOUT_S) as response:  # noqa: S310 - the user's URL
             listing = json.loads(response.read(1 << 20))

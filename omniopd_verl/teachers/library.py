@@ -515,6 +515,9 @@ class Teacher:
             self.meter.add("teacher/cache_invalid")
             log.warning("teacher cache entry for %s is invalid (%s): asking the teacher", unit.raw.request_id, exc)
             return None
+        except sqlite3.Error as exc:  # the file failed under us: ask the teacher (storing will say the rest)
+            log.warning("teacher cache %s cannot be read (%s): asking the teacher", self.cache.path, exc)
+            return None
 
     def _store(self, key: str, value: dict[str, Any]) -> None:
         """Cache one answer; a cache that cannot take it is dropped for the rest of the run, the answer kept."""
