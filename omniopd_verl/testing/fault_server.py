@@ -18,7 +18,7 @@ request no fault matches is served normally. Kinds:
   length limit was hit yet nothing came back), "empty_stop" (text "" with finish reason "stop": the
   teacher's real answer "end here"). Anthropic: stop_reason "max_tokens" / "end_turn";
 - "no_usage" (a normal answer without its `usage` block), "bad_usage" (usage counts of -1000000),
-  "surrogate" (sample `sample`'s text ends in a lone surrogate, "\\ud800" in the JSON).
+  "surrogate" (every sample's text ends in a lone surrogate, "\\ud800" in the JSON).
 `latency_s` adds a fixed delay to every answered request (benchmarks). A request with a wrong key gets
 401 with the sent key echoed in the message, as OpenAI's API does (so tests can catch a client leaking it).
 """
