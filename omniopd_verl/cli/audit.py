@@ -12,8 +12,10 @@ writes OUT.jsonl with one line per input, in input order:
                  "cost_usd", "seconds"}}
 A summary goes to stderr; --report writes a self-contained HTML page.
 
-Every flag, path (including the folders of --output/--report/--cache) and input line is checked before
-a model is loaded or a teacher is called. A row whose prompt + response exceeds the student's context
+Every flag, path (including the folders of --output/--report/--cache; --cache may not be the --input,
+--output or --report file) and input line (unknown keys refused, lines over 16 MiB refused while read)
+is checked before a model is loaded or a teacher is called; a cache file that is not SQLite or cannot
+be written is refused when the teacher is built, before the student's weights load. A row whose prompt + response exceeds the student's context
 is refused (or skipped and listed with --skip-too-long). When the teacher budget (--max-cost-usd)
 stops the run, the rows completed by then are written and the output ends with one trailer line
     {"partial": true, "reason", "rows_written", "rows_total", "missing_ids", "teacher_calls", "teacher_cost_usd"}
