@@ -87,7 +87,14 @@ from omniopd_verl.teachers.reliability import (
     retry_after_of,
     status_of,
 )
-from omniopd_verl.teachers.secrets import Redactor, install_log_redaction, key_source, option_secrets, read_api_key
+from omniopd_verl.teachers.secrets import (
+    Redactor,
+    install_log_redaction,
+    key_source,
+    mask_credentials,
+    option_secrets,
+    read_api_key,
+)
 
 log = logging.getLogger("omniopd_verl.teachers")
 
@@ -178,8 +185,10 @@ class Teacher:
         self.plugin = plugin
         self.config = config
         self.capabilities = plugin.capabilities
-        # the plugin's own options shape its samples (e.g. `steer`), so they are part of the cache key
-        self.plugin_options = {k: v for k, v in config.options.items() if k not in LIBRARY_OPTIONS}
+        # the plugin's own options shape its samples (e.g. `steer`), so they are part of the cache key; a
+        # credential among them (extra_kwargs.api_key) is not: it must not reach the key, and rotating it
+        # must not empty the cache
+        self.plugin_options = mask_credentials({k: v for k, v in config.options.items() if k not in LIBRARY_OPTIONS})
         opts = dict(options or {})
         self.backoff_base_s = positive_option(opts, "backoff_base_s", 0.5)
         self.backoff_max_s = positive_option(opts, "backoff_max_s", 30.0)

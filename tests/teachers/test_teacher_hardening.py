@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import contextlib
+import dataclasses
 import json
 import logging
 import os
@@ -356,3 +357,18 @@ def test_a_key_given_as_the_variable_name_is_not_echoed():
         TeacherConfig(name="openai_completions", model="m", api_base="http://127.0.0.1:1/v1", api_key_env=key)
     assert key not in str(info.value)
     assert "api_key_env is not the name of an environment variable" in str(info.value)
+
+
+def test_a_key_in_the_options_is_not_part_of_the_cache_key(tmp_path, provider_keys):
+    """Rotating a key placed in extra_kwargs keeps the cache (and the key is not hashed into it)."""
+    cache = tmp_path / "cache.sqlite"
+    with serve_fault_server() as server:
+
+        def teacher(key):
+            options = {"extra_kwargs": {"api_key": key}}
+            config = TeacherConfig(name="litellm", model="openai/local-teacher", api_base=server.url, max_retries=0)
+            return registry.create_teacher(dataclasses.replace(config, cache_path=str(cache), options=options))
+
+        run(teacher("sk-old-Key-111111").sample([request(0)]))
+        again = run(teacher("sk-new-Key-222222").sample([request(0)]))
+        assert again[0].cached and server.calls("/v1/chat/completions") == 1
