@@ -12,8 +12,10 @@ writes OUT.jsonl with one line per input, in input order:
                  "cost_usd", "seconds"}}
 A summary goes to stderr; --report writes a self-contained HTML page.
 
-Every flag, path (including the folders of --output/--report/--cache) and input line is checked before
-a model is loaded or a teacher is called. A row whose prompt + response exceeds the student's context
+Every flag, path (including the folders of --output/--report/--cache; --cache may not be the --input,
+--output or --report file) and input line (unknown keys refused, lines over 16 MiB refused while read)
+is checked before a model is loaded or a teacher is called; a cache file that is not SQLite or cannot
+be written is refused when the teacher is built, before the student's weights load. A row whose prompt + response exceeds the student's context
 is refused (or skipped and listed with --skip-too-long). When the teacher budget (--max-cost-usd)
 stops the run, the rows completed by then are written and the output ends with one trailer line
     {"partial": true, "reason", "rows_written", "rows_total", "missing_ids", "teacher_calls", "teacher_cost_usd"}
@@ -130,8 +132,10 @@ def check_flags_and_paths(args: argparse.Namespace) -> None:
     from omniopd_verl.models import BUILTIN_MODELS
 
     if args.teacher_api_base and not args.teacher_model:
+        from omniopd_verl.teachers.identity import public_api_base  # never echo user:pass@ or ?key=
+
         raise ConfigError(
-            f"--teacher-api-base {args.teacher_api_base} needs --teacher-model: the model name the server "
+            f"--teacher-api-base {public_api_base(args.teacher_api_base)} needs --teacher-model: the model name the server "
             "serves (e.g. --teacher-model local-teacher for `python -m omniopd_verl.serving.openai_compat`)"
         )
     if args.batch_tokens < 1:
@@ -152,6 +156,23 @@ def check_flags_and_paths(args: argparse.Namespace) -> None:
             raise ConfigError(f"{flag} {path!r}: the folder {folder} is not writable")
     if os.path.abspath(args.output) == os.path.abspath(args.input):
         raise ConfigError(f"--output {args.output!r} is the --input file: it would be overwritten")
+    if args.cache is not None:
+        for flag, path in (("--output", args.output), ("--input", args.input), ("--report", args.report)):
+            if path is not None and _same_file(args.cache, path):
+                raise ConfigError(
+                    f"--cache {args.cache!r} is the {flag} file: the cache is a SQLite file of its own; "
+                    "allowed a different path"
+                )
+
+
+def _same_file(a: str, b: str) -> bool:
+    """One file under two spellings (relative, absolute, or a link)?"""
+    if os.path.abspath(a) == os.path.abspath(b):
+        return True
+    try:
+        return os.path.samefile(a, b)
+    except OSError:  # one of them does not exist yet: not the same file
+        return False
 
 
 _SURROGATE = re.compile("[\ud800-\udfff]")
@@ -171,6 +192,9 @@ def _check_text(value: Any, where: str, key: str) -> None:
             )
 
 
+INPUT_KEYS = ("id", "prompt", "response", "teacher_context")
+
+
 def read_input(path: str) -> list[dict[str, Any]]:
     """Validated input rows; a bad line raises ConfigError naming the file, the line and the key."""
     from omniopd_verl.data.jsonl import iter_jsonl_objects
@@ -179,6 +203,11 @@ def read_input(path: str) -> list[dict[str, Any]]:
     rows, seen = [], set()
     for lineno, row in iter_jsonl_objects(path, flag="--input"):
         where = f"{path} line {lineno}"
+        unknown = sorted(set(row) - set(INPUT_KEYS))
+        if unknown:  # a misspelt teacher_context would otherwise be ignored, and the audit run without it
+            raise ConfigError(
+                f"{where} has unknown keys {', '.join(map(repr, unknown))}: allowed keys {', '.join(INPUT_KEYS)}"
+            )
         for key in ("id", "prompt", "response"):
             if key not in row:
                 raise ConfigError(f"{where} has no {key!r}: allowed keys id, prompt, response, teacher_context")

@@ -84,8 +84,12 @@ def _run_local(args: argparse.Namespace) -> int:
 
             import yaml
 
-            # through JSON: tuples (adam_betas) become lists, so safe_dump writes plain YAML
-            print(yaml.safe_dump(json.loads(json.dumps(run_cfg.to_dict())), sort_keys=False), end="")
+            from omniopd_verl.teachers.secrets import Redactor, mask_credentials
+
+            # through JSON: tuples (adam_betas) become lists, so safe_dump writes plain YAML; a key put in the
+            # YAML (e.g. teacher.options.extra_kwargs.api_key) is masked, and so is any key the process holds
+            data = mask_credentials(json.loads(json.dumps(run_cfg.to_dict())))
+            print(Redactor()(yaml.safe_dump(data, sort_keys=False)), end="")
             print(f"# config {args.config} is valid (omniopd + local engine checks)", file=sys.stderr)
             return 0
         return int(local_train.run(args.config, args.overrides) or 0)
@@ -288,7 +292,10 @@ def _run_verl(args: argparse.Namespace) -> int:
     if args.dry_run:
         from omegaconf import OmegaConf
 
-        print(OmegaConf.to_yaml(cfg, resolve=True))
+        from omniopd_verl.teachers.secrets import Redactor, mask_credentials
+
+        data = mask_credentials(OmegaConf.to_container(cfg, resolve=True))  # keys placed in the YAML: masked
+        print(Redactor()(OmegaConf.to_yaml(OmegaConf.create(data))))
         print(f"# config {config_dir / config_name}.yaml is valid (omniopd + verl checks)", file=sys.stderr)
         return 0
     cmd = [

@@ -105,7 +105,12 @@ class TeacherConfig:
         for key in ("model", "api_base", "api_key_env", "cache_path"):
             value = getattr(self, key)
             if value is not None and (not isinstance(value, str) or not value):
-                raise _fail(f"teacher.{key}", value, "null or a non-empty string")
+                shown = value if key not in ("api_key_env", "api_base") else "<not shown>"  # may hold a key
+                raise _fail(f"teacher.{key}", shown, "null or a non-empty string")
+        if self.api_key_env is not None:
+            from omniopd_verl.teachers.secrets import check_env_name
+
+            check_env_name(self.api_key_env)
         _number("teacher.temperature", self.temperature, low=0.0)
         _number("teacher.top_p", self.top_p, low=0.0, low_open=True, high=1.0)
         _int_at_least("teacher.max_concurrency", self.max_concurrency, 1)

@@ -15,7 +15,8 @@ or from Python, for the `with` block:
 Endpoints: POST /v1/completions (prompt: str or list of str, n, max_tokens, temperature, top_p, seed),
 POST /v1/chat/completions (messages, n, max_tokens | max_completion_tokens, ...), POST /v1/messages
 (Anthropic: messages, system, max_tokens; one sample per call, a trailing assistant message is a
-prefill to continue), GET /v1/models, GET /health (`{"status": "ok", "model": ...}`). Paths also work without the /v1
+prefill to continue), GET /v1/models (with the served weights' `weights_digest`, which teacher caches key
+by), GET /health (`{"status": "ok", "model": ...}`). Paths also work without the /v1
 prefix. At start-up `main` prints the model id and base URL to pass to `omniopd-verl audit`.
 
 Generators (`generator=`) implement `generate(call: GenerationCall) -> list[str]` (exactly call.n texts);
@@ -40,6 +41,9 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any, Protocol
+
+from omniopd_verl.models import resolve_model_path
+from omniopd_verl.teachers.identity import weights_digest
 
 
 @dataclass
@@ -79,6 +83,8 @@ class TransformersGenerator:
 
         self.sampler = LocalSampler.load(model, device=device)
         self._lock = threading.Lock()
+        # reported in GET /v1/models: clients key their caches by it (teachers/identity.py)
+        self.weights_digest = weights_digest(resolve_model_path(model))
 
     def generate(self, call: GenerationCall) -> list[str]:
         if call.prompt is not None:
@@ -114,6 +120,7 @@ class CompatServer:
         self.generator = generator
         self.api_key = api_key
         self.model_name = model_name
+        self.weights_digest: str | None = getattr(generator, "weights_digest", None)
         self.requests: list[ReceivedRequest] = []
         self._lock = threading.Lock()
         self._httpd: ThreadingHTTPServer | None = None
@@ -190,7 +197,8 @@ def _make_handler(server: CompatServer) -> type[BaseHTTPRequestHandler]:
             path = _canonical(self.path)
             server._record(ReceivedRequest(path, {k.lower(): v for k, v in self.headers.items()}, None, 200))
             if path == "/v1/models":
-                self._send(200, {"object": "list", "data": [{"id": server.model_name, "object": "model"}]})
+                digest = {"weights_digest": server.weights_digest} if server.weights_digest else {}
+                self._send(200, {"object": "list", "data": [{"id": server.model_name, "object": "model", **digest}]})
             elif path == "/v1/health":  # GET /health (or /v1/health): up, and which model id to ask for
                 self._send(200, {"status": "ok", "model": server.model_name})
             else:

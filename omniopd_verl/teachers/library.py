@@ -11,10 +11,16 @@ writes only `sample_raw(list[RawRequest]) -> list[RawAnswer]` and declares `capa
 - units: a plugin without `n` gets N single-sample calls (seeds seed+j); only failed units are retried,
   so samples that did arrive are never thrown away or paid twice;
 - the SQLite cache (`cache.py`): one entry per unit, written the moment a valid answer arrives, so a
-  rerun never pays twice, even for answers that arrived after a budget stop;
-- exactly-N validation: fewer or more samples, non-text samples, and an empty sample whose finish
-  reason is not a stop are malformed and retried; an empty sample that ended with a stop is the
-  teacher's real answer ("end here"), kept and counted in `teacher/empty_stop_samples`;
+  rerun never pays twice, even for answers that arrived after a budget stop. The key names the teacher
+  that answered (`identity.py`: API base without credentials, weights digest a server reports); entries
+  are validated when read (an invalid one is a miss, counted in `teacher/cache_invalid`); a cache that
+  stops taking writes mid-run is dropped with a warning, and the answers keep coming (never lost);
+- exactly-N validation: fewer or more samples, non-text samples, text holding a lone surrogate, and an
+  empty sample whose finish reason is not a stop are malformed and retried; an empty sample that ended
+  with a stop is the teacher's real answer ("end here"), kept and counted in `teacher/empty_stop_samples`;
+- texts are cut to `MAX_CHARS_PER_TOKEN` characters per asked token before they are stored or returned:
+  more than that cannot be within the C student tokens the audit uses, and a server that ignores
+  max_tokens must not fill the cache (or the audit's tokenizer) with megabytes;
 - retries with exponential backoff and jitter, honouring Retry-After (`reliability.classify`);
   401/403 stop the run (`TeacherAuthError`, naming the variable the key came from);
 - a per-call timeout (`timeout_s`, asyncio.wait_for; not for batched local compute);
@@ -24,11 +30,16 @@ writes only `sample_raw(list[RawRequest]) -> list[RawAnswer]` and declares `capa
 - accounting (`accounting.TeacherMeter`): calls, retries, failures, cache hits, tokens, seconds, and
   the cost: what the answer reports (`RawAnswer.cost_usd`), else the configured per-token prices, else
   litellm's price table for the plugin's `price_model`;
-- the hard budget (`max_cost_usd`): checked before every raw call. On a budget stop no new call starts,
-  but every call already in flight is awaited, counted and cached before TeacherBudgetExceeded is raised
-  (a raw call is shielded from cancellation for that reason);
-- secrets (`secrets.py`): every error text is redacted of every key the process holds before it is
-  logged, stored in a TeacherResult or raised.
+- the hard budget (`max_cost_usd`, rules in `accounting.Budget`): before every raw call its worst case
+  (prompt bound + n x max_tokens at the price table) is reserved, and a call that cannot fit is not
+  sent; after it the real cost is settled (usage a server omits or reports impossibly is counted by us,
+  `teacher/usage_estimated`; a call abandoned at the timeout is settled at its worst case,
+  `teacher/abandoned_calls`). On a budget stop no new call starts, but every call already in flight is
+  awaited, counted and cached before TeacherBudgetExceeded is raised (a raw call is shielded from
+  cancellation for that reason);
+- secrets (`secrets.py`): every error text is redacted of every key the process holds (and of the
+  credentials in the API base and in credential-named options) before it is logged, stored in a
+  TeacherResult or raised.
 
 Options for every teacher (`config.options`; the rest go to the plugin): backoff_base_s (0.5),
 backoff_max_s (30), max_retry_after_s (60), max_tokens_factor (the plugin's default), batch_rows (64,
@@ -44,6 +55,8 @@ import inspect
 import logging
 import math
 import random
+import re
+import sqlite3
 import time
 import weakref
 from collections.abc import Mapping, Sequence
@@ -53,8 +66,17 @@ from typing import Any
 from omniopd_verl.config import TeacherConfig
 from omniopd_verl.errors import ConfigError, OmniOPDError, PluginError
 from omniopd_verl.protocols import STOP_REASONS, RawAnswer, RawRequest, RawSample, TeacherRequest, TeacherResult
-from omniopd_verl.teachers.accounting import TeacherBudgetExceeded, TeacherMeter
-from omniopd_verl.teachers.cache import TeacherCache, cache_key
+from omniopd_verl.teachers.accounting import (
+    Budget,
+    TeacherBudgetExceeded,
+    TeacherMeter,
+    prompt_token_bound,
+    settle_usage,
+    valid_cost,
+    worst_case_usage,
+)
+from omniopd_verl.teachers.cache import InvalidEntry, TeacherCache, cache_key, entry_texts
+from omniopd_verl.teachers.identity import served_weights_digest, teacher_identity, url_secrets
 from omniopd_verl.teachers.prompts import chat_messages, raw_prompt, strip_cut
 from omniopd_verl.teachers.reliability import (
     TeacherAuthError,
@@ -65,9 +87,21 @@ from omniopd_verl.teachers.reliability import (
     retry_after_of,
     status_of,
 )
-from omniopd_verl.teachers.secrets import Redactor, install_log_redaction, key_source, read_api_key
+from omniopd_verl.teachers.secrets import (
+    Redactor,
+    install_log_redaction,
+    key_source,
+    mask_credentials,
+    option_secrets,
+    read_api_key,
+)
 
 log = logging.getLogger("omniopd_verl.teachers")
+
+MAX_CHARS_PER_TOKEN = 256
+"""Characters kept per asked teacher token: above the longest token of any vocabulary we know, so a cut
+never reaches text the audit could use (it keeps C student tokens), yet a 2M-word answer stores ~16 KB."""
+_SURROGATE = re.compile("[\ud800-\udfff]")
 
 LIBRARY_OPTIONS = (
     "backoff_base_s",
@@ -113,6 +147,7 @@ class _Unit:
     offset: int
     key: str
     prompt_chars: int
+    prompt_bound: int  # upper bound on the prompt's tokens (accounting.prompt_token_bound)
 
 
 @dataclass
@@ -134,6 +169,7 @@ class _LoopState:
         self.inflight: set[asyncio.Future] = set()
         self.pending: list[tuple[RawRequest, asyncio.Future]] = []
         self.worker: asyncio.Task | None = None
+        self.settled = asyncio.Event()  # set (and replaced) whenever a reservation settles
 
 
 def _retrieve(task: asyncio.Future) -> None:
@@ -149,8 +185,10 @@ class Teacher:
         self.plugin = plugin
         self.config = config
         self.capabilities = plugin.capabilities
-        # the plugin's own options shape its samples (e.g. `steer`), so they are part of the cache key
-        self.plugin_options = {k: v for k, v in config.options.items() if k not in LIBRARY_OPTIONS}
+        # the plugin's own options shape its samples (e.g. `steer`), so they are part of the cache key; a
+        # credential among them (extra_kwargs.api_key) is not: it must not reach the key, and rotating it
+        # must not empty the cache
+        self.plugin_options = mask_credentials({k: v for k, v in config.options.items() if k not in LIBRARY_OPTIONS})
         opts = dict(options or {})
         self.backoff_base_s = positive_option(opts, "backoff_base_s", 0.5)
         self.backoff_max_s = positive_option(opts, "backoff_max_s", 30.0)
@@ -164,10 +202,16 @@ class Teacher:
         self.batch_rows = rows
         self.price_model = opts.get("price_model", getattr(plugin, "price_model", None))
         self.api_key = read_api_key(config)
-        self.redact = Redactor((self.api_key,))
+        self.redact = Redactor((self.api_key, *url_secrets(config.api_base), *option_secrets(config.options)))
         install_log_redaction(self.redact)
-        self.meter = TeacherMeter(config.max_cost_usd)
+        self.meter = TeacherMeter()
+        self.budget = Budget(config.max_cost_usd)
         self.cache = TeacherCache(config.cache_path) if config.cache_path else None
+        self.identity = None
+        if self.cache is not None and config.api_base:  # who answers is part of the cache key
+            # the key goes only where the user sends it anyway: config.api_key_env names it for this host
+            digest = served_weights_digest(config.api_base, str(config.model), self.api_key)
+            self.identity = teacher_identity(config.api_base, digest)
         self._rpm = self._tpm = None
         if config.requests_per_minute or config.tokens_per_minute:
             from aiolimiter import AsyncLimiter
@@ -269,6 +313,7 @@ class Teacher:
             }
         )
         chars = len(prompt) if prompt is not None else sum(len(str(m.get("content", ""))) for m in messages or [])
+        bound = prompt_token_bound(prompt, messages)
         max_tokens = self.teacher_max_tokens(request)
         if self.capabilities.supports_n or request.n == 1:
             specs = [(0, request.n, request.seed, request.seed)]
@@ -297,8 +342,9 @@ class Teacher:
                 top_p=self.config.top_p,
                 seed=key_seed,
                 options=self.plugin_options,
+                teacher=self.identity,
             )
-            units.append(_Unit(raw, offset, key, chars))
+            units.append(_Unit(raw, offset, key, chars, bound))
         return units, cut
 
     async def _sample_one(self, request: TeacherRequest) -> TeacherResult:
@@ -331,9 +377,9 @@ class Teacher:
     async def _run_unit(self, unit: _Unit, cut: str) -> _Outcome:
         """Served from the cache, or retried until usable or out of retries."""
         if self.cache is not None:
-            hit = self.cache.get(unit.key)
-            if hit is not None:
-                return _Outcome(list(hit["texts"]), cached=True)
+            texts = self._cached(unit)
+            if texts is not None:
+                return _Outcome(texts, cached=True)
         error, retries = "", 0
         for attempt in range(self.config.max_retries + 1):
             if attempt:
@@ -379,44 +425,124 @@ class Teacher:
 
     async def _call_and_keep(self, state: _LoopState, unit: _Unit, cut: str) -> _Outcome:
         if self.capabilities.batched:
-            self.meter.check_budget()
+            reservation = await self._reserve(state, unit)
             started = time.perf_counter()
             try:
                 answer, seconds = await self._submit(state, unit.raw)
-            except Exception:
-                self.meter.record_call(seconds=time.perf_counter() - started)
+            except BaseException as exc:
+                self._settle_failed(state, unit, reservation, exc, time.perf_counter() - started)
                 raise
         else:
             async with state.semaphore:
-                self.meter.check_budget()  # inside the slot: calls queued behind it see the latest spend
+                reservation = await self._reserve(state, unit)  # inside the slot: sees the latest spend
                 started = time.perf_counter()
                 try:  # the plugin should time out itself; wait_for is the backstop for one that does not
                     answers = await asyncio.wait_for(self._call_plugin([unit.raw]), self.config.timeout_s + 1.0)
-                except Exception:
-                    self.meter.record_call(seconds=time.perf_counter() - started)
+                except BaseException as exc:
+                    self._settle_failed(state, unit, reservation, exc, time.perf_counter() - started)
                     raise
                 answer, seconds = answers[0], time.perf_counter() - started
-        prompt_tokens, completion_tokens = int(answer.prompt_tokens or 0), int(answer.completion_tokens or 0)
-        cost = answer.cost_usd
+        received = [t for t in (_sample_text(s) for s in getattr(answer, "samples", None) or []) if t is not None]
+        usage = settle_usage(
+            getattr(answer, "prompt_tokens", None),
+            getattr(answer, "completion_tokens", None),
+            prompt_bound=unit.prompt_bound,
+            texts=received,
+        )
+        prompt_tokens, completion_tokens = usage.prompt_tokens, usage.completion_tokens
+        cost = valid_cost(getattr(answer, "cost_usd", None))
         if cost is None:
             cost = self.price(prompt_tokens, completion_tokens) or 0.0
+        self._settle(state, reservation, cost)
+        if usage.estimated:
+            self.meter.add("teacher/usage_estimated")
         self.meter.record_call(
-            prompt_tokens=prompt_tokens, completion_tokens=completion_tokens, cost_usd=float(cost), seconds=seconds
+            prompt_tokens=prompt_tokens, completion_tokens=completion_tokens, cost_usd=cost, seconds=seconds
         )
         texts, empty_stops = self._validate(answer, unit, cut)
         if empty_stops:
             self.meter.add("teacher/empty_stop_samples", empty_stops)
-        if self.cache is not None:
-            self.cache.put(
-                unit.key,
-                {
-                    "texts": texts,
-                    "prompt_tokens": prompt_tokens,
-                    "completion_tokens": completion_tokens,
-                    "cost_usd": float(cost),
-                },
+        self._store(
+            unit.key,
+            {"texts": texts, "prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens, "cost_usd": cost},
+        )
+        return _Outcome(texts, prompt_tokens=prompt_tokens, completion_tokens=completion_tokens, cost_usd=cost)
+
+    # ------------------------------------------------------------------------------ budget and cache
+
+    def _worst_case(self, unit: _Unit):
+        usage = worst_case_usage(unit.prompt_bound, unit.raw.n, unit.raw.teacher_max_tokens)
+        return usage, self.price(usage.prompt_tokens, usage.completion_tokens)
+
+    async def _reserve(self, state: _LoopState, unit: _Unit):
+        """Reserve the call's worst case; wait while it fits only after the calls in flight settle."""
+        _, worst_usd = self._worst_case(unit)
+        while True:
+            settled = state.settled  # taken before asking: a settle after the refusal wakes us
+            reservation = self.budget.reserve(worst_usd)
+            if reservation is not None:
+                return reservation
+            try:  # the timeout covers a reservation held by another event loop (nothing here would wake us)
+                await asyncio.wait_for(settled.wait(), 1.0)
+            except asyncio.TimeoutError:
+                pass
+
+    def _settle(self, state: _LoopState, reservation, cost_usd: float) -> None:
+        self.budget.settle(reservation, cost_usd)
+        state.settled.set()
+        state.settled = asyncio.Event()
+
+    def _settle_failed(self, state: _LoopState, unit: _Unit, reservation, exc: BaseException, seconds: float) -> None:
+        """A call that raised: free, unless it was abandoned at the timeout (the provider may bill it all)."""
+        if not isinstance(exc, Exception):  # cancelled at loop teardown: free the reservation only
+            self._settle(state, reservation, 0.0)
+        elif _abandoned(exc):
+            usage, worst_usd = self._worst_case(unit)
+            cost = worst_usd or 0.0
+            self._settle(state, reservation, cost)
+            self.meter.add("teacher/abandoned_calls")
+            self.meter.add("teacher/usage_estimated")
+            self.meter.record_call(
+                prompt_tokens=usage.prompt_tokens,
+                completion_tokens=usage.completion_tokens,
+                cost_usd=cost,
+                seconds=seconds,
             )
-        return _Outcome(texts, prompt_tokens=prompt_tokens, completion_tokens=completion_tokens, cost_usd=float(cost))
+        else:
+            self._settle(state, reservation, 0.0)
+            self.meter.record_call(seconds=seconds)
+
+    def _max_chars(self, unit: _Unit) -> int:
+        return unit.raw.teacher_max_tokens * MAX_CHARS_PER_TOKEN
+
+    def _cached(self, unit: _Unit) -> list[str] | None:
+        """The validated cached texts of a unit, or None (absent, or invalid: then counted and logged)."""
+        try:
+            value = self.cache.get(unit.key)
+            return None if value is None else entry_texts(value, unit.raw.n, self._max_chars(unit))
+        except InvalidEntry as exc:
+            self.meter.add("teacher/cache_invalid")
+            log.warning("teacher cache entry for %s is invalid (%s): asking the teacher", unit.raw.request_id, exc)
+            return None
+        except sqlite3.Error as exc:  # the file failed under us: ask the teacher (storing will say the rest)
+            log.warning("teacher cache %s cannot be read (%s): asking the teacher", self.cache.path, exc)
+            return None
+
+    def _store(self, key: str, value: dict[str, Any]) -> None:
+        """Cache one answer; a cache that cannot take it is dropped for the rest of the run, the answer kept."""
+        if self.cache is None:
+            return
+        try:
+            self.cache.put(key, value)
+        except (sqlite3.Error, OSError) as exc:
+            cache, self.cache = self.cache, None
+            log.warning(
+                "teacher cache %s cannot be written (%s): continuing WITHOUT the cache; answers from now on "
+                "are used but not stored",
+                cache.path,
+                exc,
+            )
+            cache.close()
 
     async def _call_plugin(self, raws: list[RawRequest]) -> list[RawAnswer]:
         if self._async:
@@ -485,7 +611,13 @@ class Teacher:
             )
             if not isinstance(text, str) or not isinstance(sample, (str, RawSample)):
                 raise UnusableAnswer(f"teacher {self.name!r}: sample {unit.offset + j} is not text: {sample!r:.100}")
-            text = strip_cut(text, cut)
+            bad = _SURROGATE.search(text)
+            if bad:  # half of a UTF-16 pair: not text, and it could not be stored or written
+                raise UnusableAnswer(
+                    f"teacher {self.name!r}: sample {unit.offset + j} holds a lone surrogate "
+                    f"\\u{ord(bad.group()):04x} at character {bad.start()} (malformed text)"
+                )
+            text = strip_cut(text, cut)[: self._max_chars(unit)]
             if not text:
                 if finish not in STOP_REASONS:
                     raise UnusableAnswer(
@@ -510,3 +642,13 @@ class Teacher:
         if self._tpm is not None:
             estimate = unit.prompt_chars / 4 + unit.raw.n * unit.raw.teacher_max_tokens
             await self._tpm.acquire(min(float(self._tpm.max_rate), estimate))
+
+
+def _sample_text(sample: Any) -> str | None:
+    text = sample if isinstance(sample, str) else getattr(sample, "text", None)
+    return text if isinstance(text, str) else None
+
+
+def _abandoned(exc: BaseException) -> bool:
+    """A call given up at the timeout: sent, perhaps computed and billed, its answer never read."""
+    return isinstance(exc, (asyncio.TimeoutError, TimeoutError)) or "Timeout" in type(exc).__name__

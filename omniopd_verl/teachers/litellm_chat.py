@@ -17,8 +17,10 @@ retries off (max_retries=0): retries, backoff, Retry-After, timeouts, validation
 and cost are the library's; prices come from litellm's local price table for `config.model`
 (`LITELLM_LOCAL_MODEL_COST_MAP=True`, no download).
 
-The key: `$api_key_env` when set; otherwise litellm reads the provider's usual variable
-(OPENAI_API_KEY, ANTHROPIC_API_KEY, GEMINI_API_KEY, ...), which `key_env` names in error messages.
+The key: `$api_key_env` when set; otherwise, for the provider's own endpoint (no api_base), litellm
+reads the provider's usual variable (OPENAI_API_KEY, ANTHROPIC_API_KEY, GEMINI_API_KEY, ...), which
+`key_env` names in error messages. With a custom `api_base` and no `api_key_env` no key is sent (the
+placeholder NO_KEY): a provider's key must never go to a host the user did not name it for.
 
 Options (besides the library's): continuation ("auto" | "prefill" | "instruct"), supports_n (null =
 ask litellm), reasoning_effort ("auto"), extra_kwargs (dict passed to acompletion).
@@ -35,6 +37,7 @@ from omniopd_verl.protocols import STOP_REASONS, RawAnswer, RawRequest, RawSampl
 from omniopd_verl.teachers.reliability import import_litellm
 from omniopd_verl.teachers.secrets import PROVIDER_DEFAULT_ENV, read_api_key
 
+NO_KEY = "EMPTY"  # what keyless servers (vllm serve, this project's) accept; not anyone's key
 PREFILL_PROVIDERS = ("anthropic", "bedrock", "vertex_ai")  # vertex_ai: Claude on Vertex; Gemini uses instruct
 CONTINUATIONS = ("auto", "prefill", "instruct")
 
@@ -58,7 +61,11 @@ class LiteLLMTeacher:
             _, self.provider, _, _ = litellm.get_llm_provider(model=self.model, api_base=config.api_base)
         except Exception as exc:
             raise ConfigError(f"omniopd.teacher.model={self.model!r} is not a model litellm knows: {exc}") from None
-        self.key_env = None if config.api_key_env else PROVIDER_DEFAULT_ENV.get(self.provider)
+        # litellm falls back to the provider's variable when no key is passed: only for the provider's own host
+        own_host = not config.api_base
+        self.key_env = PROVIDER_DEFAULT_ENV.get(self.provider) if own_host and not config.api_key_env else None
+        if self.api_key is None and not own_host:
+            self.api_key = NO_KEY
         continuation = options.get("continuation", "auto")
         if continuation not in CONTINUATIONS:
             raise ConfigError(

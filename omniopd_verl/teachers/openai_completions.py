@@ -40,8 +40,11 @@ class OpenAICompletionsTeacher:
 
     def __init__(self, config: TeacherConfig):
         if not config.model or not config.api_base:
+            from omniopd_verl.teachers.identity import public_api_base  # never echo user:pass@ or ?key=
+
+            base = public_api_base(config.api_base) if config.api_base else None
             raise ConfigError(
-                f"omniopd.teacher.model={config.model!r} / api_base={config.api_base!r} are invalid for the "
+                f"omniopd.teacher.model={config.model!r} / api_base={base!r} are invalid for the "
                 "openai_completions teacher: allowed the served model name and the server's base URL "
                 "(e.g. http://127.0.0.1:8000/v1)"
             )

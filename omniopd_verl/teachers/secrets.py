@@ -69,11 +69,24 @@ LOGGERS = (
 )
 
 
+_ENV_NAME = re.compile(r"[A-Z_][A-Z0-9_]{0,127}")
+
+
+def check_env_name(env: str) -> None:
+    """Refuse an api_key_env that is not a variable NAME, without echoing it: it may be the key itself."""
+    if not _ENV_NAME.fullmatch(env):
+        raise ConfigError(
+            "omniopd.teacher.api_key_env is not the name of an environment variable (value not shown: it may be "
+            "a key itself): allowed an upper-case variable name such as OPENAI_API_KEY, whose value is the key"
+        )
+
+
 def read_api_key(config) -> str | None:
     """The value of $config.api_key_env (None when api_key_env is null); a set-but-empty variable is an error."""
     env = config.api_key_env
     if env is None:
         return None
+    check_env_name(env)
     value = os.environ.get(env)
     if not value:
         raise ConfigError(
@@ -81,6 +94,45 @@ def read_api_key(config) -> str | None:
             "(API keys are read from the environment only)"
         )
     return value
+
+
+# a config key whose value is a credential: the name ends in one of these words (api_key, x-api-key,
+# hf_token, Authorization, ...); api_key_env (a variable's name), prompt_key (a column), tokens and
+# max_tokens are not
+_CREDENTIAL_OPTION = re.compile(
+    r"(^|[_\-])(api[_\-]?key|(secret|access|private)([_\-]?key)?|password|passwd|authori[sz]ation|credentials?"
+    r"|token|auth)$",
+    re.IGNORECASE,
+)
+
+
+def option_secrets(options: object, _credential: bool = False) -> tuple[str, ...]:
+    """Every string under a credential-named key of `options`, at any depth (e.g. litellm
+    `extra_kwargs: {api_key: ...}` or `extra_headers: {Authorization: "Bearer ..."}`): such a value is a
+    key the user put in the config, and must be redacted like one."""
+    found: list[str] = []
+    if isinstance(options, dict):
+        for key, value in options.items():
+            found += option_secrets(value, _credential or bool(_CREDENTIAL_OPTION.search(str(key))))
+    elif isinstance(options, (list, tuple)):
+        for value in options:
+            found += option_secrets(value, _credential)
+    elif _credential and isinstance(options, str):
+        found.append(options)
+        scheme, _, token = options.partition(" ")  # "Bearer sk-...": the token alone is the secret too
+        if token and scheme.lower() in ("bearer", "basic", "token"):
+            found.append(token.strip())
+    return tuple(found)
+
+
+def mask_credentials(data: object, _credential: bool = False) -> object:
+    """A copy of a config tree with every string under a credential-named key replaced by "***" (for
+    printing a resolved config: `train --dry-run`)."""
+    if isinstance(data, dict):
+        return {k: mask_credentials(v, _credential or bool(_CREDENTIAL_OPTION.search(str(k)))) for k, v in data.items()}
+    if isinstance(data, (list, tuple)):
+        return [mask_credentials(v, _credential) for v in data]
+    return "***" if _credential and isinstance(data, str) else data
 
 
 def secret_values(extra: tuple[str | None, ...] = ()) -> set[str]:
@@ -132,22 +184,44 @@ class RedactingFilter(logging.Filter):
             return True
         clean = self._redact(message)
         if record.exc_info and record.exc_info[1] is not None:
-            exc_text = self._redact(logging.Formatter().formatException(record.exc_info))
-            record.exc_info, record.exc_text = None, None  # rendered (redacted) into the message instead
-            clean = f"{clean}\n{exc_text}"
-        if clean != message or record.args:
+            raw = logging.Formatter().formatException(record.exc_info)
+            exc_text = self._redact(raw)
+            if exc_text != raw:  # rendered (redacted) into the message instead
+                record.exc_info, record.exc_text = None, None
+                clean = f"{clean}\n{exc_text}"
+        if clean != message:
             record.msg, record.args = clean, ()
         return True
 
 
 _FILTER = RedactingFilter()
 _install_lock = threading.Lock()
+_factory_installed = False
+
+
+def _install_record_factory() -> None:
+    """Redact every record the process creates, whatever its logger: filters on LOGGERS miss their child
+    loggers ("openai._base_client") and clients' vendored ones ("httpx2" logs each URL it requests)."""
+    global _factory_installed
+    if _factory_installed:
+        return
+    previous = logging.getLogRecordFactory()
+
+    def factory(*args, **kwargs):
+        record = previous(*args, **kwargs)
+        if _FILTER.secrets:
+            _FILTER.filter(record)
+        return record
+
+    logging.setLogRecordFactory(factory)
+    _factory_installed = True
 
 
 def install_log_redaction(redactor: Redactor) -> None:
     """Redact `redactor`'s secrets from the loggers teacher calls write to (idempotent)."""
     with _install_lock:
         _FILTER.add(set(redactor._secrets))
+        _install_record_factory()
         for name in LOGGERS:
             logger = logging.getLogger(name)
             if _FILTER not in logger.filters:

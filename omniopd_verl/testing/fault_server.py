@@ -16,7 +16,9 @@ request no fault matches is served normally. Kinds:
 - "short" (fewer choices than asked: `choices`, default n - 1);
 - "empty_length" (200 whose sample `sample` has text "" and finish reason "length": malformed, the
   length limit was hit yet nothing came back), "empty_stop" (text "" with finish reason "stop": the
-  teacher's real answer "end here"). Anthropic: stop_reason "max_tokens" / "end_turn".
+  teacher's real answer "end here"). Anthropic: stop_reason "max_tokens" / "end_turn";
+- "no_usage" (a normal answer without its `usage` block), "bad_usage" (usage counts of -1000000),
+  "surrogate" (every sample's text ends in a lone surrogate, "\\ud800" in the JSON).
 `latency_s` adds a fixed delay to every answered request (benchmarks). A request with a wrong key gets
 401 with the sent key echoed in the message, as OpenAI's API does (so tests can catch a client leaking it).
 """
@@ -53,6 +55,9 @@ FAULT_KINDS = (
     "disconnect",
     "empty_length",
     "empty_stop",
+    "no_usage",
+    "bad_usage",
+    "surrogate",
 )
 
 
@@ -173,7 +178,19 @@ class FaultServer(CompatServer):
                 j = min(fault.sample, len(texts) - 1)
                 texts[j] = ""
                 finish[g][j] = reason
-        return Reply(200, build_response(path, call, groups, self.model_name, finish))
+        payload = build_response(path, call, groups, self.model_name, finish)
+        if kind == "no_usage":
+            payload.pop("usage", None)
+        if kind == "bad_usage":
+            payload["usage"] = {k: -1_000_000 for k in payload["usage"]}
+        if kind == "surrogate":
+            for choice in payload.get("choices", []):  # chat: message.content; completions: text
+                holder = choice.get("message", choice)
+                key = "content" if "message" in choice else "text"
+                holder[key] += "\ud800"
+            for block in payload.get("content", []):  # Anthropic
+                block["text"] += "\ud800"
+        return Reply(200, payload)
 
 
 @contextmanager

@@ -136,7 +136,7 @@ def test_audit_cli_end_to_end(tmp_path, rows, teacher_server, smollm2_path, caps
             assert c["pi_hat"] == pytest.approx((c["k_sem"] + ALPHA * c["pi_bar"]) / (N + ALPHA), rel=1e-12)
             # the teacher saw exactly the prompt + the response prefix, never the chunk
             prefix = prompt_text + tok.decode(r_ids[: c["start"]])
-            assert any(req.body.get("prompt") == prefix for req in teacher_server.requests)
+            assert any((req.body or {}).get("prompt") == prefix for req in teacher_server.requests)  # GET: no body
     assert records[3]["chunks"] == [] and records[0]["chunks"]
     assert teacher_server.calls("/v1/completions") - calls_before >= n_chunks
 

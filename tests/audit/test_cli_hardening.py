@@ -160,10 +160,12 @@ def test_budget_stop_writes_completed_rows_and_marks_the_output_partial(tmp_path
     inp = write_jsonl(tmp_path / "in.jsonl", items)
     out, report = tmp_path / "o.jsonl", tmp_path / "r.html"
     calls = server.calls()
+    # output tokens only, $0.001 each: a call's worst case (2 samples x 5 tokens) is what it costs, $0.01, so
+    # $0.025 admits exactly two calls (budget rule: a call is sent only if its worst case fits what is left)
     code = main(
         argv(inp, out, tiny_model_path, server, "--report", str(report))
-        + ["--max-concurrency", "1", "--max-cost-usd", "1e-9"]
-        + ["--teacher-option", "input_cost_per_token=0.001", "--teacher-option", "output_cost_per_token=0.001"]
+        + ["--max-concurrency", "1", "--max-cost-usd", "0.025"]
+        + ["--teacher-option", "input_cost_per_token=0", "--teacher-option", "output_cost_per_token=0.001"]
     )
     err = capsys.readouterr().err
     assert code == 3, err
@@ -171,7 +173,7 @@ def test_budget_stop_writes_completed_rows_and_marks_the_output_partial(tmp_path
     lines = [json.loads(line) for line in out.read_text().splitlines()]
     records, trailer = lines[:-1], lines[-1]
     # one chunk per row: every call the server answered belongs to a completed, written row
-    assert 1 <= len(records) == answered < len(items)
+    assert len(records) == answered == 2
     assert all(r["chunks"] and r["id"] in {i["id"] for i in items} for r in records)
     assert trailer["partial"] is True and trailer["rows_written"] == len(records)
     assert trailer["rows_total"] == len(items)
@@ -182,8 +184,9 @@ def test_budget_stop_writes_completed_rows_and_marks_the_output_partial(tmp_path
 
 
 def test_budget_stop_inside_a_row_reports_the_spend_of_unwritten_rows(tmp_path, server, tiny_model_path, capsys):
-    # 3 anchors in the only row, one call at a time: the first call spends the budget, the row never
-    # completes, so nothing is written, yet that call was made and paid for: the summary must say so
+    # 3 anchors in the only row, one call at a time: the budget admits one call ($0.01 of $0.015, the next
+    # call's worst case does not fit), the row never completes, so nothing is written, yet that call was
+    # made and paid for: the summary must say so
     inp = write_jsonl(tmp_path / "in.jsonl", rows(1))
     out = tmp_path / "o.jsonl"
     args = argv(inp, out, tiny_model_path, server)
@@ -191,14 +194,14 @@ def test_budget_stop_inside_a_row_reports_the_spend_of_unwritten_rows(tmp_path, 
     calls = server.calls()
     code = main(
         args
-        + ["--max-concurrency", "1", "--max-cost-usd", "1e-9"]
-        + ["--teacher-option", "input_cost_per_token=0.001", "--teacher-option", "output_cost_per_token=0.001"]
+        + ["--max-concurrency", "1", "--max-cost-usd", "0.015"]
+        + ["--teacher-option", "input_cost_per_token=0", "--teacher-option", "output_cost_per_token=0.001"]
     )
     err = capsys.readouterr().err
     assert code == 3, err
     answered = server.calls() - calls
     lines = [json.loads(line) for line in out.read_text().splitlines()]
-    assert answered >= 1 and lines == [lines[-1]] and lines[-1]["rows_written"] == 0
+    assert answered == 1 and lines == [lines[-1]] and lines[-1]["rows_written"] == 0
     assert lines[-1]["missing_ids"] == ["r0"] and lines[-1]["teacher_calls"] == answered
     assert lines[-1]["teacher_cost_usd"] > 0
     assert f"calls {answered}," in err and "cost $0.0000" not in err

@@ -211,18 +211,19 @@ def test_rerun_is_served_from_the_cache_and_the_key_never_leaks(fmt, tmp_path, c
         teacher = make_teacher(server, fmt, tmp_path, max_retries=1, on_failure="drop")
         first = run(teacher.sample(reqs))
         run(teacher.aclose())
-        calls_first = server.calls()
+        path = FORMATS[fmt][0]  # teacher calls only (building a cached teacher also asks GET /models who it is)
+        calls_first = server.calls(path)
         assert first[2].texts is None and first[0].texts and first[1].texts
 
         again = make_teacher(server, fmt, tmp_path, max_retries=1)  # a fresh process would do the same
         second = run(again.sample(reqs[:2]))
-        assert server.calls() == calls_first  # zero HTTP calls the second time
+        assert server.calls(path) == calls_first  # zero teacher calls the second time
         assert [r.texts for r in second] == [r.texts for r in first[:2]]
         assert all(r.cached for r in second) and again.metrics()["teacher/cache_hits"] == 2
         assert again.metrics()["teacher/calls"] == 0
         # the context is part of the key: the same request without it is a miss
         run(again.sample([request(1)]))
-        assert server.calls() > calls_first
+        assert server.calls(path) > calls_first
         run(again.aclose())
         assert any(
             q.headers.get("authorization") == f"Bearer {KEY}" or q.headers.get("x-api-key") == KEY
@@ -245,17 +246,24 @@ def test_rerun_is_served_from_the_cache_and_the_key_never_leaks(fmt, tmp_path, c
 
 def test_budget_stops_with_a_clear_error(tmp_path):
     prices = {"input_cost_per_token": 0.001, "output_cost_per_token": 0.002}
+
+    def worst_case(i):  # one token per prompt byte, N samples of ceil(4 x 1.25) = 5 tokens, at the prices
+        return 0.001 * len((request(i).prompt_text + request(i).response_prefix).encode()) + 0.002 * N * 5
+
     with serve_fault_server(api_key=KEY) as server:
-        teacher = make_teacher(server, "completions", tmp_path, max_cost_usd=0.05, max_concurrency=1, options=prices)
-        with pytest.raises(TeacherBudgetExceeded, match=r"max_cost_usd=\$0.05") as info:
+        teacher = make_teacher(server, "completions", tmp_path, max_cost_usd=0.5, max_concurrency=1, options=prices)
+        with pytest.raises(TeacherBudgetExceeded, match=r"max_cost_usd=\$0.5") as info:
             run(teacher.sample([request(i) for i in range(20)]))
         assert "raise the budget and rerun" in str(info.value)
         metrics = teacher.metrics()
-        paid = metrics["teacher/calls"]
-        assert 0 < paid < 20 and metrics["teacher/cost_usd"] >= 0.05
+        paid = int(metrics["teacher/calls"])
+        assert 0 < paid < 20 and metrics["teacher/cost_usd"] <= 0.5  # never over the budget
         expected = 0.001 * metrics["teacher/prompt_tokens"] + 0.002 * metrics["teacher/completion_tokens"]
         assert metrics["teacher/cost_usd"] == pytest.approx(expected)
-        assert metrics["teacher/cost_usd"] - 0.05 < metrics["teacher/cost_usd"] / paid  # at most one call over
+        # stopped by the first call (in order, one at a time) whose worst case did not fit in what was left
+        left = 0.5 - metrics["teacher/cost_usd"]
+        assert worst_case(paid) > left
+        assert f"could cost up to ${worst_case(paid):.6f}" in str(info.value)
         # a rerun with a bigger budget pays only for what is missing
         more = make_teacher(server, "completions", tmp_path, max_cost_usd=10.0, options=prices)
         results = run(more.sample([request(i) for i in range(20)]))
