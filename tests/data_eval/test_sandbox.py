@@ -30,7 +30,8 @@ def test_sandbox_kills_infinite_loop_and_memory_bomb_and_reports_the_rest():
 
 def test_sandbox_hides_the_callers_environment(monkeypatch):
     monkeypatch.setenv("OMNIOPD_SECRET_TEST_KEY", "sk-do-not-leak")
-    [result] = run_programs(["import os\nassert 'OMNIOPD_SECRET_TEST_KEY' not in os.environ\n"], timeout_s=10)
+    program = "import os\nassert dict(os.environ) == {}, sorted(os.environ)\n"
+    [result] = run_programs([program], timeout_s=10)
     assert result.status == PASSED, result.stderr_tail
 
 
@@ -51,5 +52,5 @@ def test_humaneval_and_mbpp_reference_solutions_pass_and_wrong_ones_fail(benchma
     assert grade_responses("humaneval", he, [body, full, wrong], code_timeout_s=20) == [[True], [True], [False]]
     mb_answers = [["```python\n" + mb[0].extra["code"] + "\n```"], [mb[1].extra["code"]], ["def nothing(): pass"]]
     assert grade_responses("mbpp", mb, mb_answers, code_timeout_s=20) == [[True], [True], [False]]
-    assert "check(" in humaneval_program(he[0].extra, body[0])
-    assert mbpp_program(mb[0].extra, "x").count("assert") == len(mb[0].extra["test_list"])
+    assert "check(" in humaneval_program(he[0].extra, body[0]).tests
+    assert mbpp_program(mb[0].extra, "x").tests.count("assert") == len(mb[0].extra["test_list"])
