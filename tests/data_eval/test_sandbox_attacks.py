@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from omniopd_verl.data import benchmarks
+from omniopd_verl.data.benchmarks import Problem
 from omniopd_verl.data.verl_format import ground_truth
 from omniopd_verl.eval import isolation
 from omniopd_verl.eval.reward import compute_score
@@ -44,13 +44,37 @@ ALWAYS_EQUAL = (
 )
 
 
+# Rows in the benchmarks' own formats (HumanEval: prompt/test/entry_point; MBPP: test_list), built in
+# the test so the attacks run on a bare clone too (the full benchmark files are not shipped).
+HUMANEVAL = Problem(
+    "HumanEval/attack",
+    "",
+    "",
+    {
+        "prompt": 'def add(a: int, b: int) -> int:\n    """The sum of a and b."""\n',
+        "entry_point": "add",
+        "test": "def check(candidate):\n    assert candidate(1, 2) == 3\n    assert candidate(-4, 1) == -3\n",
+        "canonical_solution": "    return a + b\n",
+    },
+)
+MBPP = Problem(  # MBPP 4's tests, which compare the result directly
+    "4",
+    "",
+    "",
+    {
+        "test_list": [
+            "assert heap_queue_largest( [25, 35, 22, 85, 14, 65, 75, 22, 58],3)==[85, 75, 65]",
+            "assert heap_queue_largest( [25, 35, 22, 85, 14, 65, 75, 22, 58],2)==[85, 75]",
+        ],
+        "test_setup_code": "",
+        "code": "import heapq as hq\ndef heap_queue_largest(nums, n):\n    return hq.nlargest(n, nums)\n",
+    },
+)
+
+
 @pytest.fixture(scope="module")
-def rows(benchmarks_dir):
-    he = benchmarks.load("humaneval", benchmarks_dir)[0]
-    # MBPP 4: its tests compare the function's result directly (`assert heap_queue_largest(...)==[...]`)
-    [mb] = [p for p in benchmarks.load("mbpp_sanitized", benchmarks_dir) if p.id == "4"]
-    assert mb.extra["test_list"][0].startswith("assert heap_queue_largest(")
-    return {"humaneval": (he, he.extra["entry_point"]), "mbpp_sanitized": (mb, "heap_queue_largest")}
+def rows():
+    return {"humaneval": (HUMANEVAL, "add"), "mbpp_sanitized": (MBPP, "heap_queue_largest")}
 
 
 @pytest.mark.parametrize("exit_kind", sorted(EXITS))
