@@ -15,7 +15,7 @@ world-writable /tmp, /var/tmp and /dev/shm, and it still has the network. Becaus
 under that uid, `kill(-1, SIGKILL)` sent *as* that uid kills exactly the program's processes, wherever
 they moved (new sessions included), and RLIMIT_NPROC caps its fork count.
 
-"user" (no bwrap, not root): the caller's own user, in a new session; only its process group is
+"user" (no bwrap, and not root or no interpreter an unprivileged uid can run): the caller's own user, in a new session; only its process group is
 killed. A program that double-forks into a new session survives, and it can read the caller's files
 and /proc/<pid>/environ of the caller's processes. Install bubblewrap to close this.
 
@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import functools
 import itertools
+import logging
 import os
 import shutil
 import signal
@@ -115,12 +116,24 @@ def choose(backend: str | None = None) -> str:
     """The backend to use: `backend`, else $OMNIOPD_SANDBOX, else the first available."""
     wanted = backend or os.environ.get("OMNIOPD_SANDBOX") or "auto"
     if wanted == "auto":
-        return available()[0]
+        chosen = available()[0]
+        if chosen == "user":
+            _warn_weak_sandbox()
+        return chosen
     if wanted not in BACKENDS:
         raise ValueError(f"OMNIOPD_SANDBOX={wanted!r} is invalid: allowed one of {['auto', *BACKENDS]}")
     if wanted not in available():
         raise RuntimeError(f"sandbox backend {wanted!r} is not available here (available: {available()})")
     return wanted
+
+
+@functools.lru_cache(maxsize=1)
+def _warn_weak_sandbox() -> None:  # once per process
+    logging.getLogger(__name__).warning(
+        "code sandbox: bubblewrap is not usable and this process cannot switch to an unprivileged uid, so "
+        "programs run as this user: they can read its files and its processes' environments, and a "
+        "program that double-forks into a new session survives the timeout. Install bubblewrap to isolate them."
+    )
 
 
 def _next_uid() -> int:
