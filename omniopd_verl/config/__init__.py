@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -65,6 +66,18 @@ def _mapping(key: str, value: Any) -> None:
         raise _fail(key, value, "a mapping of plugin options")
 
 
+_ENV_NAME = re.compile(r"[A-Z_][A-Z0-9_]{0,127}")
+
+
+def check_env_name(env: str) -> None:
+    """Refuse an api_key_env that is not a variable NAME, without echoing it: it may be the key itself."""
+    if not _ENV_NAME.fullmatch(env):
+        raise ConfigError(
+            "omniopd.teacher.api_key_env is not the name of an environment variable (value not shown: it may be "
+            "a key itself): allowed an upper-case variable name such as OPENAI_API_KEY, whose value is the key"
+        )
+
+
 @dataclass
 class TeacherConfig:
     """Which teacher to sample from, and how to keep that dependable and cheap (`omniopd.teacher.*`)."""
@@ -108,8 +121,6 @@ class TeacherConfig:
                 shown = value if key not in ("api_key_env", "api_base") else "<not shown>"  # may hold a key
                 raise _fail(f"teacher.{key}", shown, "null or a non-empty string")
         if self.api_key_env is not None:
-            from omniopd_verl.teachers.secrets import check_env_name
-
             check_env_name(self.api_key_env)
         _number("teacher.temperature", self.temperature, low=0.0)
         _number("teacher.top_p", self.top_p, low=0.0, low_open=True, high=1.0)

@@ -14,6 +14,7 @@ import os
 import re
 import threading
 
+from omniopd_verl.config import check_env_name
 from omniopd_verl.errors import ConfigError
 
 PROVIDER_KEY_VARS = (
@@ -67,18 +68,6 @@ LOGGERS = (
     "httpx",
     "httpcore",
 )
-
-
-_ENV_NAME = re.compile(r"[A-Z_][A-Z0-9_]{0,127}")
-
-
-def check_env_name(env: str) -> None:
-    """Refuse an api_key_env that is not a variable NAME, without echoing it: it may be the key itself."""
-    if not _ENV_NAME.fullmatch(env):
-        raise ConfigError(
-            "omniopd.teacher.api_key_env is not the name of an environment variable (value not shown: it may be "
-            "a key itself): allowed an upper-case variable name such as OPENAI_API_KEY, whose value is the key"
-        )
 
 
 def read_api_key(config) -> str | None:
