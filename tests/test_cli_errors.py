@@ -99,7 +99,7 @@ def test_data_prepare_out_that_cannot_be_created_is_named(tmp_path, capsys):
         (["--benchmarks", "gsm9k"], "unknown benchmark 'gsm9k'"),
         (["--pass-k", "one"], "--pass-k 'one' is invalid"),
         (["--n", "2", "--temperature", "1", "--pass-k", "4"], "pass@k needs n >= k"),
-        (["--benchmarks", "gsm8k", "--benchmarks-dir", "/no/such/dir"], "expects /no/such/dir/gsm8k"),
+        (["--benchmarks", "gsm8k", "--benchmarks-dir", "/no/such/dir"], "no benchmark folder at /no/such/dir"),
     ],
 )
 def test_eval_bad_flags_are_one_line_before_the_model_loads(tiny_model_path, no_model_load, flags, message, capsys):

@@ -195,7 +195,13 @@ def test_bad_input_is_a_clear_error(tmp_path, benchmarks_dir, capsys):
             str(tmp_path),
         ]
     )
-    assert re.search("expects .*does_not_exist", err)
+    assert re.search("no benchmark folder at .*does_not_exist.*grade-school-math", err)
+    empty = tmp_path / "empty_benchmarks"  # a folder that exists but lacks the file: named with its path
+    empty.mkdir()
+    err = error_of(
+        ["data", "prepare", "--benchmarks", "aime24", "--benchmarks-dir", str(empty), "--out", str(tmp_path)]
+    )
+    assert re.search("expects .*empty_benchmarks/aime24/test.jsonl", err)
 
 
 def test_without_a_benchmark_folder_it_says_how_to_get_the_public_sets(tmp_path, capsys):
