@@ -43,7 +43,12 @@ def run_seed(seed: int, out: Path, overrides: list[str]) -> dict:
     if code != 0:
         raise SystemExit(f"seed {seed}: the demo exited {code}; its log: {out / 'log.txt'}")
     summary = json.loads((out / "summary.json").read_text())
-    summary["sweep"] = {"wall_s": wall, "peak_rss_mb": usage.ru_maxrss / 1024}
+    summary["sweep"] = {
+        "wall_s": wall,
+        "cpu_s": usage.ru_utime + usage.ru_stime,
+        "peak_rss_mb": usage.ru_maxrss / 1024,
+        "threads": os.environ.get("OMP_NUM_THREADS", "default"),
+    }
     (out / "summary.json").write_text(json.dumps(summary, indent=2))
     return summary
 
@@ -58,8 +63,8 @@ def spread(values: list[float]) -> float:
 
 def table(rows: dict[int, dict]) -> str:
     lines = [
-        "| seed | OmniOPD arm (pts) | control (pts) | arm - control (pts) | verdict | wall min | peak RSS GB |",
-        "|---|---|---|---|---|---|---|",
+        "| seed | OmniOPD arm (pts) | control (pts) | arm - control (pts) | verdict | wall min | CPU min | peak RSS GB |",
+        "|---|---|---|---|---|---|---|---|",
     ]
     for seed, s in rows.items():
         sweep = s.get("sweep", {})
@@ -68,7 +73,7 @@ def table(rows: dict[int, dict]) -> str:
         verdict = "effect shown" if s["effect_shown"] else "NOT shown"
         lines.append(
             f"| {seed} | {ci(s)} | {ci(s['control'])} | {ci(s['arm_minus_control'])} | {verdict} | "
-            f"{wall / 60:.1f} | {rss / 1024:.2f} |"
+            f"{wall / 60:.1f} | {sweep.get('cpu_s', float('nan')) / 60:.1f} | {rss / 1024:.2f} |"
         )
     shown = sum(s["effect_shown"] for s in rows.values())
     effects = [100 * s["effect"] for s in rows.values()]
