@@ -113,6 +113,21 @@ def test_demo_rejects_a_bad_seed_with_one_line(capsys):
     assert err.value.code == 2 and "--seed: invalid int value: 'x'" in capsys.readouterr().err
 
 
+def test_signal_quality_script_audits_every_response_of_its_fixed_batches(tiny_model_path, capsys):
+    import json
+    import math
+
+    module = runpy.run_path(str(ROOT / "scripts" / "demo_signal_quality.py"))
+    assert module["pearson"]([1.0, 2.0, 3.0], [2.0, 4.0, 7.0]) == pytest.approx(0.9933992677987828)
+    assert math.isnan(module["pearson"]([1.0, 1.0], [0.0, 1.0]))
+    tiny = [f"local.model={tiny_model_path}", f"omniopd.teacher.model={tiny_model_path}", "omniopd.similarity=ned",
+            "omniopd.samples=2", "omniopd.chunk_len=4", "local.max_new_tokens=12"]  # fmt: skip
+    module["main"](tiny)
+    result = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert result["overrides"] == tiny and result["chunks"] == 4 * 16 * 2  # 4 batches x 16 responses x M=2
+    assert math.isnan(result["corr"]) or -1.0 <= result["corr"] <= 1.0
+
+
 def test_gpu_timing_script_runs_at_its_tiny_cpu_shape(monkeypatch, capsys):
     monkeypatch.setattr(sys, "argv", ["time_local_engine.py", "--tiny"])
     runpy.run_path(str(ROOT / "scripts" / "gpu" / "time_local_engine.py"), run_name="__main__")
