@@ -193,7 +193,15 @@ class LocalTrainer:
             # the one audits -> advantage path, every mode; verl runs the same two steps split at its seam
             advantage_BT, credit = advantage_from_audits(audits, batch.response_mask_BT, self.run.omniopd.advantage)
             credit = dataclasses.replace(credit, advantage_BT=advantage_BT)
-        metrics = policy_update(
+        metrics = self.apply_credit(prompts, responses, credit, beta=self.run.omniopd.beta, timer=timer)
+        metrics["train/lr"] = self.cfg.lr
+        if self.cfg.method == "token_opd":
+            metrics.update(teacher_metrics)
+        return metrics
+
+    def apply_credit(self, prompts, responses, credit, *, beta: float, timer: Timer) -> dict[str, float]:
+        """One optimizer step on per-token credit (`omniopd_verl.local.update.policy_update`)."""
+        return policy_update(
             self.model,
             self.ref_model,
             self.optimizer,
@@ -201,16 +209,12 @@ class LocalTrainer:
             prompts,
             responses,
             credit,
-            beta=self.run.omniopd.beta,
+            beta=beta,
             micro_batch_size=self.cfg.micro_batch_size,
             grad_clip=self.cfg.grad_clip,
             pad_token_id=pad_id(self.tokenizer),
             timer=timer,
         )
-        metrics["train/lr"] = self.cfg.lr
-        if self.cfg.method == "token_opd":
-            metrics.update(teacher_metrics)
-        return metrics
 
     def train_step(self) -> dict[str, float]:
         """Rollout, audit and update for self.step; returns the step's metrics."""
@@ -279,20 +283,8 @@ class LocalTrainer:
         prompts, responses = [p for p, _ in pairs], [a for _, a in pairs]
         batch = collate(prompts, responses, pad_id(self.tokenizer))
         self._phase("update")
-        metrics = policy_update(
-            self.model,
-            self.ref_model,
-            self.optimizer,
-            self.actor_config,
-            prompts,
-            responses,
-            seqkd.sft_credit(batch.response_mask_BT),
-            beta=0.0,  # no KL anchor: every token is a teacher token
-            micro_batch_size=cfg.micro_batch_size,
-            grad_clip=cfg.grad_clip,
-            pad_token_id=pad_id(self.tokenizer),
-            timer=timer,
-        )
+        # no KL anchor: every token is a teacher token
+        metrics = self.apply_credit(prompts, responses, seqkd.sft_credit(batch.response_mask_BT), beta=0.0, timer=timer)
         metrics.update({k: v for k, v in self.auditor.metrics().items() if k.startswith("teacher/")})
         metrics.update(
             {
