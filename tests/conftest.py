@@ -63,3 +63,38 @@ def tiny_model_path(tmp_path_factory, smollm2_path) -> str:
     from omniopd_verl.models import make_tiny_random_model
 
     return make_tiny_random_model(tmp_path_factory.mktemp("tiny") / "tiny-llama")
+
+
+@pytest.fixture()
+def start_teacher_server():
+    """Start the CPU teacher server as a user starts it (`python -m omniopd_verl.serving.openai_compat --model M
+    --port 0 FLAGS`, offline, `env` added to the environment): `start(model, *flags, env=None)` returns what it
+    printed up to its start-up message. Every server started is stopped at teardown."""
+    import subprocess
+    import time
+
+    procs = []
+
+    def start(model: str, *flags: str, env: dict[str, str] | None = None) -> str:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "omniopd_verl.serving.openai_compat", "--model", model, "--port", "0", *flags],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+            env={**os.environ, "HF_HUB_OFFLINE": "1", **(env or {})},
+        )
+        procs.append(proc)
+        lines, deadline = [], time.monotonic() + 240
+        while time.monotonic() < deadline:
+            line = proc.stdout.readline()
+            if not line:
+                break
+            lines.append(line)
+            if "Ctrl-C" in line:
+                break  # the start-up message is out (a readline after it would wait forever)
+        return "".join(lines)
+
+    yield start
+    for proc in procs:
+        proc.terminate()
+        proc.wait(timeout=30)

@@ -1,7 +1,8 @@
-"""`omniopd-verl audit` against bad input, bad paths and a budget stop (issue 10 items 2, 4, 6, "Also").
+"""`omniopd-verl audit` against bad input, bad paths and a budget stop (issue 10 items 2, 4, 6, "Also"), and
+`audit` / `train --dry-run` against issue 22 §2 and §5 (cache paths, unreadable input, no secret echoed).
 
 A real HTTP teacher (the project's OpenAI-compatible server with a scripted generator, which counts the
-requests it receives) and a real tiny student on CPU. Every bad path or flag must be refused with one
+requests it receives) and a real tiny student on CPU. Every bad path, flag or line must be refused with one
 line (exit 2) *before* a model is loaded or a teacher is called: the tests make loading a model raise
 and count the server's requests.
 """
@@ -9,6 +10,8 @@ and count the server's requests.
 from __future__ import annotations
 
 import json
+import os
+import subprocess
 
 import pytest
 import transformers
@@ -17,6 +20,7 @@ from omniopd_verl.cli.main import main
 from omniopd_verl.testing import ScriptedGenerator, serve_fault_server
 
 WORDS = " ".join(f"w{i}" for i in range(30))
+COMPLETIONS = "/v1/completions"
 
 
 @pytest.fixture(scope="module")
@@ -30,7 +34,7 @@ def no_model_load(monkeypatch):
     """Loading model weights raises: proves a check ran before any model load."""
 
     def refuse(*args, **kwargs):
-        raise AssertionError("a model was loaded before the flags and paths were checked")
+        raise AssertionError("a model was loaded before the flags, paths and lines were checked")
 
     monkeypatch.setattr(transformers.AutoModelForCausalLM, "from_pretrained", refuse)
 
@@ -76,6 +80,14 @@ def one_error_line(err: str) -> str:
     lines = [line for line in err.splitlines() if line.strip()]
     assert len(lines) == 1, err
     return lines[0]
+
+
+def refused(capsys, args, server) -> str:
+    """Exit 2 with one line, and no teacher call made."""
+    calls = server.calls(COMPLETIONS)
+    assert main(args) == 2
+    assert server.calls(COMPLETIONS) == calls
+    return one_error_line(capsys.readouterr().err)
 
 
 # ---- item 2: bad bytes, lone surrogates, missing folders --------------------------------------------------
@@ -243,3 +255,141 @@ def test_score_responses_refuses_beyond_the_context(tiny_model_path):
     model, tok = load_causal_lm(tiny_model_path)
     with pytest.raises(ConfigError, match=r"row 1: prompt \+ response is \d+ tokens .* context of 2048"):
         score_responses(model, tok, ["hi", " ".join(["word"] * 2100)], [" a", " b"])
+
+
+# ---- issue 22 §2 --cache is a file of its own -------------------------------------------------------------
+
+
+@pytest.mark.parametrize("flag", ["--output", "--input"])
+def test_cache_equal_to_output_or_input_is_refused(tmp_path, server, tiny_model_path, no_model_load, flag, capsys):
+    inp = write_jsonl(tmp_path / "in.jsonl", rows(2))
+    out = str(tmp_path / "out.jsonl")
+    same = out if flag == "--output" else inp
+    line = refused(capsys, argv(inp, out, tiny_model_path, server, "--cache", same), server)
+    assert line == (
+        f"omniopd-verl audit: error: --cache {same!r} is the {flag} file: the cache is a SQLite file of its own; "
+        "allowed a different path"
+    )
+    assert open(inp).read() == "".join(json.dumps(r) + "\n" for r in rows(2))  # the input is untouched
+
+
+# ---- issue 22 §5 caches that cannot serve, input that cannot be read --------------------------------------
+
+
+def test_a_read_only_cache_is_refused_before_any_call(tmp_path, server, tiny_model_path, no_model_load, capsys):
+    import sqlite3
+
+    cache = tmp_path / "cache.sqlite"
+    with sqlite3.connect(cache) as db:
+        db.execute("CREATE TABLE teacher_cache (key TEXT PRIMARY KEY, value TEXT NOT NULL, created REAL NOT NULL)")
+    inp = write_jsonl(tmp_path / "in.jsonl", rows(2))
+    if os.geteuid() == 0:  # root ignores permission bits: the immutable flag, where the filesystem has one
+        done = subprocess.run(["chattr", "+i", str(cache)], capture_output=True)
+        if done.returncode != 0:
+            pytest.skip(f"chattr +i is not available here: {done.stderr.decode().strip()}")
+    else:
+        os.chmod(cache, 0o444)
+    try:
+        line = refused(capsys, argv(inp, tmp_path / "o.jsonl", tiny_model_path, server, "--cache", str(cache)), server)
+    finally:
+        if os.geteuid() == 0:
+            subprocess.run(["chattr", "-i", str(cache)], check=True)
+    assert line == (
+        f"omniopd-verl audit: error: omniopd.teacher.cache_path={str(cache)!r} cannot be written (read-only file "
+        "or folder): make it writable, or pass another cache path"
+    )
+
+
+@pytest.mark.parametrize(
+    "content",
+    [b"SQLite format 3\x00" + b"\x10\x00\x01\x01", b"this is a text file, not a cache\n" * 100],
+    ids=["truncated", "not-sqlite"],
+)
+def test_a_damaged_cache_file_is_one_line(tmp_path, server, tiny_model_path, no_model_load, content, capsys):
+    cache = tmp_path / "cache.sqlite"
+    cache.write_bytes(content)
+    inp = write_jsonl(tmp_path / "in.jsonl", rows(2))
+    line = refused(capsys, argv(inp, tmp_path / "o.jsonl", tiny_model_path, server, "--cache", str(cache)), server)
+    assert line == (
+        f"omniopd-verl audit: error: omniopd.teacher.cache_path={str(cache)!r} is not a teacher cache (not SQLite, "
+        "or truncated): move it away, or pass another cache path"
+    )
+
+
+@pytest.mark.parametrize(
+    ("bad", "message"),
+    [
+        ('{"id": "x", "prompt": "p", "response": ' + "[" * 100_000 + "]" * 100_000 + "}", "JSON nested too deeply"),
+        ('{"id": ' + "7" * 5000 + ', "prompt": "p", "response": "r"}', "Exceeds the limit (4300 digits)"),
+    ],
+    ids=["deeply-nested", "huge-integer"],
+)
+def test_unreadable_json_values_are_one_line(tmp_path, server, tiny_model_path, no_model_load, bad, message, capsys):
+    inp = tmp_path / "in.jsonl"
+    inp.write_text(json.dumps(rows(1)[0]) + "\n" + bad + "\n")
+    line = refused(capsys, argv(inp, tmp_path / "o.jsonl", tiny_model_path, server), server)
+    assert line.startswith(f"omniopd-verl audit: error: {inp} line 2") and message in line
+
+
+def test_a_too_long_line_is_refused_by_its_length(
+    tmp_path, server, tiny_model_path, no_model_load, monkeypatch, capsys
+):
+    from omniopd_verl.data import jsonl
+
+    monkeypatch.setattr(jsonl, "MAX_LINE_BYTES", 1000)  # the real limit is 16 MiB; the rule is the same
+    inp = tmp_path / "in.jsonl"
+    long_row = {"id": "long", "prompt": "p", "response": "r", "teacher_context": "x" * 5000}
+    inp.write_text(json.dumps(rows(1)[0]) + "\n" + json.dumps(long_row) + "\n")
+    line = refused(capsys, argv(inp, tmp_path / "o.jsonl", tiny_model_path, server), server)
+    assert line == (
+        f"omniopd-verl audit: error: {inp} line 2 is longer than 1000 bytes (the longest input line read): "
+        "shorten it, or split its text"
+    )
+
+
+def test_a_misspelt_input_key_is_refused_naming_it(tmp_path, server, tiny_model_path, no_model_load, capsys):
+    inp = tmp_path / "in.jsonl"
+    inp.write_text(json.dumps({**rows(1)[0], "teacher_contxt": "the reference solution"}) + "\n")
+    line = refused(capsys, argv(inp, tmp_path / "o.jsonl", tiny_model_path, server), server)
+    assert line == (
+        f"omniopd-verl audit: error: {inp} line 1 has unknown keys 'teacher_contxt': allowed keys id, prompt, "
+        "response, teacher_context"
+    )
+
+
+# ---- issue 22 §5 keys never echoed ------------------------------------------------------------------------
+
+
+def test_a_key_passed_as_the_key_variable_is_not_echoed(tmp_path, server, tiny_model_path, no_model_load, capsys):
+    key = "sk-proj-Qw12Er34Ty56Ui78"
+    inp = write_jsonl(tmp_path / "in.jsonl", rows(2))
+    args = argv(inp, tmp_path / "o.jsonl", tiny_model_path, server, "--teacher-api-key-env", key)
+    line = refused(capsys, args, server)
+    assert key not in line and "api_key_env is not the name of an environment variable" in line
+
+
+def test_credentials_in_the_api_base_are_not_echoed(tmp_path, server, tiny_model_path, no_model_load, capsys):
+    inp = write_jsonl(tmp_path / "in.jsonl", rows(2))
+    args = argv(inp, tmp_path / "o.jsonl", tiny_model_path, server)
+    base = server.url.replace("http://", "http://carol:pw-Echo-7731@") + "?key=qk-Echo-8842"
+    i = args.index("--teacher-api-base")
+    args[i + 1] = base
+    j = args.index("--teacher-model")
+    del args[j : j + 2]  # the error that echoed the API base
+    line = refused(capsys, args, server)
+    assert f"--teacher-api-base {server.url} needs --teacher-model" in line
+    assert "pw-Echo-7731" not in line and "qk-Echo-8842" not in line
+
+
+def test_train_dry_run_masks_keys_placed_in_the_config(capsys):
+    overrides = [
+        'omniopd.teacher.options.extra_kwargs={"api_key": "sk-yaml-Op90Zx12", "extra_headers": '
+        '{"Authorization": "Bearer sk-yaml-Hd55Kp21"}}',
+    ]
+    config = os.path.join(os.path.dirname(__file__), "..", "..", "recipes", "quickstart_cpu", "quickstart_cpu.yaml")
+    code = main(["train", "--engine", "local", "--config", config, "--dry-run", *overrides])
+    out, err = capsys.readouterr()
+    assert code == 0, err
+    assert "sk-yaml-Op90Zx12" not in out + err and "sk-yaml-Hd55Kp21" not in out + err
+    assert "api_key: '***'" in out and "Authorization: '***'" in out
+    assert "prompt_key: question" in out  # a dataset column named *_key is left alone

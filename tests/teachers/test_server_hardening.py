@@ -6,11 +6,8 @@ refuse to send the bad request)."""
 from __future__ import annotations
 
 import json
-import os
 import re
 import socket
-import subprocess
-import sys
 import threading
 import time
 
@@ -53,50 +50,45 @@ def _message(body: dict) -> str:
     return body["error"]["message"]
 
 
-BAD_BODIES = [
-    # (path, JSON text, the one-line reason)
-    ("/v1/completions", "[1, 2]", "request body=[1, 2] is invalid: allowed a JSON object"),
-    ("/v1/completions", '{"prompt": 5}', "prompt=5 is invalid: allowed a string or a non-empty list of strings"),
-    ("/v1/completions", '{"prompt": []}', "prompt=[] is invalid: allowed a string or a non-empty list of strings"),
-    ("/v1/completions", '{"prompt": ["a", 1]}', "prompt=['a', 1] is invalid"),
-    ("/v1/completions", '{"prompt": "x", "n": -1}', "n=-1 is invalid: allowed an integer in [1, 16]"),
-    ("/v1/completions", '{"prompt": "x", "n": true}', "n=True is invalid: allowed an integer in [1, 16]"),
-    (
-        "/v1/completions",
-        '{"prompt": "x", "max_tokens": -5}',
-        "max_tokens=-5 is invalid: allowed an integer in [1, 1024]",
-    ),
-    (
-        "/v1/completions",
-        '{"prompt": "x", "temperature": -1}',
-        "temperature=-1 is invalid: allowed a finite number in [0, 2]",
-    ),
-    ("/v1/completions", '{"prompt": "x", "temperature": NaN}', "temperature=nan is invalid: allowed a finite number"),
-    ("/v1/completions", '{"prompt": "x", "top_p": 0}', "top_p=0 is invalid: allowed a finite number in (0, 1]"),
-    ("/v1/completions", '{"prompt": "x", "seed": "x"}', "seed='x' is invalid: allowed an integer"),
-    ("/v1/completions", '{"prompt": "x", "stream": true}', "stream=True is not supported"),
-    ("/v1/completions", "{not json", "request body is not JSON"),
-    ("/v1/completions", "[" * 200000, "request body is not JSON"),
-    ("/v1/chat/completions", '{"messages": "hi"}', "messages='hi' is invalid: allowed a non-empty list of messages"),
-    ("/v1/chat/completions", '{"messages": []}', "messages=[] is invalid"),
-    ("/v1/chat/completions", '{"messages": [{"role": "user", "content": 3}]}', "messages[0].content=3 is invalid"),
-    (
-        "/v1/chat/completions",
-        '{"messages": [{"role": "robot", "content": "hi"}]}',
-        "messages[0].role='robot' is invalid",
-    ),
-    ("/v1/messages", '{"messages": [{"role": "user", "content": "hi"}]}', "max_tokens is required"),
-]
+BAD_BODIES = {
+    # path: [(JSON text, the one-line reason), ...]
+    "/v1/completions": [
+        ("[1, 2]", "request body=[1, 2] is invalid: allowed a JSON object"),
+        ('{"prompt": 5}', "prompt=5 is invalid: allowed a string or a non-empty list of strings"),
+        ('{"prompt": []}', "prompt=[] is invalid: allowed a string or a non-empty list of strings"),
+        ('{"prompt": ["a", 1]}', "prompt=['a', 1] is invalid"),
+        ('{"prompt": "x", "n": -1}', "n=-1 is invalid: allowed an integer in [1, 16]"),
+        ('{"prompt": "x", "n": true}', "n=True is invalid: allowed an integer in [1, 16]"),
+        ('{"prompt": "x", "max_tokens": -5}', "max_tokens=-5 is invalid: allowed an integer in [1, 1024]"),
+        ('{"prompt": "x", "temperature": -1}', "temperature=-1 is invalid: allowed a finite number in [0, 2]"),
+        ('{"prompt": "x", "temperature": NaN}', "temperature=nan is invalid: allowed a finite number"),
+        ('{"prompt": "x", "top_p": 0}', "top_p=0 is invalid: allowed a finite number in (0, 1]"),
+        ('{"prompt": "x", "seed": "x"}', "seed='x' is invalid: allowed an integer"),
+        ('{"prompt": "x", "stream": true}', "stream=True is not supported"),
+        ("{not json", "request body is not JSON"),
+        ("[" * 200000, "request body is not JSON"),
+    ],
+    "/v1/chat/completions": [
+        ('{"messages": "hi"}', "messages='hi' is invalid: allowed a non-empty list of messages"),
+        ('{"messages": []}', "messages=[] is invalid"),
+        ('{"messages": [{"role": "user", "content": 3}]}', "messages[0].content=3 is invalid"),
+        ('{"messages": [{"role": "robot", "content": "hi"}]}', "messages[0].role='robot' is invalid"),
+    ],
+    "/v1/messages": [
+        ('{"messages": [{"role": "user", "content": "hi"}]}', "max_tokens is required"),
+    ],
+}
 
 
 def test_every_bad_request_gets_a_4xx_with_a_one_line_reason():
     with serve_openai_compat(generator=ScriptedGenerator()) as server:
-        for path, text, reason in BAD_BODIES:
-            status, body = _raw(server, _post(path, text.encode()))
-            message = body["error"]["message"]
-            assert status == 400 and reason in message and "\n" not in message, (path, text, status, message)
-            if path == "/v1/messages":
-                assert body["type"] == "error" and body["error"]["type"] == "invalid_request_error"
+        for path, cases in BAD_BODIES.items():
+            for text, reason in cases:
+                status, body = _raw(server, _post(path, text.encode()))
+                message = body["error"]["message"]
+                assert status == 400 and reason in message and "\n" not in message, (path, text, status, message)
+                if path == "/v1/messages":
+                    assert body["type"] == "error" and body["error"]["type"] == "invalid_request_error"
         # the server is still fine afterwards
         r = httpx.post(f"{server.url}/completions", json={"prompt": "ok", "n": 2, "max_tokens": 3}, timeout=10)
         assert r.status_code == 200 and len(r.json()["choices"]) == 2
@@ -292,34 +284,16 @@ def test_api_key_is_required_on_every_request_and_never_echoed():
         assert r.status_code == 200
 
 
-def test_the_command_takes_its_key_from_the_environment_and_its_caps_from_flags(tiny_model_path):
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "omniopd_verl.serving.openai_compat", "--model", tiny_model_path, "--port", "0"]
-        + ["--max-n", "2", "--request-timeout", "5"],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-        env={**os.environ, "HF_HUB_OFFLINE": "1", "OMNIOPD_SERVER_API_KEY": KEY},
+def test_the_command_takes_its_key_from_the_environment_and_its_caps_from_flags(tiny_model_path, start_teacher_server):
+    text = start_teacher_server(
+        tiny_model_path, "--max-n", "2", "--request-timeout", "5", env={"OMNIOPD_SERVER_API_KEY": KEY}
     )
-    try:
-        lines, deadline = [], time.monotonic() + 240
-        while time.monotonic() < deadline:
-            line = proc.stdout.readline()
-            if not line:
-                break
-            lines.append(line)
-            if "Ctrl-C" in line:
-                break
-        text = "".join(lines)
-        assert "an API key is required" in text and KEY not in text, text
-        assert "n <= 2" in text and "context 2048 tokens" in text
-        base = re.search(r"--teacher-api-base (http://127\.0\.0\.1:\d+/v1)", text).group(1)
-        assert httpx.post(f"{base}/completions", json={"prompt": "x"}, timeout=30).status_code == 401
-        ok = {"Authorization": f"Bearer {KEY}"}
-        r = httpx.post(f"{base}/completions", json={"prompt": "x", "n": 3}, headers=ok, timeout=30)
-        assert r.status_code == 400 and "n=3 is invalid: allowed an integer in [1, 2]" in _message(r.json())
-        r = httpx.post(f"{base}/completions", json={"prompt": "x", "n": 2, "max_tokens": 2}, headers=ok, timeout=60)
-        assert r.status_code == 200 and len(r.json()["choices"]) == 2
-    finally:
-        proc.terminate()
-        proc.wait(timeout=30)
+    assert "an API key is required" in text and KEY not in text, text
+    assert "n <= 2" in text and "context 2048 tokens" in text
+    base = re.search(r"--teacher-api-base (http://127\.0\.0\.1:\d+/v1)", text).group(1)
+    assert httpx.post(f"{base}/completions", json={"prompt": "x"}, timeout=30).status_code == 401
+    ok = {"Authorization": f"Bearer {KEY}"}
+    r = httpx.post(f"{base}/completions", json={"prompt": "x", "n": 3}, headers=ok, timeout=30)
+    assert r.status_code == 400 and "n=3 is invalid: allowed an integer in [1, 2]" in _message(r.json())
+    r = httpx.post(f"{base}/completions", json={"prompt": "x", "n": 2, "max_tokens": 2}, headers=ok, timeout=60)
+    assert r.status_code == 200 and len(r.json()["choices"]) == 2
