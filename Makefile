@@ -30,6 +30,12 @@ $(STAMP): pyproject.toml constraints.txt $(PLUGIN)/pyproject.toml
 	# verl[verl-core] brings torchcodec, a CUDA build that cannot load here and breaks transformers'
 	# audio imports; nothing in OmniOPD uses it (ENVIRONMENT.md)
 	$(PIP) uninstall -q -y torchcodec || true
+	# the code sandbox's preferred backend (docs/sandbox.md): bubblewrap, installed where we may (root with
+	# apt, as on CI); optional: without it the sandbox uses its uid backend and says so
+	@command -v bwrap >/dev/null || { [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null && \
+	  { apt-get install -y -q bubblewrap >/dev/null 2>&1 || \
+	    { apt-get update -q >/dev/null 2>&1 && apt-get install -y -q bubblewrap >/dev/null 2>&1; }; }; } || \
+	  echo "note: bubblewrap is not installed; the code sandbox uses its uid/user backend (docs/sandbox.md)"
 	$(PY) -m omniopd_verl.doctor
 	touch $(STAMP)
 
