@@ -404,15 +404,9 @@ class Teacher:
             except Exception as exc:  # classified below; unknown errors fail this request only
                 kind = classify(exc)
                 error = self.redact(f"{type(exc).__name__}: {exc}")[:500]
-                if kind == "fatal":  # every worker's queued calls stop too, not only this one's
-                    raise await self.ledger.stop(
-                        "auth",
-                        f"the {self.name} teacher rejected the request with HTTP {status_of(exc)} (check the key in "
-                        f"{key_source(self.config, self.plugin)} and the model name {self.config.model!r}): {error}",
-                    ) from None
-                param = rejected_parameter(exc)
-                if param is not None:  # a 400 that every call would get: stop at the first
-                    raise await self.ledger.stop("rejected", self._rejected_message(param, error)) from None
+                fatal = self._fatal_stop(exc)
+                if fatal is not None:  # already stopped in the ledger (_settle_failed): the first stop's error
+                    raise await self.ledger.stop(*fatal) from None
                 if kind == "fail" or attempt == self.config.max_retries:
                     return _Outcome(None, retries, error)
                 delay = self._delay(attempt, retry_after_of(exc))
@@ -540,8 +534,25 @@ class Teacher:
                 seconds=seconds,
             )
         else:
+            fatal = self._fatal_stop(exc)
+            if fatal is not None:  # stop every worker's queued calls before this call's slot is freed
+                await self.ledger.stop(*fatal)
             await self._settle(grant, "transient" if classify(exc) == "retry" else "fail", 0.0)
             self.meter.record_call(seconds=seconds)
+
+    def _fatal_stop(self, exc: BaseException) -> tuple[str, str] | None:
+        """(kind, message) for an error that every call would get (401/403, a rejected parameter), else None."""
+        error = self.redact(f"{type(exc).__name__}: {exc}")[:500]
+        if classify(exc) == "fatal":
+            return (
+                "auth",
+                f"the {self.name} teacher rejected the request with HTTP {status_of(exc)} (check the key in "
+                f"{key_source(self.config, self.plugin)} and the model name {self.config.model!r}): {error}",
+            )
+        param = rejected_parameter(exc)
+        if param is not None:
+            return "rejected", self._rejected_message(param, error)
+        return None
 
     def _rejected_message(self, param: str, error: str) -> str:
         return (
