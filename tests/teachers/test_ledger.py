@@ -17,7 +17,6 @@ from pathlib import Path
 
 import pytest
 
-from omniopd_verl.teachers.accounting import TeacherBudgetExceeded
 from omniopd_verl.teachers.ledger import LedgerCore, LedgerSettings
 from omniopd_verl.teachers.ledger.limits import CircuitBreaker, FailureGuard, RateWindow
 from omniopd_verl.testing import Fault, ScriptedGenerator, serve_fault_server
