@@ -101,7 +101,7 @@ def test_core_concurrency_is_run_wide():
 
 def test_state_file_continues_the_spend_and_charges_unsettled_calls_on_resume(tmp_path):
     state = tmp_path / "run.ledger.json"
-    settings = LedgerSettings(max_cost_usd=1.0)
+    settings = LedgerSettings(max_cost_usd=1.0, save_every_s=0.0)  # every change on disk at once
     core = LedgerCore(settings, run_id="r1", state_path=state)
     a, b = core.admit([{"usd": 0.2, "tokens": 0}, {"usd": 0.1, "tokens": 0}])
     core.settle([{"id": a["id"], "outcome": "ok", "cost_usd": 0.15}])

@@ -92,6 +92,7 @@ class LedgerSettings:
     breaker_threshold: int = 5
     breaker_base_s: float = 1.0
     breaker_max_s: float = 60.0
+    save_every_s: float = 0.1  # the state file is rewritten at most this often (a write costs ~1 ms)
 
     @classmethod
     def from_teacher_config(cls, config: Any, **overrides: Any) -> LedgerSettings:
@@ -141,8 +142,14 @@ class LedgerCore:
         self.stopped: tuple[str, str] | None = None
         self._next_id = 1
         self.in_flight_max = 0  # the most calls ever in flight at once (the overshoot bound's n)
-        if self.state_path is not None and self.state_path.exists():
-            self._load(restarted)
+        self._dirty = False
+        self._saved_at = 0.0
+        if self.state_path is not None:
+            self.state_path.parent.mkdir(parents=True, exist_ok=True)
+            if self.state_path.exists():
+                self._load(restarted)
+            # a change is on disk within save_every_s even when no further call comes to write it
+            threading.Thread(target=self._flush_loop, name="ledger-state", daemon=True).start()
 
     # ------------------------------------------------------------------ admission
 
@@ -267,7 +274,7 @@ class LedgerCore:
         with self._lock:
             if self.stopped is None:
                 self.stopped = (kind, message)
-                self._save()
+                self._save(force=True)
             return {"stop": self.stopped[0], "message": self.stopped[1]}
 
     def status(self) -> dict[str, Any]:
@@ -335,7 +342,7 @@ class LedgerCore:
 
     def close(self) -> None:
         with self._lock:
-            self._save()
+            self._save(force=True)
             if self.cache is not None:
                 self.cache.close()
                 self.cache = None
@@ -358,13 +365,30 @@ class LedgerCore:
             "settings": asdict(self.settings),
         }
 
-    def _save(self) -> None:
+    def _save(self, force: bool = False) -> None:
+        """Write the state file (under the lock), at most every save_every_s unless forced.
+
+        Why a late write never lets the budget be overspent after a restart: a settlement not yet written
+        leaves its reservation in the file, which is then charged at its worst case (>= the real cost);
+        a grant not yet written is unknown to the restarted ledger, and its settlement adds its cost as
+        is. Only a call granted and settled within the same save_every_s before a crash goes uncounted."""
         if self.state_path is None:
             return
+        now = time.monotonic()
+        if not force and now - self._saved_at < self.settings.save_every_s:
+            self._dirty = True
+            return
         tmp = self.state_path.with_name(self.state_path.name + ".tmp")
-        self.state_path.parent.mkdir(parents=True, exist_ok=True)
         tmp.write_text(json.dumps(self._state()))
         os.replace(tmp, self.state_path)  # atomic: a crash leaves the old state or the new, never half
+        self._saved_at, self._dirty = now, False
+
+    def _flush_loop(self) -> None:
+        while True:
+            time.sleep(self.settings.save_every_s)
+            with self._lock:
+                if self._dirty:
+                    self._save(force=True)
 
     def _load(self, restarted: bool) -> None:
         try:
@@ -395,7 +419,7 @@ class LedgerCore:
         for name, window in (("rpm", self._rpm), ("tpm", self._tpm)):  # a resume within the minute counts too
             for key, t, amount in state.get("windows", {}).get(name, []) if window is not None else []:
                 window.add(int(key), float(amount), float(t))
-        self._save()
+        self._save(force=True)
         log.warning(
             "teacher ledger for run %r continues from %s: $%.6f spent so far%s",
             self.run_id,
