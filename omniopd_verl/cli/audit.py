@@ -311,8 +311,8 @@ async def build_teacher_and_audit(args, config, tokenizer, prepared: list[Prepar
     from omniopd_verl.audit.auditor import Auditor
     from omniopd_verl.models import load_causal_lm
 
-    _print_forecast(config, prepared)
-    auditor = Auditor(config, tokenizer)
+    auditor = Auditor(config, tokenizer)  # a bad teacher setting fails here, in one line
+    _print_forecast(config, prepared)  # before the first call
     try:
         model, _ = load_causal_lm(args.student)
         return await score_and_audit(auditor, model, tokenizer, prepared, args.batch_tokens)

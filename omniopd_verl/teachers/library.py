@@ -378,8 +378,11 @@ class Teacher:
             self.meter.failure()
             result.error = f"{len(errors)} of {len(units)} teacher calls failed after retries; last error: {errors[-1]}"
             log.warning("teacher request %s failed: %s", request.request_id, result.error)
-        # the run's account; raises when the failure-rate guard (or another worker's stop) ended the run
-        await self.ledger.record(cause=cause, cached=result.cached, retries=result.retries)
+        # the run's account; a failed request raises the run's stop (the failure-rate guard it may have
+        # tripped), a successful one is still used: its answer is paid for
+        stop = await self.ledger.record(cause=cause, cached=result.cached, retries=result.retries)
+        if stop is not None and errors:
+            raise stop
         if not errors:
             result.texts = texts
         return result

@@ -236,7 +236,8 @@ def test_requests_per_window_hold_across_worker_processes(ray_session, tmp_path)
     assert all(o["ok"] == 4 for o in outs)
     assert len(arrivals) == 12
     # per-worker limiters would let 12 through at once; the run-wide window lets 4 per second
-    assert all(b - a >= 0.9 for a, b in zip(arrivals, arrivals[4:], strict=False)), arrivals
+    # (granted >= 1 s apart; arrivals at the server carry each client's own delay on a loaded machine)
+    assert all(b - a >= 0.7 for a, b in zip(arrivals, arrivals[4:], strict=False)), arrivals
     assert elapsed >= 1.8
 
 

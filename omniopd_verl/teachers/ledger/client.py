@@ -91,11 +91,10 @@ class LedgerClient:
             wake.settled = asyncio.Event()
         return reply.get("cache_dropped")
 
-    async def record(self, *, cause: str | None, cached: bool, retries: int) -> None:
-        """One finished request; raises the run's stop if the failure-rate guard (or anything) stopped it."""
+    async def record(self, *, cause: str | None, cached: bool, retries: int) -> Exception | None:
+        """One finished request; the run's stop (the failure-rate guard's, or any) as an exception, or None."""
         reply = await self._call("record", {"cause": cause, "cached": cached, "retries": retries})
-        if reply is not None:
-            raise stop_error(reply["stop"], reply["message"])
+        return None if reply is None else stop_error(reply["stop"], reply["message"])
 
     async def stop(self, kind: str, message: str) -> Exception:
         """Stop the run's calls; the exception every caller raises (the first stop's)."""
