@@ -24,13 +24,16 @@ writes only `sample_raw(list[RawRequest]) -> list[RawAnswer]` and declares `capa
 - retries with exponential backoff and jitter, honouring Retry-After (`reliability.classify`);
   401/403 stop the run (`TeacherAuthError`, naming the variable the key came from);
 - a per-call timeout (`timeout_s`, asyncio.wait_for; not for batched local compute);
-- concurrency (`max_concurrency` raw calls in flight) and client-side requests/tokens-per-minute limits;
+- the run's ledger (`ledger/`: in-process by default, the run's Ray actor in verl): every raw call is
+  admitted (budget reserved, `max_concurrency` run-wide, requests/tokens per minute in any 60 s, the
+  circuit breaker) and settled (real cost; the answer cached in the same step); every request is
+  recorded (`max_failure_rate`); a 401/403 or a 400 naming a rejected parameter stops every worker;
 - micro-batching for `capabilities.batched` plugins: every request waiting at that moment goes into one
   raw call (up to `options.batch_rows` rows), one call at a time;
 - accounting (`accounting.TeacherMeter`): calls, retries, failures, cache hits, tokens, seconds, and
   the cost: what the answer reports (`RawAnswer.cost_usd`), else the configured per-token prices, else
   litellm's price table for the plugin's `price_model`;
-- the hard budget (`max_cost_usd`, rules in `accounting.Budget`): before every raw call its worst case
+- the hard budget (`max_cost_usd`, rules in `accounting.Budget`, held by the ledger): before every raw call its worst case
   (prompt bound + n x max_tokens at the price table) is reserved, and a call that cannot fit is not
   sent; after it the real cost is settled (usage a server omits or reports impossibly is counted by us,
   `teacher/usage_estimated`; a call abandoned at the timeout is settled at its worst case,

@@ -414,3 +414,24 @@ def test_a_teacher_failing_every_call_stops_the_run_even_with_on_failure_drop(sm
     assert "above omniopd.teacher.max_failure_rate=0.5; the cause seen most" in log, log[-4000:]
     assert "The model `local-teacher-typo` does not exist" in log
     assert "step:2 -" not in log
+
+
+@pytest.mark.slow
+def test_a_resumed_run_continues_the_teacher_spend(smoke, tmp_path):
+    """Step 1 with a checkpoint, then a resume to step 2: the ledger starts from the first run's spend."""
+    with serve_fault_server(generator=ScriptedGenerator()) as server:
+        common = [*PRICED, "omniopd.teacher.max_cost_usd=100", "trainer.save_freq=1"]
+        rc1, log1 = main_ppo(
+            omniopd_args(smoke, server.url, tmp_path / "dump", *common, "trainer.total_training_steps=1"), tmp_path
+        )
+        first = step_metrics_from_log(log1)
+        rc2, log2 = main_ppo(
+            omniopd_args(smoke, server.url, tmp_path / "dump", *common, "trainer.total_training_steps=2"), tmp_path
+        )
+        served = served_usd(server)
+    second = step_metrics_from_log(log2)
+    assert rc1 == 0 and rc2 == 0 and 1 in first and 2 in second and 1 not in second, log2[-4000:]
+    spent_1 = first[1]["teacher_run/spent_usd"]
+    assert spent_1 > 0
+    assert f"${spent_1:.6f} spent so far of max_cost_usd=$100" in log2  # the resume started from it
+    assert second[2]["teacher_run/spent_usd"] == pytest.approx(served, rel=1e-6)  # both runs' calls, one budget
