@@ -122,16 +122,17 @@ def providers(kind: str) -> dict[str, str]:
     return {name: provider(ep) for name, ep in sorted(_discover(kind).items())}
 
 
-def create_teacher(config: Any, *, resources: dict[str, Any] | None = None) -> Any:
+def create_teacher(config: Any, *, resources: dict[str, Any] | None = None, ledger: Any = None) -> Any:
     """The teacher `config.name` (a TeacherConfig), wrapped in the teacher library: what engines call.
 
     `resources` are objects an engine shares with the plugin, passed as `Plugin(config, resources=...)`,
     e.g. `{"reference_model": (model, tokenizer)}` for the `transformers` teacher's
-    `options.model: reference` (the local engine's frozen reference copy).
+    `options.model: reference` (the local engine's frozen reference copy). `ledger` is the run's teacher
+    ledger (`teachers.ledger`; verl passes the Ray actor every reward worker shares); None = in-process.
     """
     from omniopd_verl.teachers.library import build_teacher
 
-    return build_teacher(config.name, load("teachers", config.name), config, resources)
+    return build_teacher(config.name, load("teachers", config.name), config, resources, ledger)
 
 
 def create(kind: str, name: str, /, **kwargs: Any) -> Any:

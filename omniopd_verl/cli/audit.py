@@ -311,12 +311,34 @@ async def build_teacher_and_audit(args, config, tokenizer, prepared: list[Prepar
     from omniopd_verl.audit.auditor import Auditor
     from omniopd_verl.models import load_causal_lm
 
-    auditor = Auditor(config, tokenizer)
+    auditor = Auditor(config, tokenizer)  # a bad teacher setting fails here, in one line
+    _print_forecast(config, prepared)  # before the first call
     try:
         model, _ = load_causal_lm(args.student)
         return await score_and_audit(auditor, model, tokenizer, prepared, args.batch_tokens)
     finally:
         await auditor.aclose()
+
+
+def _print_forecast(config, prepared: list[PreparedRow]) -> None:
+    """Requests, tokens and $ of this audit before its first call (teachers/forecast.py), on stderr."""
+    from omniopd_verl import registry
+    from omniopd_verl.teachers.forecast import forecast
+
+    caps = getattr(registry.load("teachers", config.teacher.name), "capabilities", None)
+    supports_n = getattr(caps, "supports_n", True)
+    result = forecast(
+        config,
+        prompts_per_step=len(prepared),
+        rollout_n=1,
+        prompt_tokens=round(sum(len(p.prompt_ids) for p in prepared) / len(prepared)),
+        response_tokens=round(sum(len(p.response_ids) for p in prepared) / len(prepared)),
+        steps=1,
+        supports_n=supports_n if isinstance(supports_n, bool) else True,
+        max_tokens_factor=float(getattr(caps, "max_tokens_factor", 1.25) or 1.25),
+    )
+    for line in result.lines():
+        print(f"omniopd-verl audit: {line}".replace(" per step", " for the input"), file=sys.stderr)
 
 
 def _student_response(p: PreparedRow, logprobs_T, entropy_T):

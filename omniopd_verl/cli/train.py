@@ -252,6 +252,15 @@ CPU_MODE_MESSAGE = (
 )
 
 
+def _print_forecast(cfg) -> None:
+    """What the teacher will cost, before anything is paid (teachers/forecast.py), on stderr."""
+    from omniopd_verl.teachers.forecast import verl_forecast
+    from omniopd_verl.verl_integration.checks import omniopd_config_from_verl
+
+    for line in verl_forecast(cfg, omniopd_config_from_verl(cfg)).lines():
+        print(f"# {line}", file=sys.stderr)
+
+
 def _run_verl(args: argparse.Namespace) -> int:
     from omniopd_verl.errors import OmniOPDError
 
@@ -297,6 +306,7 @@ def _run_verl(args: argparse.Namespace) -> int:
         data = mask_credentials(OmegaConf.to_container(cfg, resolve=True))  # keys placed in the YAML: masked
         print(Redactor()(OmegaConf.to_yaml(OmegaConf.create(data))))
         print(f"# config {config_dir / config_name}.yaml is valid (omniopd + verl checks)", file=sys.stderr)
+        _print_forecast(cfg)
         return 0
     cmd = [
         sys.executable,

@@ -95,11 +95,11 @@ class TeacherConfig:
     top_p: float = 1.0
     """Teacher nucleus sampling (ALGORITHM.md: 1.0)."""
     max_concurrency: int = 16
-    """Requests in flight at once, across the whole batch."""
+    """Raw calls in flight at once, for the whole run (every worker together)."""
     requests_per_minute: float | None = None
-    """Client-side request rate limit; None = unlimited."""
+    """Request rate limit for the whole run: at most this many calls in any 60 s; None = unlimited."""
     tokens_per_minute: float | None = None
-    """Client-side token rate limit (prompt + completion); None = unlimited."""
+    """Token rate limit for the whole run (prompt + completion, in any 60 s); None = unlimited."""
     max_retries: int = 5
     """Retries per request on 429, 5xx, timeouts, connection errors and short/malformed answers."""
     timeout_s: float = 120.0
@@ -109,7 +109,11 @@ class TeacherConfig:
     cache_path: str | None = None
     """SQLite file of the content-addressed response cache; None = no cache."""
     max_cost_usd: float | None = None
-    """Hard budget: stop with a clear message once the teacher has cost this much; None = no budget."""
+    """Hard budget for the whole run (every worker and node together, across restarts and resumes): stop
+    with a clear message once the teacher has cost this much; None = no budget."""
+    max_failure_rate: float = 0.5
+    """Stop the run when more than this fraction of the last 200 teacher requests (at least 8 finished)
+    failed after their retries, even with on_failure='drop', naming the cause seen most. 1.0 = never."""
     options: dict[str, Any] = field(default_factory=dict)
     """Backend-specific options passed to the plugin's constructor."""
 
@@ -129,6 +133,7 @@ class TeacherConfig:
             value = getattr(self, key)
             if value is not None:
                 _number(f"teacher.{key}", value, low=0.0, low_open=True)
+        _number("teacher.max_failure_rate", self.max_failure_rate, low=0.0, low_open=True, high=1.0)
         _int_at_least("teacher.max_retries", self.max_retries, 0)
         _number("teacher.timeout_s", self.timeout_s, low=0.0, low_open=True)
         _choice("teacher.on_failure", self.on_failure, ON_FAILURE)
@@ -179,6 +184,11 @@ class OmniOPDConfig:
     """verl loss aggregation. The spec sums the loss per sequence; other modes are for ablations."""
     seed: int = 0
     """Base seed; teacher seeds derive from (seed, sample id, anchor) so reruns and caches agree."""
+    run_id: str | None = None
+    """Names the run's teacher ledger and its spend file (verl: default trainer.experiment_name). A resumed
+    run with the same id continues the same budget; a new id starts from $0."""
+    audit_validation: bool = False
+    """verl: audit validation batches too (they are never trained on; by default they get no teacher call)."""
 
     def __post_init__(self) -> None:
         if isinstance(self.teacher, Mapping):
@@ -205,6 +215,10 @@ class OmniOPDConfig:
         _choice("loss_agg_mode", self.loss_agg_mode, LOSS_AGG_MODES)
         if isinstance(self.seed, bool) or not isinstance(self.seed, int):
             raise _fail("seed", self.seed, "an integer")
+        if self.run_id is not None and (not isinstance(self.run_id, str) or not self.run_id.strip()):
+            raise _fail("run_id", self.run_id, "null or a non-empty string")
+        if not isinstance(self.audit_validation, bool):
+            raise _fail("audit_validation", self.audit_validation, "true or false")
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any] | None) -> OmniOPDConfig:

@@ -19,6 +19,7 @@ from omniopd_verl.protocols import (
     TeacherResult,
 )
 from omniopd_verl.teachers.accounting import TeacherBudgetExceeded
+from omniopd_verl.teachers.ledger import TeacherRequestRejected, TeacherRunStopped
 from omniopd_verl.teachers.reliability import TeacherAuthError, TransientTeacherError
 from omniopd_verl.teachers.secrets import read_api_key
 
@@ -32,7 +33,9 @@ __all__ = [
     "TeacherCapabilities",
     "TeacherPlugin",
     "TeacherRequest",
+    "TeacherRequestRejected",
     "TeacherResult",
+    "TeacherRunStopped",
     "TransientTeacherError",
     "read_api_key",
 ]

@@ -7,7 +7,7 @@ identity (`identity.teacher_identity`: the API base without credentials, and the
 reports) says who answered; never the API key or headers: a key must never reach a file. Values are
 JSON ({"texts": [...], usage}); only complete, validated answers (exactly n texts) are stored, and every
 value is validated again when read (`entry_texts`): a file can be edited or damaged. Safe across threads
-and processes (WAL).
+and processes on one host (WAL); in a verl run only the run's ledger opens it (`wal=False`).
 
 Opening checks the file up front (a paid answer that cannot be stored is worse than a refusal before
 the first call): a file that is not SQLite (truncated, or another kind) or cannot be written raises
@@ -106,7 +106,9 @@ def _open_error(path: Path, exc: Exception) -> ConfigError:
 
 
 class TeacherCache:
-    def __init__(self, path: str | Path):
+    def __init__(self, path: str | Path, *, wal: bool = True):
+        """`wal=False` (the run ledger, the file's only user) keeps SQLite's rollback journal: WAL needs
+        shared memory between the processes on one host, which a network filesystem does not give."""
         self.path = Path(path)
         self._lock = threading.Lock()
         try:
@@ -115,7 +117,7 @@ class TeacherCache:
         except (OSError, sqlite3.Error) as exc:
             raise _open_error(self.path, exc) from None
         try:
-            self._db.execute("PRAGMA journal_mode=WAL")
+            self._db.execute(f"PRAGMA journal_mode={'WAL' if wal else 'DELETE'}")
             self._db.execute(SCHEMA)
             self._db.commit()
             # a write that is rolled back: a read-only file fails here, before anything is paid for

@@ -24,13 +24,16 @@ writes only `sample_raw(list[RawRequest]) -> list[RawAnswer]` and declares `capa
 - retries with exponential backoff and jitter, honouring Retry-After (`reliability.classify`);
   401/403 stop the run (`TeacherAuthError`, naming the variable the key came from);
 - a per-call timeout (`timeout_s`, asyncio.wait_for; not for batched local compute);
-- concurrency (`max_concurrency` raw calls in flight) and client-side requests/tokens-per-minute limits;
+- the run's ledger (`ledger/`: in-process by default, the run's Ray actor in verl): every raw call is
+  admitted (budget reserved, `max_concurrency` run-wide, requests/tokens per minute in any 60 s, the
+  circuit breaker) and settled (real cost; the answer cached in the same step); every request is
+  recorded (`max_failure_rate`); a 401/403 or a 400 naming a rejected parameter stops every worker;
 - micro-batching for `capabilities.batched` plugins: every request waiting at that moment goes into one
   raw call (up to `options.batch_rows` rows), one call at a time;
 - accounting (`accounting.TeacherMeter`): calls, retries, failures, cache hits, tokens, seconds, and
   the cost: what the answer reports (`RawAnswer.cost_usd`), else the configured per-token prices, else
   litellm's price table for the plugin's `price_model`;
-- the hard budget (`max_cost_usd`, rules in `accounting.Budget`): before every raw call its worst case
+- the hard budget (`max_cost_usd`, rules in `accounting.Budget`, held by the ledger): before every raw call its worst case
   (prompt bound + n x max_tokens at the price table) is reserved, and a call that cannot fit is not
   sent; after it the real cost is settled (usage a server omits or reports impossibly is counted by us,
   `teacher/usage_estimated`; a call abandoned at the timeout is settled at its worst case,
@@ -56,7 +59,6 @@ import logging
 import math
 import random
 import re
-import sqlite3
 import time
 import weakref
 from collections.abc import Mapping, Sequence
@@ -67,8 +69,6 @@ from omniopd_verl.config import TeacherConfig
 from omniopd_verl.errors import ConfigError, OmniOPDError, PluginError
 from omniopd_verl.protocols import STOP_REASONS, RawAnswer, RawRequest, RawSample, TeacherRequest, TeacherResult
 from omniopd_verl.teachers.accounting import (
-    Budget,
-    TeacherBudgetExceeded,
     TeacherMeter,
     prompt_token_bound,
     settle_usage,
@@ -77,13 +77,14 @@ from omniopd_verl.teachers.accounting import (
 )
 from omniopd_verl.teachers.cache import InvalidEntry, TeacherCache, cache_key, entry_texts
 from omniopd_verl.teachers.identity import served_weights_digest, teacher_identity, url_secrets
+from omniopd_verl.teachers.ledger import InProcessLedger, LedgerClient, LedgerCore, LedgerSettings
 from omniopd_verl.teachers.prompts import chat_messages, raw_prompt, strip_cut
 from omniopd_verl.teachers.reliability import (
-    TeacherAuthError,
     UnusableAnswer,
     classify,
     import_litellm,
     positive_option,
+    rejected_parameter,
     retry_after_of,
     status_of,
 )
@@ -116,7 +117,11 @@ LIBRARY_OPTIONS = (
 
 
 def build_teacher(
-    name: str, plugin_class: Any, config: TeacherConfig, resources: Mapping[str, Any] | None = None
+    name: str,
+    plugin_class: Any,
+    config: TeacherConfig,
+    resources: Mapping[str, Any] | None = None,
+    ledger: LedgerClient | None = None,
 ) -> Teacher:
     """Split the options, construct the plugin with its own, and wrap it (what registry.create_teacher does)."""
     options = dict(config.options)
@@ -136,7 +141,7 @@ def build_teacher(
         if resources and "resources" in str(exc):
             raise PluginError(f"teacher plugin {name!r} does not accept resources {sorted(resources)}: {exc}") from None
         raise
-    return Teacher(name, plugin, config, library_options)
+    return Teacher(name, plugin, config, library_options, ledger=ledger)
 
 
 @dataclass
@@ -169,7 +174,6 @@ class _LoopState:
         self.inflight: set[asyncio.Future] = set()
         self.pending: list[tuple[RawRequest, asyncio.Future]] = []
         self.worker: asyncio.Task | None = None
-        self.settled = asyncio.Event()  # set (and replaced) whenever a reservation settles
 
 
 def _retrieve(task: asyncio.Future) -> None:
@@ -180,7 +184,15 @@ def _retrieve(task: asyncio.Future) -> None:
 class Teacher:
     """The teacher library around one plugin. See the module docstring."""
 
-    def __init__(self, name: str, plugin: Any, config: TeacherConfig, options: Mapping[str, Any] | None = None):
+    def __init__(
+        self,
+        name: str,
+        plugin: Any,
+        config: TeacherConfig,
+        options: Mapping[str, Any] | None = None,
+        *,
+        ledger: LedgerClient | None = None,
+    ):
         self.name = name
         self.plugin = plugin
         self.config = config
@@ -204,22 +216,20 @@ class Teacher:
         self.api_key = read_api_key(config)
         self.redact = Redactor((self.api_key, *url_secrets(config.api_base), *option_secrets(config.options)))
         install_log_redaction(self.redact)
-        self.meter = TeacherMeter()
-        self.budget = Budget(config.max_cost_usd)
-        self.cache = TeacherCache(config.cache_path) if config.cache_path else None
+        self.meter = TeacherMeter()  # this process's counters; the ledger keeps the run's (teacher_run/*)
+        # budget, rate limits, concurrency, health and the cache file belong to the run's ledger: in-process
+        # unless the engine passes the run-wide one (verl: the Ray actor every reward worker shares)
+        self._owns_ledger = ledger is None
+        if ledger is None:
+            cache = TeacherCache(config.cache_path) if config.cache_path else None
+            ledger = InProcessLedger(LedgerCore(LedgerSettings.from_teacher_config(config), cache=cache))
+        self.ledger = ledger
+        self._has_cache = bool(getattr(ledger, "has_cache", False))
         self.identity = None
-        if self.cache is not None and config.api_base:  # who answers is part of the cache key
+        if self._has_cache and config.api_base:  # who answers is part of the cache key
             # the key goes only where the user sends it anyway: config.api_key_env names it for this host
             digest = served_weights_digest(config.api_base, str(config.model), self.api_key)
             self.identity = teacher_identity(config.api_base, digest)
-        self._rpm = self._tpm = None
-        if config.requests_per_minute or config.tokens_per_minute:
-            from aiolimiter import AsyncLimiter
-
-            if config.requests_per_minute:
-                self._rpm = AsyncLimiter(config.requests_per_minute, 60.0)
-            if config.tokens_per_minute:
-                self._tpm = AsyncLimiter(config.tokens_per_minute, 60.0)
         self._async = inspect.iscoroutinefunction(plugin.sample_raw)
         self._render_chat = getattr(plugin, "render_chat", None)
         self._loops: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, _LoopState] = weakref.WeakKeyDictionary()
@@ -262,8 +272,8 @@ class Teacher:
             close = getattr(self.plugin, "aclose", None)
             if close is not None:
                 await close()
-            if self.cache is not None:
-                self.cache.close()
+            if self._owns_ledger:
+                self.ledger.close()
 
     def teacher_max_tokens(self, request: TeacherRequest) -> int:
         """Teacher tokens to ask for: the student-token budget times max_tokens_factor."""
@@ -366,18 +376,24 @@ class Teacher:
         result.cached = all(o.cached for o in outcomes)
         if result.cached:
             self.meter.cache_hit()
+        cause = errors[-1][:200] if errors else None  # what the failure-rate guard groups and names
         if errors:
             self.meter.failure()
             result.error = f"{len(errors)} of {len(units)} teacher calls failed after retries; last error: {errors[-1]}"
             log.warning("teacher request %s failed: %s", request.request_id, result.error)
-            return result
-        result.texts = texts
+        # the run's account; a failed request raises the run's stop (the failure-rate guard it may have
+        # tripped), a successful one is still used: its answer is paid for
+        stop = await self.ledger.record(cause=cause, cached=result.cached, retries=result.retries)
+        if stop is not None and errors:
+            raise stop
+        if not errors:
+            result.texts = texts
         return result
 
     async def _run_unit(self, unit: _Unit, cut: str) -> _Outcome:
         """Served from the cache, or retried until usable or out of retries."""
-        if self.cache is not None:
-            texts = self._cached(unit)
+        if self._has_cache:
+            texts = await self._cached(unit)
             if texts is not None:
                 return _Outcome(texts, cached=True)
         error, retries = "", 0
@@ -385,21 +401,18 @@ class Teacher:
             if attempt:
                 retries += 1
                 self.meter.retry()
-            await self._throttle(unit)
             try:
                 outcome = await self._attempt(unit, cut)
                 outcome.retries = retries
                 return outcome
-            except (TeacherBudgetExceeded, TeacherAuthError, asyncio.CancelledError):
+            except (OmniOPDError, asyncio.CancelledError):  # a stop of the run (budget, auth, guard): no retry
                 raise
             except Exception as exc:  # classified below; unknown errors fail this request only
                 kind = classify(exc)
                 error = self.redact(f"{type(exc).__name__}: {exc}")[:500]
-                if kind == "fatal":
-                    raise TeacherAuthError(
-                        f"the {self.name} teacher rejected the request with HTTP {status_of(exc)} (check the key in "
-                        f"{key_source(self.config, self.plugin)} and the model name {self.config.model!r}): {error}"
-                    ) from None
+                fatal = self._fatal_stop(exc)
+                if fatal is not None:  # already stopped in the ledger (_settle_failed): the first stop's error
+                    raise await self.ledger.stop(*fatal) from None
                 if kind == "fail" or attempt == self.config.max_retries:
                     return _Outcome(None, retries, error)
                 delay = self._delay(attempt, retry_after_of(exc))
@@ -424,22 +437,22 @@ class Teacher:
         return await asyncio.shield(task)
 
     async def _call_and_keep(self, state: _LoopState, unit: _Unit, cut: str) -> _Outcome:
-        if self.capabilities.batched:
-            reservation = await self._reserve(state, unit)
+        if self.capabilities.batched:  # local compute: micro-batched, no concurrency slot of the ledger
+            grant = await self._admit(unit, slot=False)
             started = time.perf_counter()
             try:
                 answer, seconds = await self._submit(state, unit.raw)
             except BaseException as exc:
-                self._settle_failed(state, unit, reservation, exc, time.perf_counter() - started)
+                await self._settle_failed(unit, grant, exc, time.perf_counter() - started)
                 raise
         else:
             async with state.semaphore:
-                reservation = await self._reserve(state, unit)  # inside the slot: sees the latest spend
+                grant = await self._admit(unit)  # inside the slot: sees the latest spend
                 started = time.perf_counter()
                 try:  # the plugin should time out itself; wait_for is the backstop for one that does not
                     answers = await asyncio.wait_for(self._call_plugin([unit.raw]), self.config.timeout_s + 1.0)
                 except BaseException as exc:
-                    self._settle_failed(state, unit, reservation, exc, time.perf_counter() - started)
+                    await self._settle_failed(unit, grant, exc, time.perf_counter() - started)
                     raise
                 answer, seconds = answers[0], time.perf_counter() - started
         received = [t for t in (_sample_text(s) for s in getattr(answer, "samples", None) or []) if t is not None]
@@ -453,18 +466,27 @@ class Teacher:
         cost = valid_cost(getattr(answer, "cost_usd", None))
         if cost is None:
             cost = self.price(prompt_tokens, completion_tokens) or 0.0
-        self._settle(state, reservation, cost)
         if usage.estimated:
             self.meter.add("teacher/usage_estimated")
         self.meter.record_call(
             prompt_tokens=prompt_tokens, completion_tokens=completion_tokens, cost_usd=cost, seconds=seconds
         )
-        texts, empty_stops = self._validate(answer, unit, cut)
+        try:
+            texts, empty_stops = self._validate(answer, unit, cut)
+        except UnusableAnswer:  # paid for all the same; retried by the caller
+            await self._settle(grant, "transient", cost, prompt_tokens, completion_tokens)
+            raise
         if empty_stops:
             self.meter.add("teacher/empty_stop_samples", empty_stops)
-        self._store(
-            unit.key,
-            {"texts": texts, "prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens, "cost_usd": cost},
+        entry = {
+            "texts": texts,
+            "prompt_tokens": prompt_tokens,
+            "completion_tokens": completion_tokens,
+            "cost_usd": cost,
+        }
+        # the answer travels with its cost: the ledger counts and caches it in one step
+        await self._settle(
+            grant, "ok", cost, prompt_tokens, completion_tokens, (unit.key, entry) if self._has_cache else None
         )
         return _Outcome(texts, prompt_tokens=prompt_tokens, completion_tokens=completion_tokens, cost_usd=cost)
 
@@ -474,32 +496,41 @@ class Teacher:
         usage = worst_case_usage(unit.prompt_bound, unit.raw.n, unit.raw.teacher_max_tokens)
         return usage, self.price(usage.prompt_tokens, usage.completion_tokens)
 
-    async def _reserve(self, state: _LoopState, unit: _Unit):
-        """Reserve the call's worst case; wait while it fits only after the calls in flight settle."""
+    async def _admit(self, unit: _Unit, *, slot: bool = True) -> int:
+        """Wait for the ledger's grant: budget (the worst case reserved), rate limits, concurrency, health."""
         _, worst_usd = self._worst_case(unit)
-        while True:
-            settled = state.settled  # taken before asking: a settle after the refusal wakes us
-            reservation = self.budget.reserve(worst_usd)
-            if reservation is not None:
-                return reservation
-            try:  # the timeout covers a reservation held by another event loop (nothing here would wake us)
-                await asyncio.wait_for(settled.wait(), 1.0)
-            except asyncio.TimeoutError:
-                pass
+        tokens = unit.prompt_chars / 4 + unit.raw.n * unit.raw.teacher_max_tokens  # TPM estimate, settled exactly
+        return await self.ledger.admit(worst_usd, tokens, slot=slot)
 
-    def _settle(self, state: _LoopState, reservation, cost_usd: float) -> None:
-        self.budget.settle(reservation, cost_usd)
-        state.settled.set()
-        state.settled = asyncio.Event()
+    async def _settle(
+        self,
+        grant: int,
+        outcome: str,
+        cost_usd: float,
+        prompt_tokens: int = 0,
+        completion_tokens: int = 0,
+        cache: tuple[str, dict[str, Any]] | None = None,
+    ) -> None:
+        dropped = await self.ledger.settle(
+            grant,
+            outcome=outcome,
+            cost_usd=cost_usd,
+            prompt_tokens=prompt_tokens,
+            completion_tokens=completion_tokens,
+            cache=cache,
+        )
+        if dropped and self._has_cache:  # the ledger stopped storing: stop reading too (logged where it runs)
+            self._has_cache = False
+            log.warning(dropped)
 
-    def _settle_failed(self, state: _LoopState, unit: _Unit, reservation, exc: BaseException, seconds: float) -> None:
+    async def _settle_failed(self, unit: _Unit, grant: int, exc: BaseException, seconds: float) -> None:
         """A call that raised: free, unless it was abandoned at the timeout (the provider may bill it all)."""
         if not isinstance(exc, Exception):  # cancelled at loop teardown: free the reservation only
-            self._settle(state, reservation, 0.0)
+            await self._settle(grant, "cancelled", 0.0)
         elif _abandoned(exc):
             usage, worst_usd = self._worst_case(unit)
             cost = worst_usd or 0.0
-            self._settle(state, reservation, cost)
+            await self._settle(grant, "abandoned", cost, usage.prompt_tokens, usage.completion_tokens)
             self.meter.add("teacher/abandoned_calls")
             self.meter.add("teacher/usage_estimated")
             self.meter.record_call(
@@ -509,40 +540,47 @@ class Teacher:
                 seconds=seconds,
             )
         else:
-            self._settle(state, reservation, 0.0)
+            fatal = self._fatal_stop(exc)
+            if fatal is not None:  # stop every worker's queued calls before this call's slot is freed
+                await self.ledger.stop(*fatal)
+            await self._settle(grant, "transient" if classify(exc) == "retry" else "fail", 0.0)
             self.meter.record_call(seconds=seconds)
+
+    def _fatal_stop(self, exc: BaseException) -> tuple[str, str] | None:
+        """(kind, message) for an error that every call would get (401/403, a rejected parameter), else None."""
+        error = self.redact(f"{type(exc).__name__}: {exc}")[:500]
+        if classify(exc) == "fatal":
+            return (
+                "auth",
+                f"the {self.name} teacher rejected the request with HTTP {status_of(exc)} (check the key in "
+                f"{key_source(self.config, self.plugin)} and the model name {self.config.model!r}): {error}",
+            )
+        param = rejected_parameter(exc)
+        if param is not None:
+            return "rejected", self._rejected_message(param, error)
+        return None
+
+    def _rejected_message(self, param: str, error: str) -> str:
+        return (
+            f"the {self.name} teacher (model {self.config.model!r}) rejects the parameter {param!r} (HTTP 400), so "
+            f"every call would fail: {error[:300]}. Fix: stop sending {param!r} (omniopd.teacher.{param} if it is "
+            f"a teacher setting, else remove it from omniopd.teacher.options), or choose a model that accepts it"
+        )
 
     def _max_chars(self, unit: _Unit) -> int:
         return unit.raw.teacher_max_tokens * MAX_CHARS_PER_TOKEN
 
-    def _cached(self, unit: _Unit) -> list[str] | None:
+    async def _cached(self, unit: _Unit) -> list[str] | None:
         """The validated cached texts of a unit, or None (absent, or invalid: then counted and logged)."""
+        value = await self.ledger.cache_get(unit.key)  # the ledger reads the file (and logs a failing one)
         try:
-            value = self.cache.get(unit.key)
+            if isinstance(value, dict) and "__invalid__" in value:
+                raise InvalidEntry(value["__invalid__"])
             return None if value is None else entry_texts(value, unit.raw.n, self._max_chars(unit))
         except InvalidEntry as exc:
             self.meter.add("teacher/cache_invalid")
             log.warning("teacher cache entry for %s is invalid (%s): asking the teacher", unit.raw.request_id, exc)
             return None
-        except sqlite3.Error as exc:  # the file failed under us: ask the teacher (storing will say the rest)
-            log.warning("teacher cache %s cannot be read (%s): asking the teacher", self.cache.path, exc)
-            return None
-
-    def _store(self, key: str, value: dict[str, Any]) -> None:
-        """Cache one answer; a cache that cannot take it is dropped for the rest of the run, the answer kept."""
-        if self.cache is None:
-            return
-        try:
-            self.cache.put(key, value)
-        except (sqlite3.Error, OSError) as exc:
-            cache, self.cache = self.cache, None
-            log.warning(
-                "teacher cache %s cannot be written (%s): continuing WITHOUT the cache; answers from now on "
-                "are used but not stored",
-                cache.path,
-                exc,
-            )
-            cache.close()
 
     async def _call_plugin(self, raws: list[RawRequest]) -> list[RawAnswer]:
         if self._async:
@@ -635,13 +673,6 @@ class Teacher:
             # the server said when: wait at least that long (capped), plus a little jitter against herds
             return min(retry_after, self.max_retry_after_s) + random.uniform(0, 0.1 * self.backoff_base_s)
         return backoff
-
-    async def _throttle(self, unit: _Unit) -> None:
-        if self._rpm is not None:
-            await self._rpm.acquire()
-        if self._tpm is not None:
-            estimate = unit.prompt_chars / 4 + unit.raw.n * unit.raw.teacher_max_tokens
-            await self._tpm.acquire(min(float(self._tpm.max_rate), estimate))
 
 
 def _sample_text(sample: Any) -> str | None:

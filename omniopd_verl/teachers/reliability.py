@@ -6,7 +6,9 @@ Used by the teacher library (`library.Teacher`) for every plugin:
   timeouts, connection errors, HTTP 408/409/425/429 and 5xx (any exception with an int `status_code`,
   as the openai and litellm clients raise);
 - fatal (`TeacherAuthError`, the run stops): HTTP 401/403, since a wrong key would fail every request;
-- anything else fails that request only (after no retry), e.g. 400/404.
+- a 400/422 naming a parameter the model does not support (`rejected_parameter`): stops the run at the
+  first call, since every call would fail alike;
+- anything else fails that request only (after no retry), e.g. other 400s, 404.
 `parse_retry_after` reads a Retry-After header (seconds or an HTTP date); `import_litellm` imports
 litellm offline-safe.
 """
@@ -17,6 +19,7 @@ import asyncio
 import email.utils
 import math
 import os
+import re
 import time
 from typing import Any
 
@@ -89,6 +92,33 @@ def classify(exc: BaseException) -> str:
     if status is None and name in ("APIError", "JSONDecodeError"):
         return "retry"
     return "fail"
+
+
+_QUOTED = r"['\"`]?([A-Za-z_][A-Za-z0-9_.]*)['\"`]?"
+_REJECTED_PARAMETER = [
+    re.compile(p, re.IGNORECASE)
+    for p in (
+        r"unsupported (?:parameter|argument|value)s?:?\s*" + _QUOTED,  # OpenAI
+        r"unrecognized request arguments? supplied:?\s*" + _QUOTED,
+        r"unknown (?:parameter|argument|field)s?:?\s*" + _QUOTED,
+        r"['\"`]([A-Za-z_][A-Za-z0-9_.]*)['\"`] (?:is|are) not (?:supported|allowed|permitted)",
+        r"['\"`]([A-Za-z_][A-Za-z0-9_.]*)['\"`] (?:is|has been) deprecated",
+        r"['\"`]([A-Za-z_][A-Za-z0-9_.]*)['\"`] and ['\"`][A-Za-z_.]+['\"`] cannot both be specified",  # Anthropic
+        r"(?:parameter|argument) ['\"`]([A-Za-z_][A-Za-z0-9_.]*)['\"`] (?:is )?not supported",
+    )
+]
+
+
+def rejected_parameter(exc: BaseException) -> str | None:
+    """The parameter an HTTP 400/422 says the model does not accept (every call would fail alike), or None."""
+    if status_of(exc) not in (400, 422):
+        return None
+    text = str(exc)
+    for pattern in _REJECTED_PARAMETER:
+        match = pattern.search(text)
+        if match:
+            return match.group(1)
+    return None
 
 
 def positive_option(options: dict[str, Any], key: str, default: float | None, *, zero_ok: bool = False) -> float | None:

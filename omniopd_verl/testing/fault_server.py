@@ -11,6 +11,7 @@ handling) with `reply` overridden. Faults (`faults=`) are consumed in order, eac
 requests (`match`: a substring of the request's prompt/messages JSON, `path`: only that endpoint); a
 request no fault matches is served normally. Kinds:
 - "rate_limit" (429 + Retry-After), "server_error" (500), "disconnect" (close the socket unanswered);
+- "bad_request" (400 with `message`, e.g. a parameter the model rejects);
 - "hang" (sleep `hang_s`, then answer, normally after the client gave up);
 - "malformed" (200 with a body that is not JSON), "bad_schema" (200 JSON without choices);
 - "short" (fewer choices than asked: `choices`, default n - 1);
@@ -58,6 +59,7 @@ FAULT_KINDS = (
     "no_usage",
     "bad_usage",
     "surrogate",
+    "bad_request",
 )
 
 
@@ -71,6 +73,7 @@ class Fault:
     hang_s: float = 30.0  # hang: how long to sleep before answering
     choices: int | None = None  # short: how many choices to return (default n - 1)
     sample: int = 0  # empty_length / empty_stop: which sample of the answer comes back empty
+    message: str = "bad request (injected)"  # bad_request: the 400's error message
 
     def __post_init__(self) -> None:
         if self.kind not in FAULT_KINDS:
@@ -157,6 +160,8 @@ class FaultServer(CompatServer):
             return Reply(429, error_body(anthropic, "rate_limit_error", "rate limited (injected)"), extra)
         if kind == "server_error":
             return Reply(500, error_body(anthropic, "api_error", "internal error (injected)"))
+        if kind == "bad_request":
+            return Reply(400, error_body(anthropic, "invalid_request_error", fault.message))
         if kind == "hang":
             time.sleep(fault.hang_s)
         if self.latency_s:

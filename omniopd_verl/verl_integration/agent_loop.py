@@ -61,6 +61,21 @@ class OmniOPDAgentLoopOutput(AgentLoopOutput):
         return out
 
 
+def is_validation() -> bool:
+    """Whether this trajectory belongs to a validation batch.
+
+    verl 0.9.1 passes `validate` to `AgentLoopWorker._run_agent_loop(sampling_params, trajectory, ...)` (its
+    `trajectory["validate"]`) but not to the agent loop; that coroutine is the task this loop runs in, so
+    its frame holds it (checked against the pinned verl in verl_private.py)."""
+    import asyncio
+
+    task = asyncio.current_task()
+    coro = task.get_coro() if task is not None else None
+    frame = getattr(coro, "cr_frame", None)
+    trajectory = frame.f_locals.get("trajectory") if frame is not None else None
+    return bool(trajectory.get("validate", False)) if isinstance(trajectory, dict) else False
+
+
 class OmniOPDAgentLoop(SingleTurnAgentLoop):
     """verl's single-turn loop plus the student-side inputs of the audit (see the module docstring)."""
 
@@ -72,12 +87,20 @@ class OmniOPDAgentLoop(SingleTurnAgentLoop):
         cls = type(self)
         if cls._omniopd is None:
             from omniopd_verl import registry
-            from omniopd_verl.verl_integration.checks import check_kl_anchor_wiring, omniopd_config_from_verl
+            from omniopd_verl.verl_integration.checks import (
+                check_kl_anchor_wiring,
+                check_run_wiring,
+                omniopd_config_from_verl,
+            )
             from omniopd_verl.verl_integration.self_check import self_check
 
             self_check()
+            from omniopd_verl.verl_integration import verl_private
+
+            verl_private.check("AgentLoopWorker._run_agent_loop")  # is_validation() reads its frame
             cfg = omniopd_config_from_verl(self.config)
             check_kl_anchor_wiring(self.config, cfg)  # main_ppo runs none of the CLI's checks
+            check_run_wiring(self.config, cfg)
             cls._needs_entropy = bool(getattr(registry.load("schedulers", cfg.scheduler), "needs_entropy", True))
             cls._omniopd = cfg
             logger.warning(
@@ -110,6 +133,7 @@ class OmniOPDAgentLoop(SingleTurnAgentLoop):
             "logprobs": [float(x) for x in output.response_logprobs],
             "entropy": entropy,
             "entropy_source": source or cfg.entropy_source,
+            "validate": is_validation(),  # the reward manager gives validation no teacher call (by default)
         }
         return OmniOPDAgentLoopOutput(**{name: getattr(output, name) for name in output.model_fields_set})
 

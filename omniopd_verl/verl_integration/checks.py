@@ -84,6 +84,28 @@ def check_kl_anchor_wiring(cfg: Any, omniopd: OmniOPDConfig) -> None:
         )
 
 
+def check_run_wiring(cfg: Any, omniopd: OmniOPDConfig) -> None:
+    """What makes a run train on something other than OmniOPD, or audit nothing, without any error: run in
+    every process that loads the config (driver, agent-loop and reward workers), since `main_ppo` launched
+    directly runs none of the CLI's checks."""
+    from omniopd_verl.verl_integration.names import ESTIMATOR_NAME, REWARD_MANAGER_NAME
+
+    estimator = _get(cfg, "algorithm.adv_estimator")
+    manager = _get(cfg, "reward.reward_manager.name")
+    if manager in (REWARD_MANAGER_NAME, "OmniOPDRewardManager") and estimator != ESTIMATOR_NAME:
+        raise ConfigError(
+            f"algorithm.adv_estimator={estimator!r} is invalid with reward.reward_manager.name={manager!r}: allowed "
+            f"{ESTIMATOR_NAME!r} (another estimator would train on OmniOPD's dense scores as if they were its own)"
+        )
+    response_length = _get(cfg, "data.max_response_length")
+    if isinstance(response_length, int) and omniopd.chunk_len > response_length:
+        raise ConfigError(
+            f"omniopd.chunk_len={omniopd.chunk_len} is invalid with data.max_response_length={response_length}: "
+            f"allowed chunk_len <= {response_length} (no chunk of C tokens fits in a response, so nothing would "
+            "ever be audited)"
+        )
+
+
 def check_verl_config(cfg: Any) -> OmniOPDConfig:
     """Validate the omniopd node and every verl key OmniOPD relies on."""
     from omniopd_verl.verl_integration.names import (
@@ -132,6 +154,7 @@ def check_verl_config(cfg: Any) -> OmniOPDConfig:
         )
     _require(cfg, "actor_rollout_ref.actor.loss_agg_mode", omniopd.loss_agg_mode, "must match omniopd.loss_agg_mode")
     check_kl_anchor_wiring(cfg, omniopd)
+    check_run_wiring(cfg, omniopd)
     if omniopd.kl_anchor == "topk_ref":
         _check_topk_ref(cfg, omniopd)
     elif omniopd.beta > 0:

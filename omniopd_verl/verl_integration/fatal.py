@@ -1,4 +1,5 @@
-"""Stopping verl's run when a teacher fails with `omniopd.teacher.on_failure='error'`.
+"""Stopping verl's run when the teacher must stop it: on_failure='error', a spent budget, the failure-rate
+guard, a rejected key or parameter (every `OmniOPDError` of the audit).
 
 verl 0.9.1's agent-loop workers catch every exception of a trajectory (reward included), mark the
 prompt as failed and carry on, so an exception raised in the reward manager never stops the run.
@@ -29,8 +30,10 @@ class _FatalErrors:
     def __init__(self):
         self.messages: list[str] = []
 
-    def report(self, message: str) -> None:
+    def report(self, message: str) -> bool:
+        """Record it; True for the run's first message (the one that is logged)."""
         self.messages.append(message)
+        return len(self.messages) == 1
 
     def first(self) -> str | None:
         return self.messages[0] if self.messages else None
@@ -41,10 +44,10 @@ def report(message: str) -> None:
     import ray
 
     global _handle
-    logger.error("OmniOPD stops the run: %s", message)
     if _handle is None:
         _handle = ray.remote(_FatalErrors).options(name=ACTOR_NAME, get_if_exists=True, num_cpus=0).remote()
-    ray.get(_handle.report.remote(message))
+    if ray.get(_handle.report.remote(message)):  # once per run, not once per trajectory and worker
+        logger.error("OmniOPD stops the run: %s", message)
 
 
 def first_reported() -> str | None:

@@ -84,13 +84,20 @@ class OmniOPDRewardManager(RewardManagerBase):
     def init_class(cls, config, tokenizer) -> None:
         if cls._class_initialized:
             return
+        from omniopd_verl import registry
         from omniopd_verl.audit import Auditor
-        from omniopd_verl.verl_integration.checks import omniopd_config_from_verl
+        from omniopd_verl.verl_integration.checks import check_run_wiring, omniopd_config_from_verl
+        from omniopd_verl.verl_integration.run_ledger import connect_run_ledger
         from omniopd_verl.verl_integration.self_check import self_check
 
         self_check()
         cls.omniopd = omniopd_config_from_verl(config)
-        cls.auditor = Auditor(cls.omniopd, tokenizer)
+        check_run_wiring(config, cls.omniopd)
+        # budget, rate limits, health and the cache file are the run's, shared by every reward worker
+        ledger = connect_run_ledger(config, cls.omniopd)
+        cls.auditor = Auditor(
+            cls.omniopd, tokenizer, teacher=registry.create_teacher(cls.omniopd.teacher, ledger=ledger)
+        )
         cls._class_initialized = True
         logger.warning(
             "OmniOPD reward manager: teacher=%s similarity=%s scheduler=%s M=%d N=%d C=%d alpha=%s "
@@ -110,16 +117,20 @@ class OmniOPDRewardManager(RewardManagerBase):
     async def run_single(self, data: DataProto) -> dict:
         """Audit one trajectory; dense scores, task accuracy and per-row audit stats in reward_extra_info."""
         from omniopd_verl.advantage import token_scores
-        from omniopd_verl.audit.auditor import TeacherFailureError
+        from omniopd_verl.audit import ResponseAudit
+        from omniopd_verl.errors import OmniOPDError
 
         cfg = self.omniopd
         item = data[-1:][0]  # single-turn: the trajectory's one (last) output
         response = self._student_response(item)
         T = len(response.response_ids)
-        try:
-            audit = await self.auditor.audit_one(response)
-        except TeacherFailureError as exc:  # verl would swallow it: stop the run from the estimator
-            return await self._stop_run(str(exc), T)
+        if self._is_validation(item) and not cfg.audit_validation:  # never trained on: no teacher call
+            audit = ResponseAudit(uid=response.uid, response_len=T, entropy_source=response.entropy_source)
+        else:
+            try:
+                audit = await self.auditor.audit_one(response)
+            except OmniOPDError as exc:  # budget, failure rate, auth, on_failure=error: verl would retry forever
+                return await self._stop_run(str(exc), T)
         info, task = await self._task_info(item, response.response_ids)
         task_B = None if task is None else torch.tensor([task], dtype=torch.float32)
         # step 1 of omniopd_verl.advantage (per row); centred-by-batch is finished by the estimator
@@ -140,6 +151,12 @@ class OmniOPDRewardManager(RewardManagerBase):
         await asyncio.get_running_loop().run_in_executor(None, fatal.report, message)
         nan = float("nan")
         return {"reward_score": nan, "reward_extra_info": {TOKEN_SCORES_KEY: [nan] * T, "omniopd_error": message}}
+
+    @staticmethod
+    def _is_validation(item) -> bool:
+        extra = item.non_tensor_batch.get("tool_extra_fields", None) or {}
+        student = extra.get(STUDENT_KEY) if isinstance(extra, dict) else None
+        return bool(isinstance(student, dict) and student.get("validate"))
 
     def _student_response(self, item) -> Any:
         """The StudentResponse the Auditor needs, from verl's trajectory and the agent loop's extra fields."""

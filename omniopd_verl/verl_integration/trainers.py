@@ -34,6 +34,7 @@ from omniopd_verl.verl_integration.names import AUDIT_MASK_KEY, CPU_TRAINER_MODE
 from omniopd_verl.verl_integration.step_metrics import step_metrics
 
 verl_private.check(
+    "PPOTrainer._setup",
     "PPOTrainer._init_resource_pool_mgr",
     "PPOTrainer._compute_metrics",
     "PPOTrainer._compute_advantage",
@@ -55,12 +56,26 @@ def _rows(value) -> list:
 
 
 class OmniOPDMetricsMixin:
-    """Adds audit/* and teacher/* to verl's training-step metrics (see the module docstring)."""
+    """Adds audit/* and teacher/* to verl's training-step metrics (see the module docstring), and owns the
+    run's teacher ledger (run_ledger.py): created before the reward workers, reported once per step."""
+
+    _omniopd_ledger = None
+
+    def _setup(self):
+        from omniopd_verl.verl_integration.checks import check_run_wiring, omniopd_config_from_verl
+        from omniopd_verl.verl_integration.run_ledger import start_run_ledger
+
+        omniopd = omniopd_config_from_verl(self.config)
+        check_run_wiring(self.config, omniopd)  # before any worker starts: main_ppo runs none of the CLI's checks
+        self._omniopd_ledger = start_run_ledger(self.config, omniopd)  # the handle lives as long as the run
+        return super()._setup()
 
     def _compute_metrics(self, batch, metrics, timing_raw, global_steps, epoch):
         import transfer_queue as tq
 
         super()._compute_metrics(batch, metrics, timing_raw, global_steps, epoch)
+        if self._omniopd_ledger is not None:  # the run's totals: every worker, validation calls included
+            metrics.update(self._omniopd_ledger.metrics())
         data = tq.kv_batch_get(keys=batch.keys, partition_id=batch.partition_id, select_fields=["extra_fields"])
         extra = _rows(data["extra_fields"])
         padding = [bool(tag.get("is_padding", False)) for tag in batch.tags]

@@ -65,6 +65,20 @@ PRIVATE_SYMBOLS: dict[str, PrivateSymbol] = {
             params=("self", "batch", "metrics"),
         ),
         PrivateSymbol(
+            "verl.trainer.ppo.v1.trainer_base",
+            "PPOTrainer._setup",
+            "extended by the omniopd_sync/cpu_sync trainers: the run's teacher ledger (a named Ray actor on "
+            "the driver's node) is created before verl builds the reward workers",
+            params=("self",),
+        ),
+        PrivateSymbol(
+            "verl.experimental.agent_loop.agent_loop",
+            "AgentLoopWorker._run_agent_loop",
+            "the omniopd_agent loop reads `trajectory['validate']` from this coroutine's frame (verl does not "
+            "pass it to agent loops): validation batches get no teacher calls",
+            params=("self", "sampling_params", "trajectory"),
+        ),
+        PrivateSymbol(
             "verl.single_controller.ray.base",
             "ResourcePoolManager.max_colocate_count",
             "set to 1 on CPU: each bundle then asks Ray for 1 CPU instead of 3 (single_controller/ray/base.py)",

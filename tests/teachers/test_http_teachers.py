@@ -303,28 +303,49 @@ def test_concurrency_is_bounded():
         assert all(b - a >= 0.25 for a, b in zip(arrivals, arrivals[2:], strict=False))
 
 
-def test_requests_per_minute_limit_delays_the_excess():
+def short_window_teacher(server, window_s, **overrides):
+    """A teacher whose in-process ledger counts its rate limits per `window_s` instead of 60 s (same code)."""
+    from omniopd_verl import registry
+    from omniopd_verl.teachers.ledger import InProcessLedger, LedgerCore, LedgerSettings
+
+    options = {"backoff_base_s": 0.01, "backoff_max_s": 0.05}
+    config = TeacherConfig(
+        **FORMATS["completions"][1](server),
+        api_key_env=ENV,
+        max_retries=3,
+        timeout_s=10.0,
+        options=options,
+        **overrides,
+    )
+    ledger = InProcessLedger(LedgerCore(LedgerSettings.from_teacher_config(config, window_s=window_s)))
+    return registry.create_teacher(config, ledger=ledger)
+
+
+def test_requests_per_minute_limit_holds_in_every_window():
+    """requests_per_minute is what any window may hold: no burst above it (a leaky bucket allows 2x)."""
     with serve_fault_server(api_key=KEY) as server:
-        teacher = make_teacher(server, "completions", requests_per_minute=60)
+        teacher = short_window_teacher(server, 1.0, requests_per_minute=3)  # 3 per 1 s window
         start = time.monotonic()
-        results = run(teacher.sample([request(i, n=1) for i in range(62)]))
+        results = run(teacher.sample([request(i, n=1) for i in range(8)]))
         elapsed = time.monotonic() - start
         assert all(r.texts for r in results)
-        assert elapsed >= 1.0  # 60 fit the bucket; the rest leak at one per second
+        arrivals = sorted(q.time for q in server.requests)
+        assert len(arrivals) == 8
+        # the 4th request of any 4 consecutive ones arrives at least one window after the 1st
+        assert all(b - a >= 0.95 for a, b in zip(arrivals, arrivals[3:], strict=False)), arrivals
+        assert elapsed >= 1.9  # 8 requests = 3 windows: two full waits
 
 
 def test_tokens_per_minute_limit_delays_the_excess():
-    with serve_fault_server(api_key=KEY) as server:
-        teacher = make_teacher(server, "completions", tokens_per_minute=600)  # 10 tokens per second
-        # the limiter's estimate per call: prompt chars / 4 + n x teacher max tokens
+    with serve_fault_server(api_key=KEY, latency_s=0.3) as server:
+        # the ledger's estimate per call: prompt chars / 4 + n x teacher max tokens (settled to the real usage)
         estimate = len(request(0, n=1).prefix_text) / 4 + math.ceil(4 * 1.25)
-        count = int(600 // estimate) + 2  # two calls more than the full bucket holds
-        start = time.monotonic()
-        results = run(teacher.sample([request(i, n=1) for i in range(count)]))
-        elapsed = time.monotonic() - start
+        teacher = short_window_teacher(server, 1.0, tokens_per_minute=2 * estimate)  # two calls' estimate fit
+        results = run(teacher.sample([request(i, n=1) for i in range(3)]))
         assert all(r.texts for r in results)
-        wait = (count * estimate - 600) / 10.0  # the excess leaks in at 10 tokens per second
-        assert wait > 0.5 and elapsed >= 0.8 * wait, (elapsed, wait)
+        arrivals = sorted(q.time for q in server.requests)
+        # two go at once; the third only once a settlement (its real, smaller usage) or the window made room
+        assert arrivals[1] - arrivals[0] < 0.2 and arrivals[2] - arrivals[0] >= 0.25, arrivals
 
 
 def test_chat_teacher_options_are_validated():

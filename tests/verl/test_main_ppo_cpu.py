@@ -317,3 +317,121 @@ def test_omniopd_with_the_topk_ref_kl_anchor_runs_two_steps(smoke, tmp_path):
     # step 1: the student is the reference (KL ~ 0); step 2: it moved away after one update
     kl1, kl2 = steps[1]["actor/distillation/loss"], steps[2]["actor/distillation/loss"]
     assert kl1 < 1e-4 < kl2, (kl1, kl2)
+
+
+PRICE_IN, PRICE_OUT = 0.001, 0.002
+PRICED = [
+    f"+omniopd.teacher.options.input_cost_per_token={PRICE_IN}",
+    f"+omniopd.teacher.options.output_cost_per_token={PRICE_OUT}",
+]
+
+
+def served_usd(server) -> float:
+    """What the teacher server's answers cost at the price table, from its request log (usage = words)."""
+    total = 0.0
+    for record in server.requests:
+        if record.path == "/v1/completions" and record.status == 200:
+            completion_words = record.body["n"] * max(1, min(8, record.body["max_tokens"]))  # ScriptedGenerator
+            total += len(record.body["prompt"].split()) * PRICE_IN + completion_words * PRICE_OUT
+    return total
+
+
+def test_run_wide_budget_stops_main_ppo_once_within_the_first_step(smoke, tmp_path):
+    """3 reward workers, one budget: a spent budget stops verl within the step, with one message and a
+    non-zero exit (verl's agent loop used to retry the prompt forever); the spend stays within the budget;
+    the cache file is opened by the ledger alone (rollback journal: no worker ever opened it in WAL mode)."""
+    budget = 0.25
+    cache = tmp_path / "teacher_cache.sqlite"
+    with serve_fault_server(generator=ScriptedGenerator()) as server:
+        rc, log = main_ppo(
+            omniopd_args(
+                smoke,
+                server.url,
+                tmp_path / "dump",
+                "reward.num_workers=3",
+                f"omniopd.teacher.max_cost_usd={budget}",
+                f"omniopd.teacher.cache_path={cache}",
+                *PRICED,
+            ),
+            tmp_path,
+        )
+        served = served_usd(server)
+        answered = sum(r.path == "/v1/completions" and r.status == 200 for r in server.requests)
+    assert rc != 0, log[-4000:]
+    assert "OmniOPD teacher ledger: run id" in log  # the driver created the run's ledger
+    assert "step:1 -" not in log  # stopped inside the first step, before its update
+    assert "Error in _run_prompt" not in log  # no retry loop
+    assert log.count("OmniOPD stops the run: teacher budget") == 1, log[-4000:]  # once, not per trajectory
+    assert "TeacherStopError: OmniOPD stopped the run: teacher budget" in log, log[-6000:]
+    assert served <= budget + 1e-12, served  # one budget for the 3 workers
+    import sqlite3
+
+    db = sqlite3.connect(cache)
+    assert db.execute("PRAGMA journal_mode").fetchone()[0] == "delete"
+    assert db.execute("SELECT COUNT(*) FROM teacher_cache").fetchone()[0] == answered  # every paid answer kept
+    db.close()
+    assert not (tmp_path / "teacher_cache.sqlite-wal").exists()
+
+
+@pytest.mark.slow
+def test_validation_gets_no_teacher_calls_and_the_rpm_holds_run_wide(smoke, tmp_path):
+    """val_before_train + test_freq=1: validation batches make 0 teacher calls (the ledger counts every call,
+    the step metrics only training ones); requests_per_minute holds for the 3 workers together."""
+    rpm = 8
+    with serve_fault_server(generator=ScriptedGenerator()) as server:
+        rc, log = main_ppo(
+            omniopd_args(
+                smoke,
+                server.url,
+                tmp_path / "dump",
+                "reward.num_workers=3",
+                f"omniopd.teacher.requests_per_minute={rpm}",
+                "trainer.val_before_train=true",
+                "trainer.test_freq=1",
+            ),
+            tmp_path,
+            timeout=900,
+        )
+        arrivals = sorted(r.time for r in server.requests if r.path == "/v1/completions")
+    steps = step_metrics_from_log(log)
+    assert rc == 0 and 2 in steps, log[-4000:]
+    training_calls = steps[1]["teacher/calls"] + steps[2]["teacher/calls"]
+    assert steps[2]["teacher_run/calls"] == training_calls == len(arrivals) > rpm
+    assert max(sum(1 for u in arrivals if t <= u < t + 59.0) for t in arrivals) <= rpm, arrivals
+
+
+@pytest.mark.slow
+def test_a_teacher_failing_every_call_stops_the_run_even_with_on_failure_drop(smoke, tmp_path):
+    faults = [Fault("bad_request", times=10_000, message="The model `local-teacher-typo` does not exist")]
+    with serve_fault_server(generator=ScriptedGenerator(), faults=faults) as server:
+        rc, log = main_ppo(
+            omniopd_args(
+                smoke, server.url, tmp_path / "dump", "reward.num_workers=3", "omniopd.teacher.on_failure=drop"
+            ),
+            tmp_path,
+        )
+    assert rc != 0
+    assert "above omniopd.teacher.max_failure_rate=0.5; the cause seen most" in log, log[-4000:]
+    assert "The model `local-teacher-typo` does not exist" in log
+    assert "step:2 -" not in log
+
+
+@pytest.mark.slow
+def test_a_resumed_run_continues_the_teacher_spend(smoke, tmp_path):
+    """Step 1 with a checkpoint, then a resume to step 2: the ledger starts from the first run's spend."""
+    with serve_fault_server(generator=ScriptedGenerator()) as server:
+        common = [*PRICED, "omniopd.teacher.max_cost_usd=100", "trainer.save_freq=1"]
+        rc1, log1 = main_ppo(
+            omniopd_args(smoke, server.url, tmp_path / "dump", *common, "trainer.total_training_steps=1"), tmp_path
+        )
+        first = step_metrics_from_log(log1)
+        rc2, log2 = main_ppo(
+            omniopd_args(smoke, server.url, tmp_path / "dump", *common, "trainer.total_training_steps=2"), tmp_path
+        )
+        served = served_usd(server)
+    second = step_metrics_from_log(log2)
+    assert rc1 == 0 and rc2 == 0 and 1 in first and 2 in second and 1 not in second, log2[-4000:]
+    spent_1 = first[1]["teacher_run/spent_usd"]
+    assert spent_1 > 0
+    assert f"${spent_1:.6f} spent so far of max_cost_usd=$100" in log2  # the resume started from it
+    assert second[2]["teacher_run/spent_usd"] == pytest.approx(served, rel=1e-6)  # both runs' calls, one budget
