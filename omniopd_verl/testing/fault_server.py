@@ -115,6 +115,8 @@ class FaultServer(CompatServer):
         self.faults = [dict(fault=f, left=f.times) for f in faults]
         self.latency_s = latency_s
         self._fault_lock = threading.Lock()
+        self.in_flight = 0  # requests inside reply() now, and the most there ever were (concurrency checks)
+        self.max_in_flight = 0
 
     def add_faults(self, faults: Sequence[Fault]) -> None:
         with self._fault_lock:
@@ -148,6 +150,16 @@ class FaultServer(CompatServer):
         return Reply(401, error_body(path == "/v1/messages", "authentication_error", message))
 
     def reply(self, path: str, call: GenerationCall, record: ReceivedRequest) -> Reply:
+        with self._fault_lock:
+            self.in_flight += 1
+            self.max_in_flight = max(self.max_in_flight, self.in_flight)
+        try:
+            return self._reply(path, call, record)
+        finally:
+            with self._fault_lock:
+                self.in_flight -= 1
+
+    def _reply(self, path: str, call: GenerationCall, record: ReceivedRequest) -> Reply:
         anthropic = path == "/v1/messages"
         content = call.prompt if call.prompt is not None else json.dumps(call.messages)
         fault = self._take_fault(path, content if isinstance(content, str) else json.dumps(content))

@@ -297,8 +297,10 @@ def test_concurrency_is_bounded():
         results = run(teacher.sample([request(i) for i in range(6)]))
         elapsed = time.monotonic() - start
         assert all(r.texts for r in results)
-        assert 3 * 0.3 <= elapsed < 6 * 0.3  # three waves of two, not six in a row and not all at once
-        # never more than two requests inside the server at once
+        # two at a time, counted by the server: never more, and the cap is used (not one after another). No
+        # upper bound on the wall time: a loaded machine may delay the client (the old `< 6 x 0.3 s` failed so)
+        assert server.max_in_flight == 2
+        assert elapsed >= 3 * 0.3  # at least three waves of two
         arrivals = sorted(q.time for q in server.requests)
         assert all(b - a >= 0.25 for a, b in zip(arrivals, arrivals[2:], strict=False))
 

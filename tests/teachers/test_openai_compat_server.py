@@ -98,12 +98,12 @@ def test_faults_are_injected_in_order_and_by_match():
 
 
 def test_hang_and_disconnect_faults():
-    with serve_fault_server(faults=[Fault("hang", hang_s=2.0), Fault("disconnect")]) as server:
+    with serve_fault_server(faults=[Fault("hang", hang_s=4.0), Fault("disconnect")]) as server:
         url = f"{server.url}/completions"
         start = time.monotonic()
         with pytest.raises(httpx.ReadTimeout):
             httpx.post(url, json={"prompt": "p", "max_tokens": 1}, timeout=0.3)
-        assert time.monotonic() - start < 1.5
+        assert time.monotonic() - start < 3.5  # the client gave up, long before the 4 s hang ended (slack for load)
         with pytest.raises(httpx.RemoteProtocolError):
             httpx.post(url, json={"prompt": "p", "max_tokens": 1})
         assert httpx.post(url, json={"prompt": "p", "max_tokens": 1}).status_code == 200
