@@ -46,3 +46,18 @@ def tune_malloc_for_cpu_inference() -> bool:
     except (OSError, AttributeError):  # musl or another libc: no mallopt
         _state = False
     return _state
+
+
+def release_free_memory() -> bool:
+    """Hand the heap's free pages back to the OS (glibc malloc_trim(0)); True when it released some.
+
+    For between phases that free a lot at once, e.g. after one training arm's models, optimizer and
+    activations are dropped and before the next arm allocates its own: without it the freed heap stays
+    resident (the tuning above never trims, and fragmentation defeats glibc's own top-of-heap trim), and
+    the demo's second arm peaked ~1.6 GB higher than its first. Numerics are untouched."""
+    if not sys.platform.startswith("linux"):
+        return False
+    try:
+        return bool(ctypes.CDLL("libc.so.6").malloc_trim(0))
+    except (OSError, AttributeError):  # not glibc
+        return False

@@ -36,6 +36,7 @@ import sys
 import time
 from pathlib import Path
 
+from omniopd_verl.cpu_allocator import release_free_memory
 from omniopd_verl.package_files import QUICKSTART_RECIPE, package_file
 
 RECIPE = package_file(QUICKSTART_RECIPE)  # recipes/quickstart_cpu/quickstart_cpu.yaml links to it
@@ -216,6 +217,7 @@ def main(argv: list[str] | None = None) -> int:
         trainer.close()
         trainer = None
         gc.collect()
+        release_free_memory()  # the next arm starts from the freed heap, not on top of it
 
     print("\n[4/4] results", flush=True)
     arm, ctrl = results["omniopd"]["paired"], results["control"]["paired"]

@@ -44,6 +44,7 @@ import time
 from datetime import datetime, timezone
 from pathlib import Path
 
+from omniopd_verl.cpu_allocator import release_free_memory
 from omniopd_verl.package_files import QUICKSTART_RECIPE, package_file
 
 RECIPE = package_file(QUICKSTART_RECIPE)  # recipes/quickstart_cpu/quickstart_cpu.yaml links to it
@@ -189,6 +190,7 @@ def run_seed(seed: int, arms: list[str], base: list[str], out: Path, eval_every:
         trainer.close()
         del trainer
         gc.collect()
+        release_free_memory()  # the next arm starts from the freed heap, not on top of it
         final = json.loads((Path(cfg.local.output_dir) / "eval.json").read_text())["paired"]
         curve.append({"step": cfg.local.steps, "effect": final["mass"]["effect"], "ci95": final["mass"]["ci95"]})
         rows = read_metrics(Path(summary["metrics"]))
