@@ -62,9 +62,14 @@ class OmniOPDMetricsMixin:
     _omniopd_ledger = None
 
     def _setup(self):
+        from omegaconf import OmegaConf
+
         from omniopd_verl.verl_integration.checks import check_run_wiring, omniopd_config_from_verl
         from omniopd_verl.verl_integration.run_ledger import start_run_ledger
 
+        if OmegaConf.select(self.config, "omniopd", default=None) is None:
+            # a plain verl run on our CPU overlay (the GRPO baseline): no teacher, no ledger, no OmniOPD checks
+            return super()._setup()
         omniopd = omniopd_config_from_verl(self.config)
         check_run_wiring(self.config, omniopd)  # before any worker starts: main_ppo runs none of the CLI's checks
         self._omniopd_ledger = start_run_ledger(self.config, omniopd)  # the handle lives as long as the run
