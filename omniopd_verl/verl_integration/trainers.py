@@ -94,6 +94,21 @@ class OmniOPDMetricsMixin:
             self._dump_omniopd_rows(batch, infos, padding, dump_dir, global_steps)
 
     def _compute_advantage(self, batch, metrics):
+        """verl's (below), and when the estimator stops the run, the reason the run's ledger recorded.
+
+        The reward workers' report (fatal.py) can be missed by the estimator's look-up on a loaded machine
+        (it then raised its generic 'scores are NaN' message); the ledger in this process holds the stop."""
+        from omniopd_verl.verl_integration.fatal import TeacherStopError
+
+        try:
+            return self._compute_omniopd_advantage(batch, metrics)
+        except TeacherStopError as err:
+            stopped = self._omniopd_ledger.status().get("stopped") if self._omniopd_ledger is not None else None
+            if stopped and stopped[1] not in str(err):
+                raise TeacherStopError(f"OmniOPD stopped the run: {stopped[1]}") from err
+            raise
+
+    def _compute_omniopd_advantage(self, batch, metrics):
         """verl's, with the batch's audited-token mask available to the estimator (centered_batch)."""
         from omegaconf import OmegaConf
 
