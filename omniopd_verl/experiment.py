@@ -52,7 +52,9 @@ OUT = Path("runs/experiment")
 # Arms compare effects smaller than the demo's arm-vs-control one, so the experiment scores a larger
 # held-out set than the 15-minute demo can afford (40 prompts, ~80 prefixes); an override on the command
 # line (local.data.heldout_prompts=...) comes later and wins.
-DEFAULTS = ["local.data.heldout_prompts=40"]
+# It pins 4 prompts x 8 steps (whatever the demo recipe says): 7 arms x 3 seeds must fit 90 minutes on 2 idle cores
+# (at 4 prompts: ~215 s per arm run, 21 runs + 3 held-out sets ~ 83 min; at 6 it would not fit).
+DEFAULTS = ["local.data.heldout_prompts=40", "local.prompts_per_step=4", "local.steps=8"]
 
 ARMS: dict[str, list[str]] = {
     "centered": [],
