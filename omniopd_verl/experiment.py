@@ -23,7 +23,11 @@ with 3 seeds is wide: t = 4.30) and in how many seeds its own interval and its d
 were above 0. A comparison holds only where it holds across seeds. The metric is also computed every
 `--eval-every` steps, for the plot (mean over seeds, band = min..max). Writes runs/experiment/results.json,
 a Markdown table (runs/experiment/results.md) and a PNG (runs/experiment/primary_metric.png; `--docs DIR`
-copies table and plot there). Arms and seeds run one after another.
+copies table and plot there). Arms and seeds run one after another. Each finished seed is kept in
+runs/experiment/seed<S>/seed_results.json with the arms and overrides it ran; a later run with the same arms
+and overrides reads it instead of rerunning that seed, so seeds can run as separate processes (two at a time
+on 2 cores, e.g. `--seeds 0` and `--seeds 1` with OMP_NUM_THREADS=1) and a final `--seeds 0,1,2` run adds the
+missing seeds and writes the table. Delete the file to rerun a seed.
 
 Usage: python -m omniopd_verl.experiment [--arms a,b,...] [--seeds 0,1,2] [--eval-every 4] [--label TEXT] [key=value ...]
 """
@@ -225,6 +229,17 @@ def run_seed(seed: int, arms: list[str], base: list[str], out: Path, eval_every:
     return results, target, items
 
 
+def load_seed(path: Path, arms: list[str], overrides: list[str]) -> dict | None:
+    """A finished seed's saved results, if it ran exactly these arms with these overrides; else None."""
+    if not path.exists():
+        return None
+    saved = json.loads(path.read_text())
+    if saved["arms"] != arms or saved["overrides"] != overrides:
+        print(f"{path} was made with other arms or overrides: that seed runs again", flush=True)
+        return None
+    return saved
+
+
 def aggregate(per_seed: dict[int, dict]) -> dict:
     """Per arm: its effect and its difference from the control across seeds."""
     seeds = list(per_seed)
@@ -280,8 +295,24 @@ def main(argv: list[str] | None = None) -> int:
     base = ["local.resume=false", *overrides]
     per_seed, targets, prompts, prefixes = {}, {}, 0, 0
     for seed in seeds:
-        per_seed[seed], targets[seed], items = run_seed(seed, arms, base, OUT / f"seed{seed}", args.eval_every)
-        prompts, prefixes = len({it.prompt_id for it in items}), len(items)
+        saved_path = OUT / f"seed{seed}" / "seed_results.json"
+        saved = load_seed(saved_path, arms, overrides)
+        if saved is None:
+            results, target, items = run_seed(seed, arms, base, OUT / f"seed{seed}", args.eval_every)
+            saved = {
+                "arms": arms,
+                "overrides": overrides,
+                "results": results,
+                "target": target,
+                "prompts": len({it.prompt_id for it in items}),
+                "prefixes": len(items),
+                "commit": _commit(),
+            }
+            saved_path.write_text(json.dumps(saved, indent=2))
+        else:
+            print(f"seed {seed}: read from {saved_path} (commit {saved['commit']})", flush=True)
+        per_seed[seed], targets[seed] = saved["results"], saved["target"]
+        prompts, prefixes = saved["prompts"], saved["prefixes"]
     cfg0 = load_run_config(str(RECIPE), base)
     meta = {
         "label": args.label,

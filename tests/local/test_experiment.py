@@ -101,6 +101,34 @@ def test_experiment_scores_every_arm_on_one_heldout_set_per_seed_and_matches_a_n
     assert (docs / "experiment_cpu_small.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
+def test_a_rerun_reads_finished_seeds_and_reruns_a_seed_whose_arms_changed(experiment_run, monkeypatch, capsys):
+    """Seeds run as separate processes and a final run aggregates them: the second run must train nothing
+    for seeds it has with the same arms and overrides, and give the same table; other arms rerun the seed."""
+    from omniopd_verl import experiment
+
+    rc, out, _ = experiment_run
+    first = json.loads((out / "results.json").read_text())
+    overrides = first["meta"]["overrides"][len(experiment.DEFAULTS) :]
+    ran = []
+
+    class Reran(Exception):
+        pass
+
+    def run_seed(seed, *args, **kwargs):
+        ran.append(seed)
+        raise Reran
+
+    monkeypatch.setattr(experiment, "run_seed", run_seed)
+    assert experiment.main(["--arms", "centered,seqkd,token_opd,control", "--seeds", "0,5", *overrides]) == 0
+    second = json.loads((out / "results.json").read_text())
+    assert ran == [] and second["arms"] == first["arms"] and second["per_seed"] == first["per_seed"]
+    assert "seed 0: read from" in capsys.readouterr().out
+
+    with pytest.raises(Reran):
+        experiment.main(["--arms", "centered,control", "--seeds", "0", *overrides])
+    assert ran == [0] and "other arms or overrides" in capsys.readouterr().out
+
+
 def test_experiment_rejects_an_unknown_arm_and_names_the_allowed_ones(capsys):
     from omniopd_verl import experiment
 
