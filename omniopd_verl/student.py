@@ -21,6 +21,7 @@ import torch
 
 from omniopd_verl.core import exact_entropy
 from omniopd_verl.errors import ConfigError
+from omniopd_verl.generation import pad_token_id
 
 Prompt = str | Sequence[Mapping[str, Any]]
 
@@ -191,7 +192,7 @@ def score_responses(
         why = too_long(p_ids, r_ids, limit)
         if why:
             raise ConfigError(f"row {i}: {why}")
-    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else (tokenizer.eos_token_id or 0)
+    pad = pad_token_id(tokenizer)
     scored = score_token_ids(model, prompt_ids, response_ids, pad_token_id=pad, max_batch_tokens=max_batch_tokens)
     return [
         ScoredResponse(prompt_text=pt, prompt_ids=pi, response_ids=ri, logprobs_T=lp, entropy_T=h)

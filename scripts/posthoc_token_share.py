@@ -26,8 +26,9 @@ def main() -> None:
     parser.add_argument("--model", default="smollm2-135m-instruct", help="the initial student")
     args = parser.parse_args()
 
+    from omniopd_verl.core.seeds import derive_seed
     from omniopd_verl.demo_teacher import token_set
-    from omniopd_verl.generation import derive_seed, eos_token_ids, sample_continuations
+    from omniopd_verl.generation import eos_token_ids, sample_continuations
     from omniopd_verl.local import paired_eval as pe
     from omniopd_verl.models import load_causal_lm
 

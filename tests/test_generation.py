@@ -10,7 +10,8 @@ import numpy as np
 import pytest
 import torch
 
-from omniopd_verl.generation import derive_seed, sample_continuations
+from omniopd_verl.core.seeds import derive_seed
+from omniopd_verl.generation import sample_continuations
 from omniopd_verl.models import load_causal_lm, make_tiny_random_model
 
 

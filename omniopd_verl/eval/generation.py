@@ -74,7 +74,8 @@ class TransformersGenerator:
     def generate(self, prompts: list[list[dict]], spec: SamplingSpec, progress=None) -> list[list[str]]:
         """n answers per chat prompt (prompt i seeded by derive_seed(spec.seed, i), prefilled once for its n);
         `progress(done, total)` is called after every batch when given."""
-        from omniopd_verl.generation import derive_seed, eos_token_ids, sample_continuations
+        from omniopd_verl.core.seeds import derive_seed
+        from omniopd_verl.generation import eos_token_ids, pad_token_id, sample_continuations
 
         texts = [self.tokenizer.apply_chat_template(p, tokenize=False, add_generation_prompt=True) for p in prompts]
         ids = [self.tokenizer(t, add_special_tokens=False)["input_ids"] for t in texts]
@@ -91,7 +92,7 @@ class TransformersGenerator:
                 temperature=spec.temperature,
                 top_p=spec.top_p,
                 seeds=[derive_seed(spec.seed, i) for i in idx],
-                pad_token_id=self.tokenizer.pad_token_id,
+                pad_token_id=pad_token_id(self.tokenizer),
                 eos_token_ids=eos,
             )
             for i, row in zip(idx, samples, strict=True):

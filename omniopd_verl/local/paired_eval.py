@@ -43,7 +43,8 @@ from pathlib import Path
 
 import torch
 
-from omniopd_verl.generation import continuation_distributions, derive_seed, sample_continuations
+from omniopd_verl.core.seeds import derive_seed
+from omniopd_verl.generation import continuation_distributions, eos_token_ids, pad_token_id, sample_continuations
 from omniopd_verl.student import encode_text
 
 METRIC = "steered_token_mass_change"
@@ -75,8 +76,7 @@ def trimmed_ids(tokenizer, text: str, max_tokens: int) -> list[int]:
 
 def build_heldout_set(rollouts, audits, ref_model, tokenizer, *, chunk_len: int, seed: int) -> list[HeldoutItem]:
     """Items from the initial student's held-out responses and their audits (one item per audited chunk)."""
-    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
-    from omniopd_verl.generation import eos_token_ids
+    pad = pad_token_id(tokenizer)
 
     items, prefixes, ns = [], [], []
     for r, a in zip(rollouts, audits, strict=True):

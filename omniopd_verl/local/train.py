@@ -31,20 +31,16 @@ from typing import Any
 import torch
 
 from omniopd_verl.audit.types import ResponseAudit, StudentResponse
+from omniopd_verl.core.seeds import stable_seed
 from omniopd_verl.errors import GuardError
+from omniopd_verl.generation import pad_token_id
 from omniopd_verl.local import checkpoint as ckpt
 from omniopd_verl.local.config import RunConfig, load_run_config
 from omniopd_verl.local.data import Problem, load_splits, prompts_for_step
 from omniopd_verl.local.loss import collate, make_actor_config
 from omniopd_verl.local.metrics import MetricsLogger
-from omniopd_verl.local.rollout import Rollout, pad_id, sample_responses
+from omniopd_verl.local.rollout import Rollout, sample_responses
 from omniopd_verl.local.update import Timer, policy_update
-
-
-def _stable_seed(*parts: object) -> int:
-    from omniopd_verl.audit.auditor import stable_seed
-
-    return stable_seed(*parts)
 
 
 def resolve_device(name: str) -> torch.device:
@@ -175,14 +171,16 @@ class LocalTrainer:
         if self.cfg.control == "shuffle_pi_hat":  # the control arm: no teacher information
             from omniopd_verl.local.control import shuffle_pi_hat
 
-            audits = shuffle_pi_hat(audits, _stable_seed(self.cfg.seed, "control", self.step))
+            audits = shuffle_pi_hat(audits, stable_seed(self.cfg.seed, "control", self.step))
         prompts, responses = [r.prompt_ids for r in rollouts], [r.response_ids for r in rollouts]
-        batch = collate(prompts, responses, pad_id(self.tokenizer))
+        batch = collate(prompts, responses, pad_token_id(self.tokenizer))
         if self.cfg.method == "token_opd":  # the white-box baseline: log pi_T - log pi_theta on every token
             from omniopd_verl.local.token_opd import token_opd_credit
 
             with timer("teacher_logprobs"):
-                teacher_lp = self.white_box.token_logprobs(prompts, responses, pad_token_id=pad_id(self.tokenizer))
+                teacher_lp = self.white_box.token_logprobs(
+                    prompts, responses, pad_token_id=pad_token_id(self.tokenizer)
+                )
             credit = token_opd_credit(teacher_lp, [r.logprobs_T for r in rollouts], batch.response_mask_BT)
             teacher_metrics = {  # one teacher forward per response, over its prompt and response tokens
                 "teacher/calls": float(len(rollouts)),
@@ -212,7 +210,7 @@ class LocalTrainer:
             beta=beta,
             micro_batch_size=self.cfg.micro_batch_size,
             grad_clip=self.cfg.grad_clip,
-            pad_token_id=pad_id(self.tokenizer),
+            pad_token_id=pad_token_id(self.tokenizer),
             timer=timer,
         )
 
@@ -229,7 +227,7 @@ class LocalTrainer:
         with timer("rollout"):
             rollouts = self.rollout(
                 problems,
-                seed=_stable_seed(cfg.seed, "rollout", step),
+                seed=stable_seed(cfg.seed, "rollout", step),
                 uid_prefix=f"s{step}-",
                 responses_per_prompt=cfg.responses_per_prompt,
             )
@@ -281,7 +279,7 @@ class LocalTrainer:
         if not pairs:
             raise GuardError(f"seqkd step {self.step + 1}: every teacher answer was empty")
         prompts, responses = [p for p, _ in pairs], [a for _, a in pairs]
-        batch = collate(prompts, responses, pad_id(self.tokenizer))
+        batch = collate(prompts, responses, pad_token_id(self.tokenizer))
         self._phase("update")
         # no KL anchor: every token is a teacher token
         metrics = self.apply_credit(prompts, responses, seqkd.sft_credit(batch.response_mask_BT), beta=0.0, timer=timer)
@@ -325,7 +323,7 @@ class LocalTrainer:
                 max_prompt_tokens=self.cfg.max_prompt_tokens,
                 temperature=self.cfg.temperature,
                 top_p=self.cfg.top_p,
-                seed=_stable_seed(self.cfg.seed, "eval", lo),
+                seed=stable_seed(self.cfg.seed, "eval", lo),
                 uid_prefix="eval-",
             )
             self.auditor.reset_metrics()
@@ -336,7 +334,7 @@ class LocalTrainer:
                 self.ref_model,
                 self.tokenizer,
                 chunk_len=self.run.omniopd.chunk_len,
-                seed=_stable_seed(self.cfg.seed, "eval-base", lo),
+                seed=stable_seed(self.cfg.seed, "eval-base", lo),
             )
             if bar is not None:
                 bar.update(len(part))
@@ -362,7 +360,7 @@ class LocalTrainer:
         return pe.measure(
             model,
             items,
-            pad_token_id=pad_id(self.tokenizer),
+            pad_token_id=pad_token_id(self.tokenizer),
             set_ids=set_ids,
             logit_bias_V=bias,
             gap=not as_teacher,  # the teacher's own texts need no gap; its mass is the target

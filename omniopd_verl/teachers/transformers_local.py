@@ -28,7 +28,7 @@ from typing import Any
 
 from omniopd_verl.config import TeacherConfig
 from omniopd_verl.errors import ConfigError
-from omniopd_verl.generation import eos_token_ids
+from omniopd_verl.generation import eos_token_ids, pad_token_id
 from omniopd_verl.protocols import RawAnswer, RawRequest, RawSample, TeacherCapabilities
 
 
@@ -40,8 +40,7 @@ class LocalSampler:
         self.tokenizer = tokenizer
         self.device = device
         # left padding is done by hand below: the tokenizer may be shared with the student, leave it alone
-        pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
-        self.pad_token_id = pad
+        self.pad_token_id = pad_token_id(tokenizer)
         self.eos_token_ids = eos_token_ids(model, tokenizer)
         self.logit_bias_V = None  # an optional [V] logit bias (a steered demonstration teacher)
         self.share_prefix = None  # False = prefill every sample's row separately (benchmark baseline)

@@ -1,28 +1,29 @@
-"""Batched token-in/token-out sampling with a transformers causal LM, in vLLM's semantics.
+"""The `hf` rollout's requests, in vLLM's semantics, as calls of the project's one sampling loop.
 
-The engine of the `hf` rollout backend (hf_rollout.py), kept free of Ray and verl so it can be tested
-against a naive one-sequence-at-a-time reference. One call, `generate_batch`, runs a batch of requests
-together: left-padded prompts, one prefill, then one forward per new token with the KV cache; each row
-stops at its own EOS / stop token / max_tokens. What it honours, as vLLM does:
+The engine of the `hf` rollout backend (hf_rollout.py), kept free of Ray and verl. It samples nothing
+itself: `generate_batch` maps a batch of vLLM-style requests onto one `generation.sample_continuations`
+call (one sample per request, each request its own seed, prefix and sampling parameters) and maps the
+samples back. What it honours, as vLLM does:
 - `temperature` (0 = greedy), `top_k` (-1 or 0 = off), `top_p` (1 = off; applied after top-k);
 - `logprobs`: the sampled tokens' log-probs, `logprobs_mode` 'processed_logprobs' (verl's default: the
   distribution actually sampled from, after temperature, top-k and top-p) or 'raw_logprobs' (the
   model's own log-softmax);
-- `prompt_logprobs=k`: vLLM's layout as verl extracts it (`vllm_rollout/utils.py`): one row per prompt
-  token, row i = the top-k (by rank) of the raw distribution that predicts token i + 1 (k = 0: the
-  actual next token only), a dummy row of zeros last.
-Sampling is reproducible per request: each row has its own torch.Generator seeded from the request.
+- `stop_token_ids` beside the EOS ids, `ignore_eos`, `max_tokens`; an abort stops every unfinished row
+  at the next token with stop_reason 'aborted';
+- `prompt_logprobs=k`: vLLM's layout as verl extracts it (`generation.PromptLogprobs`).
+Sampling is reproducible per request: the loop seeds a torch.Generator from each request's seed.
 """
 
 from __future__ import annotations
 
-import hashlib
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-import torch
+from omniopd_verl.generation import sample_continuations
 
 LOGPROBS_MODES = ("processed_logprobs", "raw_logprobs")
+# verl's logprobs_mode -> the sampling loop's `logprobs` kind
+_LOGPROB_KIND = {"processed_logprobs": "processed", "raw_logprobs": "raw"}
 
 
 @dataclass
@@ -66,44 +67,6 @@ class GenerationResult:
     extra: dict = field(default_factory=dict)
 
 
-def request_seed(request_id: str, base_seed: int = 0) -> int:
-    """A stable 63-bit seed for a request id (Python's hash() differs between processes)."""
-    digest = hashlib.sha256(f"{base_seed}:{request_id}".encode()).digest()
-    return int.from_bytes(digest[:8], "little") >> 1
-
-
-def sampling_logprobs(logits_V: torch.Tensor, temperature: float, top_k: int, top_p: float) -> torch.Tensor:
-    """log-probs of the distribution vLLM samples from: temperature, then top-k, then top-p (-inf = cut)."""
-    logits_V = logits_V.float()
-    if temperature > 0:
-        logits_V = logits_V / temperature
-    if top_k is not None and 0 < top_k < logits_V.shape[-1]:
-        kth = torch.topk(logits_V, top_k).values[-1]
-        logits_V = logits_V.masked_fill(logits_V < kth, float("-inf"))
-    if top_p is not None and top_p < 1.0:
-        sorted_V, order_V = torch.sort(logits_V, descending=True)
-        probs_V = torch.softmax(sorted_V, dim=-1)
-        # keep the smallest prefix whose mass reaches top_p (the first token always stays)
-        cut_V = (torch.cumsum(probs_V, dim=-1) - probs_V) >= top_p
-        logits_V = logits_V.clone()
-        logits_V[order_V[cut_V]] = float("-inf")
-    return torch.log_softmax(logits_V, dim=-1)
-
-
-def _prompt_logprobs(raw_lp_LV: torch.Tensor, ids_L: torch.Tensor, k: int) -> tuple[list, list]:
-    """vLLM's prompt_logprobs rows for one unpadded prompt (see the module docstring)."""
-    rows_lp = raw_lp_LV[:-1]
-    if k == 0:
-        nxt = ids_L[1:, None]
-        values, ids = rows_lp.gather(-1, nxt), nxt
-        width = 1
-    else:
-        values, ids = rows_lp.topk(k, dim=-1)
-        width = k
-    return ids.tolist() + [[0] * width], values.tolist() + [[0.0] * width]
-
-
-@torch.no_grad()
 def generate_batch(
     model,
     requests: list[GenerationRequest],
@@ -113,69 +76,32 @@ def generate_batch(
     should_abort: Callable[[], bool] | None = None,
 ) -> list[GenerationResult]:
     """Run `requests` as one batch on `model`'s device; see the module docstring."""
-    device = next(model.parameters()).device
-    B = len(requests)
-    lengths = [len(r.prompt_ids) for r in requests]
-    L = max(lengths)
-    input_ids_BL = torch.full((B, L), pad_token_id, dtype=torch.long)
-    mask_BL = torch.zeros((B, L), dtype=torch.long)
-    for b, r in enumerate(requests):  # left padding: every row's next token is at column L
-        input_ids_BL[b, L - lengths[b] :] = torch.tensor(r.prompt_ids, dtype=torch.long)
-        mask_BL[b, L - lengths[b] :] = 1
-    input_ids_BL, mask_BL = input_ids_BL.to(device), mask_BL.to(device)
-    position_ids_BL = (mask_BL.cumsum(-1) - 1).clamp(min=0)
-    out = model(input_ids=input_ids_BL, attention_mask=mask_BL, position_ids=position_ids_BL, use_cache=True)
-    past, logits_BV = out.past_key_values, out.logits[:, -1].float()
-
+    samples = sample_continuations(
+        model,
+        [r.prompt_ids for r in requests],
+        n=1,
+        max_new_tokens=[r.max_tokens for r in requests],
+        temperature=[r.temperature for r in requests],
+        top_p=[r.top_p for r in requests],
+        top_k=[r.top_k for r in requests],
+        seeds=[r.seed for r in requests],
+        pad_token_id=pad_token_id,
+        # EOS is a per-request stop here: a request with ignore_eos runs past it
+        stop_token_ids=[(*r.stop_token_ids, *(() if r.ignore_eos else eos_token_ids)) for r in requests],
+        logprobs=[_LOGPROB_KIND[r.logprobs_mode] if r.logprobs else None for r in requests],
+        prompt_logprobs=[r.prompt_logprobs for r in requests],
+        should_abort=should_abort,
+    )
     results = []
-    for b, r in enumerate(requests):
-        res = GenerationResult(token_ids=[], log_probs=[] if r.logprobs else None, stop_reason="completed")
-        if r.prompt_logprobs is not None:
-            raw_lp_LV = torch.log_softmax(out.logits[b, L - lengths[b] :].float(), dim=-1)
-            res.prompt_ids, res.prompt_logprobs = _prompt_logprobs(
-                raw_lp_LV.cpu(), input_ids_BL[b, L - lengths[b] :].cpu(), r.prompt_logprobs
+    for [sample] in samples:
+        prompt = sample.prompt_logprobs
+        results.append(
+            GenerationResult(
+                token_ids=sample.token_ids,
+                log_probs=sample.log_probs,
+                stop_reason="aborted" if sample.aborted else "completed",
+                prompt_ids=prompt.token_ids if prompt else None,
+                prompt_logprobs=prompt.logprobs if prompt else None,
             )
-        results.append(res)
-    del out
-    generators = [torch.Generator(device="cpu").manual_seed(r.seed) for r in requests]
-    done = [False] * B
-    next_pos_B = position_ids_BL[:, -1] + 1
-    for _ in range(max(r.max_tokens for r in requests)):
-        if should_abort is not None and should_abort():
-            for b in range(B):
-                if not done[b]:
-                    results[b].stop_reason = "aborted"
-            break
-        next_B = torch.full((B,), pad_token_id, dtype=torch.long)
-        logits_cpu_BV = logits_BV.cpu()
-        for b, r in enumerate(requests):
-            if done[b]:
-                continue
-            lp_V = sampling_logprobs(logits_cpu_BV[b], r.temperature, r.top_k, r.top_p)
-            if r.temperature == 0:
-                tok = int(torch.argmax(lp_V))
-            else:
-                tok = int(torch.multinomial(lp_V.exp(), 1, generator=generators[b]))
-            results[b].token_ids.append(tok)
-            if r.logprobs:
-                if r.logprobs_mode == "raw_logprobs":
-                    results[b].log_probs.append(float(torch.log_softmax(logits_cpu_BV[b], -1)[tok]))
-                else:
-                    results[b].log_probs.append(float(lp_V[tok]))
-            next_B[b] = tok
-            stop = (tok in eos_token_ids and not r.ignore_eos) or tok in r.stop_token_ids
-            if stop or len(results[b].token_ids) >= r.max_tokens:
-                done[b] = True
-        if all(done):
-            break
-        mask_BL = torch.cat([mask_BL, torch.ones((B, 1), dtype=torch.long, device=device)], dim=-1)
-        out = model(
-            input_ids=next_B[:, None].to(device),
-            attention_mask=mask_BL,
-            position_ids=next_pos_B[:, None],
-            past_key_values=past,
-            use_cache=True,
         )
-        past, logits_BV = out.past_key_values, out.logits[:, -1].float()
-        next_pos_B = next_pos_B + 1
     return results
