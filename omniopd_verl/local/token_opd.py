@@ -21,7 +21,7 @@ import torch
 
 from omniopd_verl.core import TokenCredit
 from omniopd_verl.errors import ConfigError
-from omniopd_verl.generation import score_continuations
+from omniopd_verl.runtime.generation import score_continuations
 
 
 class WhiteBoxScorer:
@@ -40,13 +40,13 @@ class WhiteBoxScorer:
             )
         model = reference_model
         if teacher_cfg.model not in (None, student_model_name):
-            from omniopd_verl.models import load_causal_lm
+            from omniopd_verl.runtime.models import load_causal_lm
 
             model, _ = load_causal_lm(teacher_cfg.model)
         bias = None
         steer = teacher_cfg.options.get("steer")
         if steer is not None:
-            from omniopd_verl.demo_teacher import steer_bias
+            from omniopd_verl.teachers.steering import steer_bias
 
             bias = steer_bias(tokenizer, model.get_output_embeddings().weight.shape[0], steer)
         return cls(model, bias)

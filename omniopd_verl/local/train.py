@@ -33,7 +33,6 @@ import torch
 from omniopd_verl.audit.types import ResponseAudit, StudentResponse
 from omniopd_verl.core.seeds import stable_seed
 from omniopd_verl.errors import GuardError
-from omniopd_verl.generation import pad_token_id
 from omniopd_verl.local import checkpoint as ckpt
 from omniopd_verl.local.config import RunConfig, load_run_config
 from omniopd_verl.local.data import Problem, load_splits, prompts_for_step
@@ -41,6 +40,7 @@ from omniopd_verl.local.loss import collate, make_actor_config
 from omniopd_verl.local.metrics import MetricsLogger
 from omniopd_verl.local.rollout import Rollout, sample_responses
 from omniopd_verl.local.update import Timer, policy_update
+from omniopd_verl.runtime.generation import pad_token_id
 
 
 def resolve_device(name: str) -> torch.device:
@@ -69,7 +69,7 @@ class LocalTrainer:
 
     def __init__(self, run: RunConfig, *, teacher=None, similarity=None):
         from omniopd_verl.audit.auditor import Auditor
-        from omniopd_verl.models import load_causal_lm
+        from omniopd_verl.runtime.models import load_causal_lm
 
         self.run = run
         cfg = run.local
@@ -349,8 +349,8 @@ class LocalTrainer:
     def heldout_measure(self, model, items, *, as_teacher: bool = False) -> dict[str, list[float]]:
         """paired_eval.measure of `model` on the held-out set: "gap", and "mass" when the teacher is steered
         (`as_teacher` scores `model` with the steering bias: the demonstration teacher's own mass, the target)."""
-        from omniopd_verl.demo_teacher import steer_bias, token_set
         from omniopd_verl.local import paired_eval as pe
+        from omniopd_verl.teachers.steering import steer_bias, token_set
 
         steer = self.steer()
         set_ids = token_set(self.tokenizer, steer["tokens"]) if steer else None

@@ -5,7 +5,7 @@ Raw-prefix continuation, like an open-weight teacher behind vLLM: the teacher li
 chat messages, the chat re-rendered with the context as an extra system message through this
 plugin's `render_chat`) and micro-batches every request waiting at that moment into one raw call
 (up to `options.batch_rows` rows). This plugin's raw call delegates to the project's one sampling
-loop (`omniopd_verl.generation.sample_continuations`, through `LocalSampler.sample`): each request's
+loop (`omniopd_verl.runtime.generation.sample_continuations`, through `LocalSampler.sample`): each request's
 prefix is prefilled ONCE and its n samples decode from copies of that KV cache (vLLM's n-sampling);
 each request's samples come from a torch.Generator seeded by its seed, so they do not depend on the
 rest of the batch, and reruns are bit-identical. A sample ends with "stop" when the model wrote EOS,
@@ -16,7 +16,7 @@ Options (besides the library's): device ("cpu"; "cuda" for one GPU), dtype ("flo
 `config.model`; the engine passes it as `registry.create_teacher(config, resources={"reference_model":
 (model, tokenizer)})`, and `config.model` should still name those weights, since it is part of the
 cache key), steer (null; {tokens: arithmetic, bias: 4.0} makes it the demonstration teacher of
-`omniopd_verl.demo_teacher`: the logits of that token set raised by `bias` before sampling). Library
+`omniopd_verl.teachers.steering`: the logits of that token set raised by `bias` before sampling). Library
 defaults for this teacher: max_tokens_factor 1.0, batch_rows 64, cost 0.
 """
 
@@ -28,8 +28,8 @@ from typing import Any
 
 from omniopd_verl.config import TeacherConfig
 from omniopd_verl.errors import ConfigError
-from omniopd_verl.generation import eos_token_ids, pad_token_id
 from omniopd_verl.protocols import RawAnswer, RawRequest, RawSample, TeacherCapabilities
+from omniopd_verl.runtime.generation import eos_token_ids, pad_token_id
 
 
 class LocalSampler:
@@ -50,7 +50,7 @@ class LocalSampler:
     def load(cls, name_or_path: str, *, device: str = "cpu", dtype: str | None = None) -> LocalSampler:
         import torch
 
-        from omniopd_verl.models import load_causal_lm
+        from omniopd_verl.runtime.models import load_causal_lm
 
         dtypes = {None: None, "float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
         if dtype not in dtypes:
@@ -79,10 +79,10 @@ class LocalSampler:
         """For each prompt, `n` continuations (text of the new tokens only, special tokens removed).
 
         One prefill per prompt, its n samples decoded from copies of that KV cache
-        (`omniopd_verl.generation.sample_continuations`); each request's samples depend on its seed only.
+        (`omniopd_verl.runtime.generation.sample_continuations`); each request's samples depend on its seed only.
         With `with_finish`, also each sample's finish reason: "stop" if the model wrote EOS, else "length".
         """
-        from omniopd_verl.generation import sample_continuations
+        from omniopd_verl.runtime.generation import sample_continuations
 
         bos = self.tokenizer.bos_token
         encoded = []
@@ -156,7 +156,7 @@ class TransformersTeacher:
 
         steer = options.get("steer")
         if steer is not None:  # the demonstration teacher: its own sampler view, never a shared one's state
-            from omniopd_verl.demo_teacher import steer_bias
+            from omniopd_verl.teachers.steering import steer_bias
 
             base = self.sampler
             self.sampler = LocalSampler(base.model, base.tokenizer, base.device)

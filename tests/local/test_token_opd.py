@@ -10,7 +10,7 @@ import torch
 from omniopd_verl.local.loss import collate, make_actor_config
 from omniopd_verl.local.token_opd import WhiteBoxScorer, token_opd_credit
 from omniopd_verl.local.update import policy_update
-from omniopd_verl.models import load_causal_lm, make_tiny_random_model
+from omniopd_verl.runtime.models import load_causal_lm, make_tiny_random_model
 
 
 @pytest.fixture(scope="module")

@@ -12,9 +12,9 @@ import torch
 import yaml
 
 from omniopd_verl.errors import ConfigError
-from omniopd_verl.generation import pad_token_id
 from omniopd_verl.local.config import load_run_config
 from omniopd_verl.local.loss import collate, omniopd_loss, response_logits
+from omniopd_verl.runtime.generation import pad_token_id
 
 
 def write_run(tmp_path: Path, model: str, gsm8k_subset: Path, *, steps=2, output="run", **local) -> Path:

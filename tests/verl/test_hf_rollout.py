@@ -11,15 +11,15 @@ import pytest
 import torch
 
 from omniopd_verl.core.seeds import stable_seed
-from omniopd_verl.generation import sampling_logprobs
-from omniopd_verl.verl_integration.hf_generation import GenerationRequest, generate_batch
+from omniopd_verl.runtime.generation import sampling_logprobs
+from omniopd_verl.verl_integration.cpu.hf_generation import GenerationRequest, generate_batch
 
 
 @pytest.fixture(scope="module")
 def tiny(tmp_path_factory):
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from omniopd_verl.models import make_tiny_random_model
+    from omniopd_verl.runtime.models import make_tiny_random_model
 
     path = make_tiny_random_model(tmp_path_factory.mktemp("hf_rollout") / "tiny")
     model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32, attn_implementation="eager").eval()
@@ -95,7 +95,7 @@ def tiny64(tiny):
     would move an inverse-CDF draw by a token id; in float64 the batched rows and the one-sequence
     reference see the same float32 logits. Loaded as the project loads models (eager attention in float64
     turns fully masked padding rows into NaN)."""
-    from omniopd_verl.models import load_causal_lm
+    from omniopd_verl.runtime.models import load_causal_lm
 
     return load_causal_lm(tiny[0], dtype=torch.float64)[0].eval()
 
@@ -246,7 +246,7 @@ def test_bad_sampling_values_name_the_key():
 
 
 def test_server_batches_concurrent_requests_updates_weights_and_aborts(tiny):
-    from omniopd_verl.verl_integration.hf_rollout import HFRolloutServer
+    from omniopd_verl.verl_integration.cpu.hf_rollout import HFRolloutServer
 
     path, model, _ = tiny
 

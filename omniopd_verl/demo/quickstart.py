@@ -1,7 +1,7 @@
 """`make demo`: does OmniOPD move a student toward its teacher? Two arms, one pre-declared metric, a CI.
 
 Runs recipes/quickstart_cpu/quickstart_cpu.yaml on the local engine, offline: SmolLM2-135M-Instruct on
-GSM8K prompts, taught by the demonstration teacher (omniopd_verl/demo_teacher.py: the same base model
+GSM8K prompts, taught by the demonstration teacher (omniopd_verl/teachers/steering.py: the same base model
 with its arithmetic tokens' logits raised, so its texts differ measurably from the student's).
   1. Before training: a fixed held-out set (the initial student's responses to held-out GSM8K test
      prompts, anchors chosen by the scheduler, N teacher continuations and N initial-student
@@ -36,8 +36,8 @@ import sys
 import time
 from pathlib import Path
 
-from omniopd_verl.cpu_allocator import release_free_memory
 from omniopd_verl.package_files import QUICKSTART_RECIPE, package_file
+from omniopd_verl.runtime.cpu_allocator import release_free_memory
 
 RECIPE = package_file(QUICKSTART_RECIPE)  # recipes/quickstart_cpu/quickstart_cpu.yaml links to it
 DEFAULT_OUT = "runs/demo"
@@ -148,11 +148,11 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(sys.argv[1:] if argv is None else argv)
     OUT = Path(args.out)
     overrides = args.overrides
-    from omniopd_verl.demo_teacher import token_set
     from omniopd_verl.local import paired_eval as pe
     from omniopd_verl.local.config import load_run_config
     from omniopd_verl.local.metrics import read_metrics
     from omniopd_verl.local.train import LocalTrainer
+    from omniopd_verl.teachers.steering import token_set
 
     t0 = time.perf_counter()
     OUT.mkdir(parents=True, exist_ok=True)
@@ -184,7 +184,7 @@ def main(argv: list[str] | None = None) -> int:
     if not steer:
         print(
             "omniopd.teacher.options.steer is null: the demo's metric is the demonstration teacher's token set "
-            "(omniopd_verl/demo_teacher.py); allowed a mapping {tokens: arithmetic, bias: <number>}",
+            "(omniopd_verl/teachers/steering.py); allowed a mapping {tokens: arithmetic, bias: <number>}",
             file=sys.stderr,
         )
         return 2

@@ -33,8 +33,8 @@ from verl.workers.rollout.base import BaseRollout
 from verl.workers.rollout.replica import RolloutReplica, TokenOutput
 
 from omniopd_verl.core.seeds import stable_seed
-from omniopd_verl.generation import eos_token_ids, pad_token_id
-from omniopd_verl.verl_integration.hf_generation import GenerationRequest, generate_batch
+from omniopd_verl.runtime.generation import eos_token_ids, pad_token_id
+from omniopd_verl.verl_integration.cpu.hf_generation import GenerationRequest, generate_batch
 from omniopd_verl.verl_integration.names import HF_ROLLOUT_NAME
 
 logger = logging.getLogger("omniopd_verl.hf_rollout")
@@ -269,7 +269,7 @@ class HFRolloutServer:
 
 
 def _aborted():
-    from omniopd_verl.verl_integration.hf_generation import GenerationResult
+    from omniopd_verl.verl_integration.cpu.hf_generation import GenerationResult
 
     return GenerationResult(token_ids=[], log_probs=None, stop_reason="aborted")
 

@@ -2,7 +2,7 @@
 
 Every sampler goes through `sample_continuations`: the local engine's rollout, the `transformers`
 teacher's raw call (and so the CPU teacher server behind it), eval's TransformersGenerator and verl's
-`hf` rollout (`verl_integration/hf_generation.py` is an adapter from vLLM's request fields to this call).
+`hf` rollout (`verl_integration/cpu/hf_generation.py` is an adapter from vLLM's request fields to this call).
 
 What it does, per call:
   padding   prefixes are left-padded to one width; position ids come from the attention mask, so the

@@ -19,7 +19,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from omniopd_verl.generation import sample_continuations
+from omniopd_verl.runtime.generation import sample_continuations
 
 LOGPROBS_MODES = ("processed_logprobs", "raw_logprobs")
 # verl's logprobs_mode -> the sampling loop's `logprobs` kind
