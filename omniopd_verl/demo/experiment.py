@@ -169,12 +169,12 @@ def run_seed(seed: int, arms: list[str], base: list[str], out: Path, eval_every:
         trainer = LocalTrainer(cfg)
         if heldout is None:  # one held-out set for every arm of this seed (built with the recipe's teacher)
             t_set = time.perf_counter()
-            heldout = trainer.prepare_heldout()
+            heldout = trainer.heldout.prepare(trainer.heldout_problems)
             pe.save_items(heldout[0], out / "heldout_set.jsonl")
-            teacher = trainer.heldout_measure(trainer.ref_model, heldout[0], as_teacher=True)
+            teacher_mass = trainer.heldout.teacher_mass(heldout[0])
             target = {
                 "mass_before": pe.mean_over_prompts(heldout[0], heldout[1]["mass"]),
-                "teacher_mass": pe.mean_over_prompts(heldout[0], teacher["mass"]),
+                "teacher_mass": pe.mean_over_prompts(heldout[0], teacher_mass),
                 "heldout_set_seconds": time.perf_counter() - t_set,
             }
             t0 += target["heldout_set_seconds"]  # an arm's wall time excludes the shared held-out set
@@ -183,7 +183,7 @@ def run_seed(seed: int, arms: list[str], base: list[str], out: Path, eval_every:
 
         def on_step(tr, metrics, curve=curve, steps=cfg.local.steps, items=items, before=before):
             if tr.step % eval_every == 0 and tr.step < steps:  # the last step is fit()'s own evaluation
-                r = pe.paired_change(items, before["mass"], tr.heldout_measure(tr.model, items)["mass"], seed=seed)
+                r = pe.paired_change(items, before["mass"], tr.heldout.measure(tr.model, items)["mass"], seed=seed)
                 curve.append({"step": tr.step, "effect": r["effect"], "ci95": r["ci95"]})
 
         summary = trainer.fit(heldout=heldout, on_step=on_step)

@@ -9,7 +9,8 @@ loop (`omniopd_verl.runtime.generation.sample_continuations`, through `LocalSamp
 prefix is prefilled ONCE and its n samples decode from copies of that KV cache (vLLM's n-sampling);
 each request's samples come from a torch.Generator seeded by its seed, so they do not depend on the
 rest of the batch, and reruns are bit-identical. A sample ends with "stop" when the model wrote EOS,
-else "length".
+else "length". Being white-box, it also gives `token_logprobs` (log pi_T of given tokens, steering
+included): the local engine's token-level OPD baseline (local/methods.py) reads its teacher signal there.
 
 Options (besides the library's): device ("cpu"; "cuda" for one GPU), dtype ("float32" | "bfloat16" |
 "float16"), model ("reference": share the engine's frozen reference copy instead of loading
@@ -30,6 +31,7 @@ from omniopd_verl.config import TeacherConfig
 from omniopd_verl.errors import ConfigError
 from omniopd_verl.protocols import RawAnswer, RawRequest, RawSample, TeacherCapabilities
 from omniopd_verl.runtime.generation import eos_token_ids, pad_token_id
+from omniopd_verl.teachers.steering import read_steering
 
 
 class LocalSampler:
@@ -154,14 +156,25 @@ class TransformersTeacher:
                 config.model, device=options.get("device", "cpu"), dtype=options.get("dtype")
             )
 
-        steer = options.get("steer")
-        if steer is not None:  # the demonstration teacher: its own sampler view, never a shared one's state
-            from omniopd_verl.teachers.steering import steer_bias
-
+        self.steering = read_steering(options, self.sampler.tokenizer, self.sampler.model)
+        if self.steering is not None:  # the demonstration teacher: its own sampler view, never a shared one's state
             base = self.sampler
             self.sampler = LocalSampler(base.model, base.tokenizer, base.device)
-            vocab = base.model.get_output_embeddings().weight.shape[0]
-            self.sampler.logit_bias_V = steer_bias(base.tokenizer, vocab, steer)
+            self.sampler.logit_bias_V = self.steering.bias_V
+
+    def token_logprobs(self, prompt_ids: Sequence[Sequence[int]], response_ids: Sequence[Sequence[int]]) -> list:
+        """White-box: log pi_T(y_t | prompt, y_<t) of every given response token, steering included, float32
+        [T] tensors (the local engine's token-level OPD baseline reads its teacher signal here)."""
+        from omniopd_verl.runtime.generation import score_continuations
+
+        scores = score_continuations(
+            self.sampler.model,
+            prompt_ids,
+            [[r] for r in response_ids],
+            pad_token_id=self.sampler.pad_token_id,
+            logit_bias_V=self.sampler.logit_bias_V,
+        )
+        return [row[0] for row in scores]
 
     def render_chat(self, messages: Sequence[dict[str, Any]]) -> str:
         return self.sampler.render_chat(messages)

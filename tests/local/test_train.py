@@ -65,6 +65,7 @@ def fixed_batch_loss(trainer, rollouts, credit, batch):
 
 def test_one_step_changes_parameters_and_lowers_the_loss_on_a_fixed_batch(tmp_path, tiny_model_path, gsm8k_subset):
     from omniopd_verl.audit.credit import audits_to_token_credit
+    from omniopd_verl.local.methods import OmniOPD
     from omniopd_verl.local.train import LocalTrainer
     from omniopd_verl.local.update import Timer
 
@@ -80,7 +81,8 @@ def test_one_step_changes_parameters_and_lowers_the_loss_on_a_fixed_batch(tmp_pa
         credit = audits_to_token_credit(audits, batch.response_mask_BT)
         before = {k: v.detach().clone() for k, v in trainer.model.named_parameters()}
         loss_before = fixed_batch_loss(trainer, rollouts, credit, batch)
-        metrics = trainer.update(rollouts, audits, Timer())
+        step = OmniOPD().train_on(trainer, rollouts, audits)
+        metrics = trainer.apply_credit(step.prompts, step.responses, step.credit, beta=step.beta, timer=Timer())
         loss_after = fixed_batch_loss(trainer, rollouts, credit, batch)
         changed = [k for k, v in trainer.model.named_parameters() if not torch.equal(v, before[k])]
         assert len(changed) == len(before)
