@@ -56,7 +56,7 @@ demo-sweep: setup
 # the paper's comparison at small scale (<= 90 min on an idle 2-core machine): table + plot into docs/
 experiment: setup
 	$(PIP) install -q -c constraints.txt -e '.[experiment]'
-	$(PY) -m omniopd_verl.experiment --docs docs
+	$(PY) -m omniopd_verl.demo.experiment --docs docs
 
 bench: setup
 	@for f in benchmarks/bench_*.py; do echo "== $$f"; $(PY) $$f || exit 1; done

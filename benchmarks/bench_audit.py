@@ -29,7 +29,7 @@ from omniopd_verl import registry  # noqa: E402
 from omniopd_verl.audit.auditor import Auditor  # noqa: E402
 from omniopd_verl.audit.types import StudentResponse  # noqa: E402
 from omniopd_verl.config import OmniOPDConfig  # noqa: E402
-from omniopd_verl.models import resolve_model_path  # noqa: E402
+from omniopd_verl.runtime.models import resolve_model_path  # noqa: E402
 from omniopd_verl.testing import ScriptedGenerator, serve_fault_server  # noqa: E402
 
 B, M, N, C, T = 32, 4, 4, 16, 160

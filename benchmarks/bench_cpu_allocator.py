@@ -1,4 +1,4 @@
-"""Does the glibc malloc tuning (omniopd_verl/cpu_allocator.py) help on THIS machine? Tuned vs defaults.
+"""Does the glibc malloc tuning (omniopd_verl/runtime/cpu_allocator.py) help on THIS machine? Tuned vs defaults.
 
 Measures what tests must not: the kernel's minor page faults and wall time of a warm decode call. Each
 setting runs in a fresh interpreter (malloc settings are per process and cannot be undone), alternately,
@@ -24,9 +24,9 @@ import sys
 
 WARM_CALL = """
 import resource, time, torch
-from omniopd_verl.cpu_allocator import tune_malloc_for_cpu_inference
-from omniopd_verl.generation import sample_continuations
-from omniopd_verl.models import load_causal_lm
+from omniopd_verl.runtime.cpu_allocator import tune_malloc_for_cpu_inference
+from omniopd_verl.runtime.generation import sample_continuations
+from omniopd_verl.runtime.models import load_causal_lm
 
 torch.set_num_threads({threads})
 model, tok = load_causal_lm({model!r})  # a CPU load applies the tuning unless OMNIOPD_MALLOC_TUNING=0

@@ -38,7 +38,7 @@ def main() -> int:
     torch.set_num_threads(2)
 
     from omniopd_verl.data import benchmarks
-    from omniopd_verl.models import load_causal_lm
+    from omniopd_verl.runtime.models import load_causal_lm
 
     ref, tokenizer = load_causal_lm(args.model)
     student, _ = load_causal_lm(args.model)

@@ -38,7 +38,7 @@ def main() -> None:
     parser.add_argument("overrides", nargs="*")
     args = parser.parse_args()
     if args.compare:
-        from omniopd_verl import generation
+        from omniopd_verl.runtime import generation
 
         generation.DEFAULT_SHARE_PREFIX = False
         old = run_steps(args)
@@ -66,7 +66,7 @@ def run_steps(args) -> list[dict]:
         "local.resume=false",
     ]
     if args.tiny:
-        from omniopd_verl.models import make_tiny_random_model
+        from omniopd_verl.runtime.models import make_tiny_random_model
 
         tiny = make_tiny_random_model(os.path.join(tempfile.gettempdir(), "omniopd-bench-tiny"))
         overrides += [f"local.model={tiny}", f"omniopd.teacher.model={tiny}", "omniopd.similarity=ned"]

@@ -1,7 +1,7 @@
 """The local teacher's sampling: one prefill per prefix (shared KV cache) vs one prefill per sample row.
 
 At the demo's sizes (SmolLM2-135M-Instruct, 16 prefixes x N=4 samples, ~300-token prefixes cut from
-GSM8K question + reference solution, 16 new tokens) it times `omniopd_verl.generation.sample_continuations`
+GSM8K question + reference solution, 16 new tokens) it times `omniopd_verl.runtime.generation.sample_continuations`
 with share_prefix=True (the new path) and share_prefix=False (the old one-row-per-sample path), checks
 that both return the same samples, and prints the ratio (target >= 2.5x). It also times the prefill
 alone for the distinct prefixes and for all rows: the old path cannot beat (prefill of all rows), the
@@ -38,9 +38,9 @@ def main() -> None:
 
     import torch
 
-    from omniopd_verl.cpu_allocator import tune_malloc_for_cpu_inference
-    from omniopd_verl.generation import eos_token_ids, sample_continuations
-    from omniopd_verl.models import load_causal_lm
+    from omniopd_verl.runtime.cpu_allocator import tune_malloc_for_cpu_inference
+    from omniopd_verl.runtime.generation import eos_token_ids, sample_continuations
+    from omniopd_verl.runtime.models import load_causal_lm
 
     torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "1")))
     model, tok = load_causal_lm(args.model)
@@ -88,7 +88,7 @@ def main() -> None:
     print(
         f"{len(prefixes)} prefixes x n={args.n}, {sum(map(len, prefixes)) / len(prefixes):.0f} prefix tokens, "
         f"{args.new_tokens} new tokens, {args.model}, best of {args.reps}, "
-        f"malloc tuning {'on' if tune_malloc_for_cpu_inference() else 'off'} (omniopd_verl/cpu_allocator.py)"
+        f"malloc tuning {'on' if tune_malloc_for_cpu_inference() else 'off'} (omniopd_verl/runtime/cpu_allocator.py)"
     )
     print(f"one prefill per sample row (old): {old_s:8.1f} s")
     print(f"one prefill per prefix (new):     {new_s:8.1f} s   ratio old/new {old_s / new_s:.2f}x (target >= 2.5x)")

@@ -45,7 +45,7 @@ def main() -> None:
     parser.add_argument("--tiny", action="store_true", help="a tiny random model (smoke test, seconds)")
     args = parser.parse_args()
 
-    from omniopd_verl.models import load_causal_lm, make_tiny_random_model
+    from omniopd_verl.runtime.models import load_causal_lm, make_tiny_random_model
 
     model_name = args.model
     if args.tiny:

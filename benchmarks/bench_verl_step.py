@@ -30,7 +30,7 @@ REPO = Path(__file__).resolve().parents[1]
 
 
 def run(args: list[str], env: dict[str, str]) -> dict[int, dict[str, float]]:
-    from omniopd_verl.verl_integration.cpu_smoke import step_metrics_from_log
+    from omniopd_verl.verl_integration.cpu.smoke import step_metrics_from_log
 
     proc = subprocess.run(
         [sys.executable, "-m", "verl.trainer.main_ppo", *args], cwd=REPO, env=env, capture_output=True, text=True
@@ -52,7 +52,7 @@ def main() -> int:
     args = parser.parse_args()
 
     from omniopd_verl.testing import ScriptedGenerator, serve_fault_server
-    from omniopd_verl.verl_integration.cpu_smoke import cpu_env, prepare
+    from omniopd_verl.verl_integration.cpu.smoke import cpu_env, prepare
 
     work = Path(tempfile.mkdtemp(prefix="bench_verl_step_"))
     model, data = prepare(work)

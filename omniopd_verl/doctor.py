@@ -61,7 +61,7 @@ def main() -> int:
                 print(f"FAIL plugin {kind}/{name}: {exc}")
     print(f"teachers installed: {registry.available('teachers')}")
     from omniopd_verl.errors import ConfigError
-    from omniopd_verl.models import OFFLINE_FILES, verify_offline_files
+    from omniopd_verl.runtime.models import OFFLINE_FILES, verify_offline_files
 
     for name in OFFLINE_FILES:  # the shipped model files against their recorded sha256 digests
         try:

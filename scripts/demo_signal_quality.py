@@ -19,10 +19,10 @@ import math
 import sys
 import tempfile
 
-from omniopd_verl.demo_teacher import token_set
 from omniopd_verl.local.config import load_run_config
 from omniopd_verl.local.train import LocalTrainer
 from omniopd_verl.package_files import QUICKSTART_RECIPE, package_file
+from omniopd_verl.teachers.steering import token_set
 
 
 def pearson(xs: list[float], ys: list[float]) -> float:

@@ -2,7 +2,7 @@
 
 For a finished `make demo` folder (runs/demo): the initial student, the OmniOPD arm's and the control arm's
 final checkpoints each sample 4 continuations of 16 tokens (same seeds) at the fixed held-out prefixes,
-and the share of demonstration-teacher tokens (omniopd_verl/demo_teacher.py, 'arithmetic') is compared,
+and the share of demonstration-teacher tokens (omniopd_verl/teachers/steering.py, 'arithmetic') is compared,
 per prompt, with a bootstrap 95% CI. This asks the other question the demo's metric cannot answer alone:
 did the student's own text take on the teacher's property?
 
@@ -26,10 +26,11 @@ def main() -> None:
     parser.add_argument("--model", default="smollm2-135m-instruct", help="the initial student")
     args = parser.parse_args()
 
-    from omniopd_verl.demo_teacher import token_set
-    from omniopd_verl.generation import derive_seed, eos_token_ids, sample_continuations
+    from omniopd_verl.core.seeds import derive_seed
     from omniopd_verl.local import paired_eval as pe
-    from omniopd_verl.models import load_causal_lm
+    from omniopd_verl.runtime.generation import eos_token_ids, sample_continuations
+    from omniopd_verl.runtime.models import load_causal_lm
+    from omniopd_verl.teachers.steering import token_set
 
     root = Path(args.root)
     items = pe.load_items(root / "heldout_set.jsonl")

@@ -51,8 +51,8 @@ def gsm8k_subset() -> Path:
 
 @pytest.fixture(scope="session")
 def smollm2_path() -> str:
-    """The real SmolLM2-135M-Instruct, converted once from the offline GGUF (see omniopd_verl.models)."""
-    from omniopd_verl.models import resolve_model_path
+    """The real SmolLM2-135M-Instruct, converted once from the offline GGUF (see omniopd_verl.runtime.models)."""
+    from omniopd_verl.runtime.models import resolve_model_path
 
     return resolve_model_path("smollm2-135m-instruct")
 
@@ -60,7 +60,7 @@ def smollm2_path() -> str:
 @pytest.fixture(scope="session")
 def tiny_model_path(tmp_path_factory, smollm2_path) -> str:
     """A tiny random Llama (2 layers, hidden 64) with SmolLM2's real tokenizer: fast, same vocab."""
-    from omniopd_verl.models import make_tiny_random_model
+    from omniopd_verl.runtime.models import make_tiny_random_model
 
     return make_tiny_random_model(tmp_path_factory.mktemp("tiny") / "tiny-llama")
 

@@ -1,4 +1,4 @@
-"""omniopd_verl/decode_attention.py pinned against transformers' own `sdpa` on a grouped-query model.
+"""omniopd_verl/runtime/decode_attention.py pinned against transformers' own `sdpa` on a grouped-query model.
 
 A tiny float64 Llama with 4 query heads on 2 KV heads (SmolLM2's layout, smaller), a left-padded batch:
 every decode step's logits must equal those of stock `sdpa` (which repeats the KV heads), and the
@@ -10,9 +10,9 @@ from __future__ import annotations
 import pytest
 import torch
 
-from omniopd_verl import decode_attention
-from omniopd_verl.generation import sample_continuations
-from omniopd_verl.models import load_causal_lm, make_tiny_random_model
+from omniopd_verl.runtime import decode_attention
+from omniopd_verl.runtime.generation import sample_continuations
+from omniopd_verl.runtime.models import load_causal_lm, make_tiny_random_model
 
 
 @pytest.fixture(scope="module")

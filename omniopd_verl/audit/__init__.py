@@ -22,7 +22,11 @@ __all__ = [
 
 def __getattr__(name: str):
     # Lazy: `from omniopd_verl.audit import StudentResponse` must not import the registry/teacher stack.
-    if name in ("Auditor", "TeacherFailureError", "stable_seed"):
+    if name == "stable_seed":  # kept for plugin authors who seed teacher requests as the Auditor does
+        from omniopd_verl.core.seeds import stable_seed
+
+        return stable_seed
+    if name in ("Auditor", "TeacherFailureError"):
         from omniopd_verl.audit import auditor
 
         return getattr(auditor, name)

@@ -19,7 +19,6 @@ and counted (ResponseAudit.anchors_dropped, metric audit/anchors_dropped).
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -31,6 +30,7 @@ from omniopd_verl.audit.text import ResponseText, trim_to_student_tokens
 from omniopd_verl.audit.types import ChunkAudit, ResponseAudit, StudentResponse
 from omniopd_verl.config import OmniOPDConfig
 from omniopd_verl.core import check_anchors, chunk_prior_mean, dirichlet_posterior_mean, soft_acceptance
+from omniopd_verl.core.seeds import stable_seed
 from omniopd_verl.errors import GuardError, OmniOPDError
 from omniopd_verl.protocols import TeacherRequest, TeacherResult
 from omniopd_verl.teachers.accounting import METRIC_KEYS
@@ -41,12 +41,6 @@ TEACHER_COUNTERS = METRIC_KEYS
 
 class TeacherFailureError(OmniOPDError, RuntimeError):
     """The teacher gave no usable samples for an anchor after all retries and on_failure='error'."""
-
-
-def stable_seed(*parts: object) -> int:
-    """A deterministic non-negative 31-bit seed from `parts` (sha256, unlike Python's salted hash())."""
-    digest = hashlib.sha256("\x1f".join(str(p) for p in parts).encode()).digest()
-    return int.from_bytes(digest[:8], "big") & 0x7FFFFFFF
 
 
 @dataclass

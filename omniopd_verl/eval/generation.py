@@ -33,7 +33,7 @@ class SamplingSpec:
 
 
 class TransformersGenerator:
-    """Batched sampling through `omniopd_verl.generation` (one prefill per prompt for its n answers);
+    """Batched sampling through `omniopd_verl.runtime.generation` (one prefill per prompt for its n answers);
     prompts are sorted by length to waste less padding."""
 
     name = "transformers"
@@ -49,7 +49,7 @@ class TransformersGenerator:
     ):
         import torch
 
-        from omniopd_verl.models import load_causal_lm
+        from omniopd_verl.runtime.models import load_causal_lm
 
         if cpu_threads is not None:
             # on a busy machine torch's OpenMP threads spin-wait on each other: one thread decoded a
@@ -74,7 +74,8 @@ class TransformersGenerator:
     def generate(self, prompts: list[list[dict]], spec: SamplingSpec, progress=None) -> list[list[str]]:
         """n answers per chat prompt (prompt i seeded by derive_seed(spec.seed, i), prefilled once for its n);
         `progress(done, total)` is called after every batch when given."""
-        from omniopd_verl.generation import derive_seed, eos_token_ids, sample_continuations
+        from omniopd_verl.core.seeds import derive_seed
+        from omniopd_verl.runtime.generation import eos_token_ids, pad_token_id, sample_continuations
 
         texts = [self.tokenizer.apply_chat_template(p, tokenize=False, add_generation_prompt=True) for p in prompts]
         ids = [self.tokenizer(t, add_special_tokens=False)["input_ids"] for t in texts]
@@ -91,7 +92,7 @@ class TransformersGenerator:
                 temperature=spec.temperature,
                 top_p=spec.top_p,
                 seeds=[derive_seed(spec.seed, i) for i in idx],
-                pad_token_id=self.tokenizer.pad_token_id,
+                pad_token_id=pad_token_id(self.tokenizer),
                 eos_token_ids=eos,
             )
             for i, row in zip(idx, samples, strict=True):
@@ -123,7 +124,7 @@ class VLLMGenerator:
             ) from exc
         import os
 
-        from omniopd_verl.models import BUILTIN_MODELS, resolve_model_path
+        from omniopd_verl.runtime.models import BUILTIN_MODELS, resolve_model_path
 
         # built-in names resolve to their converted folder; anything else (a folder or a hub id) goes to vLLM
         path = resolve_model_path(model) if model in BUILTIN_MODELS or os.path.isdir(model) else model

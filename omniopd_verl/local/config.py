@@ -21,7 +21,7 @@ from omniopd_verl.errors import ConfigError
 
 DEVICES = ("auto", "cpu", "cuda")
 DTYPES = ("float32", "bfloat16")
-# local/token_opd.py: the white-box token-level OPD baseline; local/seqkd.py: SFT on the teacher's answers
+# one class each in local/methods.py (OmniOPD; TokenOPD, the white-box baseline; SeqKD, SFT on the teacher's answers)
 METHODS = ("omniopd", "token_opd", "seqkd")
 CONTROLS = ("none", "shuffle_pi_hat")  # local/control.py: the control arm
 

@@ -8,11 +8,11 @@ or between arms, so the only thing that differs is the weights; nothing is sampl
   3. Both sets go through one pipeline: text -> student tokens (no special tokens) -> first C tokens.
 
 Two measures per prefix x, both computed for a model m in one teacher-forced pass per prefix
-(`omniopd_verl.generation.continuation_distributions`: each prefix is prefilled once for its 2N texts):
+(`omniopd_verl.runtime.generation.continuation_distributions`: each prefix is prefilled once for its 2N texts):
 
   mass_m(x)  (`steered_token_mass_change`, the demo's PRIMARY metric, declared in issue 12's second
-             round before its runs) -- only for a steered demonstration teacher (omniopd_verl/
-             demo_teacher.py): the probability m gives the teacher's favoured token set S as its next
+             round before its runs) -- only for a steered demonstration teacher (omniopd_verl/teachers/
+             steering.py): the probability m gives the teacher's favoured token set S as its next
              token, averaged over every position of the base samples (the contexts the initial student
              writes itself). The demonstration teacher differs from the student by exactly this (its
              logits are the base model's plus a bias on S), so it is the direction "toward the teacher".
@@ -43,8 +43,14 @@ from pathlib import Path
 
 import torch
 
-from omniopd_verl.generation import continuation_distributions, derive_seed, sample_continuations
-from omniopd_verl.student import encode_text
+from omniopd_verl.core.seeds import derive_seed
+from omniopd_verl.runtime.generation import (
+    continuation_distributions,
+    eos_token_ids,
+    pad_token_id,
+    sample_continuations,
+)
+from omniopd_verl.runtime.scoring import encode_text
 
 METRIC = "steered_token_mass_change"
 METRIC_TEXT = (
@@ -75,8 +81,7 @@ def trimmed_ids(tokenizer, text: str, max_tokens: int) -> list[int]:
 
 def build_heldout_set(rollouts, audits, ref_model, tokenizer, *, chunk_len: int, seed: int) -> list[HeldoutItem]:
     """Items from the initial student's held-out responses and their audits (one item per audited chunk)."""
-    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
-    from omniopd_verl.generation import eos_token_ids
+    pad = pad_token_id(tokenizer)
 
     items, prefixes, ns = [], [], []
     for r, a in zip(rollouts, audits, strict=True):
@@ -248,7 +253,7 @@ def arm_minus_control(
 
 def token_share_summary(items: Sequence[HeldoutItem], token_ids: Sequence[int]) -> dict[str, float]:
     """How often the teacher's texts and the base samples use a token set (the demonstration teacher's property)."""
-    from omniopd_verl.demo_teacher import token_share
+    from omniopd_verl.teachers.steering import token_share
 
     return {
         "teacher": token_share([t for it in items for t in it.teacher_ids], token_ids),

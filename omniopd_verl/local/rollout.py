@@ -1,10 +1,10 @@
 """The local engine's rollout (ALGORITHM.md step 1): batched sampling with transformers, then exact scores.
 
-Sampling (`omniopd_verl.generation`: every response of the step in one batched generation, each
+Sampling (`omniopd_verl.runtime.generation`: every response of the step in one batched generation, each
 prompt prefilled once for its responses_per_prompt samples) draws from pi_theta itself: temperature
 and top-p come from the engine config (1.0 by default) and no other warper a model's
 generation_config may carry (top_k=50, repetition penalty) is applied, so the responses are on-policy samples of the distribution the loss differentiates.
-After sampling, one teacher-forced pass (`omniopd_verl.student.score_token_ids`, no gradient) gives
+After sampling, one teacher-forced pass (`omniopd_verl.runtime.scoring.score_token_ids`, no gradient) gives
 each response token's exact full-vocabulary entropy and log-prob from the logits, in float32.
 """
 
@@ -15,9 +15,10 @@ from dataclasses import dataclass
 
 import torch
 
-from omniopd_verl.generation import derive_seed, sample_continuations
+from omniopd_verl.core.seeds import derive_seed
 from omniopd_verl.local.data import Problem
-from omniopd_verl.student import encode_text, score_token_ids
+from omniopd_verl.runtime.generation import eos_token_ids, pad_token_id, sample_continuations
+from omniopd_verl.runtime.scoring import encode_text, score_token_ids
 
 
 @dataclass
@@ -33,20 +34,6 @@ class Rollout:
     entropy_T: torch.Tensor
     finished: bool
     """True when the response ended with EOS (False: cut at max_new_tokens)."""
-
-
-def pad_id(tokenizer) -> int:
-    return tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
-
-
-def _eos_ids(model, tokenizer) -> set[int]:
-    ids = set()
-    for source in (tokenizer.eos_token_id, getattr(model.generation_config, "eos_token_id", None)):
-        if isinstance(source, int):
-            ids.add(source)
-        elif isinstance(source, (list, tuple)):
-            ids.update(int(x) for x in source)
-    return ids
 
 
 def render_prompts(tokenizer, problems: Sequence[Problem], max_prompt_tokens: int) -> list[tuple[str, list[int]]]:
@@ -79,7 +66,7 @@ def sample_token_ids(
     """`n` sampled responses per prompt, prompt-major (token ids, cut after the first EOS), and whether each finished.
 
     Prompt i's samples are drawn with the seed derive_seed(seed, i) and share one prefill of the
-    prompt (`omniopd_verl.generation`), so a batch is a pure function of (weights, prompts, seed):
+    prompt (`omniopd_verl.runtime.generation`), so a batch is a pure function of (weights, prompts, seed):
     that is what makes a resumed run draw the same samples as an uninterrupted one.
     """
     samples = sample_continuations(
@@ -119,7 +106,7 @@ def sample_responses(
     """
     rendered = render_prompts(tokenizer, problems, max_prompt_tokens)
     rows = [(i, j) for i in range(len(problems)) for j in range(responses_per_prompt)]
-    pad = pad_id(tokenizer)
+    pad = pad_token_id(tokenizer)
     responses, finished = sample_token_ids(
         model,
         [ids for _, ids in rendered],
@@ -129,7 +116,7 @@ def sample_responses(
         top_p=top_p,
         seed=seed,
         pad_token_id=pad,
-        eos_token_ids=sorted(_eos_ids(model, tokenizer)),
+        eos_token_ids=eos_token_ids(model, tokenizer),
         generation_batch_size=generation_batch_size,
     )
     prompts = [rendered[i][1] for i, _ in rows]

@@ -33,7 +33,7 @@ def answer_requests(
     problems, prompt_texts: Sequence[str], *, n: int, max_new_tokens: int, step: int, seed: int
 ) -> list[TeacherRequest]:
     """One request per prompt: the teacher continues the bare prompt (empty prefix), n answers."""
-    from omniopd_verl.audit.auditor import stable_seed
+    from omniopd_verl.core.seeds import stable_seed
 
     return [
         TeacherRequest(

@@ -8,9 +8,10 @@ the student's own sample, the per-token advantage is the negative sampled-token 
 trained through the same verl policy loss as OmniOPD's chunks (ratio 1 on the single update, so the
 gradient is -sum_t A_t grad log pi_theta(y_t | s_t) under the configured aggregation). Every response
 token carries teacher signal, so there is no KL anchor (no unaudited token) and no audit.
-The teacher must be white-box: a local `transformers` teacher (its log-probs come from its logits, with
-the demonstration teacher's steering bias when `options.steer` is set). It costs one teacher forward
-over the batch per step and no sampling.
+The teacher must be white-box: the `transformers` teacher the registry builds, whose `token_logprobs`
+gives log pi_T from its logits (with the demonstration teacher's steering bias when `options.steer` is
+set); local/methods.py (`TokenOPD`) asks it. It costs one teacher forward over the batch per step and no
+sampling.
 """
 
 from __future__ import annotations
@@ -20,48 +21,6 @@ from collections.abc import Sequence
 import torch
 
 from omniopd_verl.core import TokenCredit
-from omniopd_verl.errors import ConfigError
-from omniopd_verl.generation import score_continuations
-
-
-class WhiteBoxScorer:
-    """The white-box view of a local teacher: log pi_T of given tokens (a local causal LM, optionally steered)."""
-
-    def __init__(self, model, logit_bias_V: torch.Tensor | None = None):
-        self.model = model
-        self.logit_bias_V = logit_bias_V
-
-    @classmethod
-    def from_config(cls, teacher_cfg, *, student_model_name: str, reference_model, tokenizer) -> WhiteBoxScorer:
-        if teacher_cfg.name != "transformers":
-            raise ConfigError(
-                f"omniopd.teacher.name={teacher_cfg.name!r} is invalid with local.method='token_opd': allowed "
-                "'transformers' (token-level OPD needs the teacher's log-probs, a white-box local model)"
-            )
-        model = reference_model
-        if teacher_cfg.model not in (None, student_model_name):
-            from omniopd_verl.models import load_causal_lm
-
-            model, _ = load_causal_lm(teacher_cfg.model)
-        bias = None
-        steer = teacher_cfg.options.get("steer")
-        if steer is not None:
-            from omniopd_verl.demo_teacher import steer_bias
-
-            bias = steer_bias(tokenizer, model.get_output_embeddings().weight.shape[0], steer)
-        return cls(model, bias)
-
-    def token_logprobs(
-        self, prompt_ids: Sequence[Sequence[int]], response_ids: Sequence[Sequence[int]], *, pad_token_id: int
-    ) -> list[torch.Tensor]:
-        scores = score_continuations(
-            self.model,
-            prompt_ids,
-            [[r] for r in response_ids],
-            pad_token_id=pad_token_id,
-            logit_bias_V=self.logit_bias_V,
-        )
-        return [row[0] for row in scores]
 
 
 def token_opd_credit(

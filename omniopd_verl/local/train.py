@@ -1,6 +1,7 @@
 """The local engine: OmniOPD training in one process on CPU or one GPU (`omniopd-verl train --engine local`).
 
-Per step (ALGORITHM.md steps 1-7):
+Per step, the training method (`local/methods.py`, `local.method`) says what the update trains on;
+OmniOPD's (ALGORITHM.md steps 1-7), the other two being the token-level OPD and SeqKD baselines:
   rollout    transformers sampling from pi_theta, then exact entropies and log-probs from the logits
   audit      the shared Auditor (scheduler, teacher, similarity, Dirichlet smoothing) -> pi_hat per chunk
   credit     the shared advantage path (`omniopd_verl.advantage.advantage_from_audits`, config.advantage)
@@ -9,7 +10,8 @@ Per step (ALGORITHM.md steps 1-7):
 Around it: seeds (every random draw of step k is seeded from (seed, k), so a resumed run equals an
 uninterrupted one), checkpoints, metrics to JSONL + TensorBoard, a progress bar, the last step's audits
 (JSONL + HTML report, `local/report.py`), and the held-out paired evaluation before and after
-training (`local/paired_eval.py`: steered-token mass and teacher-minus-base log-likelihood, in eval.json).
+training (`local/heldout.py`, its one owner; the maths in `local/paired_eval.py`: steered-token mass and
+teacher-minus-base log-likelihood, in eval.json).
 `local.control: shuffle_pi_hat` makes the run the control arm (`local/control.py`).
 
 The teacher is built through the registry like any user's (no teacher class is imported here); a
@@ -31,20 +33,16 @@ from typing import Any
 import torch
 
 from omniopd_verl.audit.types import ResponseAudit, StudentResponse
-from omniopd_verl.errors import GuardError
 from omniopd_verl.local import checkpoint as ckpt
 from omniopd_verl.local.config import RunConfig, load_run_config
 from omniopd_verl.local.data import Problem, load_splits, prompts_for_step
-from omniopd_verl.local.loss import collate, make_actor_config
+from omniopd_verl.local.heldout import HeldoutEvaluation
+from omniopd_verl.local.loss import make_actor_config
+from omniopd_verl.local.methods import build_method
 from omniopd_verl.local.metrics import MetricsLogger
-from omniopd_verl.local.rollout import Rollout, pad_id, sample_responses
+from omniopd_verl.local.rollout import Rollout, sample_responses
 from omniopd_verl.local.update import Timer, policy_update
-
-
-def _stable_seed(*parts: object) -> int:
-    from omniopd_verl.audit.auditor import stable_seed
-
-    return stable_seed(*parts)
+from omniopd_verl.runtime.generation import pad_token_id
 
 
 def resolve_device(name: str) -> torch.device:
@@ -73,7 +71,7 @@ class LocalTrainer:
 
     def __init__(self, run: RunConfig, *, teacher=None, similarity=None):
         from omniopd_verl.audit.auditor import Auditor
-        from omniopd_verl.models import load_causal_lm
+        from omniopd_verl.runtime.models import load_causal_lm
 
         self.run = run
         cfg = run.local
@@ -98,15 +96,10 @@ class LocalTrainer:
         if teacher is None:
             teacher = self._build_teacher()
         self.auditor = Auditor(run.omniopd, self.tokenizer, teacher=teacher, similarity=similarity)
-        if cfg.method == "token_opd":
-            from omniopd_verl.local.token_opd import WhiteBoxScorer
-
-            self.white_box = WhiteBoxScorer.from_config(
-                run.omniopd.teacher,
-                student_model_name=cfg.model,
-                reference_model=self.ref_model,
-                tokenizer=self.tokenizer,
-            )
+        # the training method (local/methods.py): what a step trains on; everything around it is here
+        self.method = build_method(cfg.method, self.auditor.teacher, run.omniopd.teacher.name)
+        # the held-out measurement's one owner (local/heldout.py)
+        self.heldout = HeldoutEvaluation(run, self.ref_model, self.tokenizer, self.audit, self.auditor.reset_metrics)
         self.train_problems, self.heldout_problems = load_splits(cfg.data)
         self.output_dir = Path(cfg.output_dir)
         self.output_dir.mkdir(parents=True, exist_ok=True)
@@ -166,39 +159,6 @@ class LocalTrainer:
     def audit(self, rollouts: Sequence[Rollout]) -> list[ResponseAudit]:
         return self.loop.run_until_complete(self.auditor.audit(self.responses_for_audit(rollouts)))
 
-    def update(self, rollouts: Sequence[Rollout], audits: Sequence[ResponseAudit], timer: Timer) -> dict[str, float]:
-        """One optimizer step on the batch (see `omniopd_verl.local.update.policy_update`)."""
-        import dataclasses
-
-        from omniopd_verl.advantage import advantage_from_audits
-
-        if self.cfg.control == "shuffle_pi_hat":  # the control arm: no teacher information
-            from omniopd_verl.local.control import shuffle_pi_hat
-
-            audits = shuffle_pi_hat(audits, _stable_seed(self.cfg.seed, "control", self.step))
-        prompts, responses = [r.prompt_ids for r in rollouts], [r.response_ids for r in rollouts]
-        batch = collate(prompts, responses, pad_id(self.tokenizer))
-        if self.cfg.method == "token_opd":  # the white-box baseline: log pi_T - log pi_theta on every token
-            from omniopd_verl.local.token_opd import token_opd_credit
-
-            with timer("teacher_logprobs"):
-                teacher_lp = self.white_box.token_logprobs(prompts, responses, pad_token_id=pad_id(self.tokenizer))
-            credit = token_opd_credit(teacher_lp, [r.logprobs_T for r in rollouts], batch.response_mask_BT)
-            teacher_metrics = {  # one teacher forward per response, over its prompt and response tokens
-                "teacher/calls": float(len(rollouts)),
-                "teacher/prompt_tokens": float(sum(len(p) + len(r) for p, r in zip(prompts, responses, strict=True))),
-                "teacher/completion_tokens": 0.0,
-            }
-        else:
-            # the one audits -> advantage path, every mode; verl runs the same two steps split at its seam
-            advantage_BT, credit = advantage_from_audits(audits, batch.response_mask_BT, self.run.omniopd.advantage)
-            credit = dataclasses.replace(credit, advantage_BT=advantage_BT)
-        metrics = self.apply_credit(prompts, responses, credit, beta=self.run.omniopd.beta, timer=timer)
-        metrics["train/lr"] = self.cfg.lr
-        if self.cfg.method == "token_opd":
-            metrics.update(teacher_metrics)
-        return metrics
-
     def apply_credit(self, prompts, responses, credit, *, beta: float, timer: Timer) -> dict[str, float]:
         """One optimizer step on per-token credit (`omniopd_verl.local.update.policy_update`)."""
         return policy_update(
@@ -212,169 +172,39 @@ class LocalTrainer:
             beta=beta,
             micro_batch_size=self.cfg.micro_batch_size,
             grad_clip=self.cfg.grad_clip,
-            pad_token_id=pad_id(self.tokenizer),
+            pad_token_id=pad_token_id(self.tokenizer),
             timer=timer,
         )
 
+    def phase(self, name: str) -> None:
+        """Say which phase the step is in (fit() shows it on the progress bar)."""
+        self._phase(name)
+
     def train_step(self) -> dict[str, float]:
-        """Rollout, audit and update for self.step; returns the step's metrics."""
+        """One step of the training method for self.step (rollout, teacher, update); returns its metrics."""
         cfg, step = self.cfg, self.step
         timer = Timer()
         t0 = time.perf_counter()
         idx = prompts_for_step(len(self.train_problems), step, cfg.prompts_per_step, cfg.seed)
         problems = [self.train_problems[i] for i in idx]
-        if cfg.method == "seqkd":  # off-policy: SFT on the teacher's answers, no student rollout
-            return self.seqkd_step(problems, timer, t0)
-        self._phase("rollout")
-        with timer("rollout"):
-            rollouts = self.rollout(
-                problems,
-                seed=_stable_seed(cfg.seed, "rollout", step),
-                uid_prefix=f"s{step}-",
-                responses_per_prompt=cfg.responses_per_prompt,
+        batch = self.method.step(self, problems, timer)
+        metrics = self.apply_credit(batch.prompts, batch.responses, batch.credit, beta=batch.beta, timer=timer)
+        metrics["train/lr"] = cfg.lr
+        metrics.update(batch.metrics)
+        if batch.rollouts:  # on-policy methods: what the student wrote
+            lengths = [len(r.response_ids) for r in batch.rollouts]
+            metrics.update(
+                {
+                    "rollout/response_len_mean": sum(lengths) / len(lengths),
+                    "rollout/finished_frac": sum(r.finished for r in batch.rollouts) / len(batch.rollouts),
+                    "rollout/entropy_mean": float(torch.cat([r.entropy_T for r in batch.rollouts]).mean()),
+                    "rollout/entropy_source": "exact",
+                }
             )
-        self.auditor.reset_metrics()
-        audits, audit_metrics = [], {}
-        if cfg.method == "omniopd":  # token_opd needs no audit: the teacher's log-probs cover every token
-            self._phase("audit (teacher + similarity)")
-            with timer("audit"):
-                audits = self.audit(rollouts)
-            audit_metrics = self.auditor.metrics()
-        self._phase("update")
-        metrics = self.update(rollouts, audits, timer)
-        lengths = [len(r.response_ids) for r in rollouts]
-        metrics.update(audit_metrics)
-        metrics.update(
-            {
-                "rollout/response_len_mean": sum(lengths) / len(lengths),
-                "rollout/finished_frac": sum(r.finished for r in rollouts) / len(rollouts),
-                "rollout/entropy_mean": float(torch.cat([r.entropy_T for r in rollouts]).mean()),
-                "rollout/entropy_source": "exact",
-                **{f"time/{k}": v for k, v in timer.seconds.items()},
-                "time/step": time.perf_counter() - t0,
-            }
-        )
-        self.last_audits, self.last_rollouts = list(audits), list(rollouts)
+        metrics.update({f"time/{k}": v for k, v in timer.seconds.items()})
+        metrics["time/step"] = time.perf_counter() - t0
+        self.last_audits, self.last_rollouts = batch.audits, batch.rollouts
         return metrics
-
-    def seqkd_step(self, problems: Sequence[Problem], timer: Timer, t0: float) -> dict[str, float]:
-        """One SeqKD step (local/seqkd.py): the teacher answers the step's prompts, the student is fine-tuned."""
-        from omniopd_verl.local import seqkd
-        from omniopd_verl.local.rollout import render_prompts
-
-        cfg = self.cfg
-        rendered = render_prompts(self.tokenizer, problems, cfg.max_prompt_tokens)
-        requests = seqkd.answer_requests(
-            problems,
-            [text for text, _ in rendered],
-            n=cfg.responses_per_prompt,
-            max_new_tokens=cfg.max_new_tokens,
-            step=self.step,
-            seed=self.run.omniopd.seed,
-        )
-        self.auditor.reset_metrics()
-        self._phase("teacher answers")
-        with timer("teacher"):
-            results = self.loop.run_until_complete(self.auditor.teacher.sample(requests))
-        answers = seqkd.answers_to_token_ids(results, self.tokenizer, cfg.max_new_tokens)
-        pairs = [(ids, a) for (_, ids), row in zip(rendered, answers, strict=True) for a in row if a]
-        if not pairs:
-            raise GuardError(f"seqkd step {self.step + 1}: every teacher answer was empty")
-        prompts, responses = [p for p, _ in pairs], [a for _, a in pairs]
-        batch = collate(prompts, responses, pad_id(self.tokenizer))
-        self._phase("update")
-        # no KL anchor: every token is a teacher token
-        metrics = self.apply_credit(prompts, responses, seqkd.sft_credit(batch.response_mask_BT), beta=0.0, timer=timer)
-        metrics.update({k: v for k, v in self.auditor.metrics().items() if k.startswith("teacher/")})
-        metrics.update(
-            {
-                "train/lr": cfg.lr,
-                "seqkd/answers": float(len(responses)),
-                "seqkd/empty_answers": float(sum(len(row) for row in answers) - len(responses)),
-                "seqkd/answer_len_mean": sum(map(len, responses)) / len(responses),
-                **{f"time/{k}": v for k, v in timer.seconds.items()},
-                "time/step": time.perf_counter() - t0,
-            }
-        )
-        self.last_audits, self.last_rollouts = [], []
-        return metrics
-
-    def prepare_heldout(self):
-        """The fixed held-out set and the initial student's measures on it (omniopd_verl.local.paired_eval)."""
-        from omniopd_verl.local import paired_eval as pe
-
-        problems, items, per = self.heldout_problems, [], 8
-        bar = None
-        if self.cfg.progress:
-            from tqdm.auto import tqdm
-
-            bar = tqdm(
-                total=len(problems),
-                desc="held-out set (rollout, teacher, base samples)",
-                unit="prompt",
-                file=sys.stderr,
-            )
-        for lo in range(0, len(problems), per):  # in parts, so the bar moves
-            part = problems[lo : lo + per]
-            rollouts = sample_responses(
-                self.ref_model,
-                self.tokenizer,
-                part,
-                responses_per_prompt=1,
-                max_new_tokens=self.cfg.max_new_tokens,
-                max_prompt_tokens=self.cfg.max_prompt_tokens,
-                temperature=self.cfg.temperature,
-                top_p=self.cfg.top_p,
-                seed=_stable_seed(self.cfg.seed, "eval", lo),
-                uid_prefix="eval-",
-            )
-            self.auditor.reset_metrics()
-            audits = self.audit(rollouts)
-            items += pe.build_heldout_set(
-                rollouts,
-                audits,
-                self.ref_model,
-                self.tokenizer,
-                chunk_len=self.run.omniopd.chunk_len,
-                seed=_stable_seed(self.cfg.seed, "eval-base", lo),
-            )
-            if bar is not None:
-                bar.update(len(part))
-        if bar is not None:
-            bar.close()
-        return items, self.heldout_measure(self.ref_model, items)
-
-    def steer(self) -> dict | None:
-        """The demonstration teacher's `options.steer` ({tokens, bias}), or None for any other teacher."""
-        return self.run.omniopd.teacher.options.get("steer")
-
-    def heldout_measure(self, model, items, *, as_teacher: bool = False) -> dict[str, list[float]]:
-        """paired_eval.measure of `model` on the held-out set: "gap", and "mass" when the teacher is steered
-        (`as_teacher` scores `model` with the steering bias: the demonstration teacher's own mass, the target)."""
-        from omniopd_verl.demo_teacher import steer_bias, token_set
-        from omniopd_verl.local import paired_eval as pe
-
-        steer = self.steer()
-        set_ids = token_set(self.tokenizer, steer["tokens"]) if steer else None
-        bias = None
-        if as_teacher and steer:
-            bias = steer_bias(self.tokenizer, model.get_output_embeddings().weight.shape[0], steer)
-        return pe.measure(
-            model,
-            items,
-            pad_token_id=pad_id(self.tokenizer),
-            set_ids=set_ids,
-            logit_bias_V=bias,
-            gap=not as_teacher,  # the teacher's own texts need no gap; its mass is the target
-            progress=self.cfg.progress,
-        )
-
-    def heldout_after(self, items, before) -> dict[str, Any]:
-        """The paired change of every held-out measure, by key ("mass" first when present), plus "after"."""
-        from omniopd_verl.local import paired_eval as pe
-
-        after = self.heldout_measure(self.model, items)
-        return {**pe.paired_changes(items, before, after, seed=self.cfg.seed), "after": after}
 
     # ------------------------------------------------------------------ the run
 
@@ -415,7 +245,7 @@ class LocalTrainer:
         elif "before" in evals and set_path.exists():
             items, before = pe.load_items(set_path), evals["before"]
         elif self.heldout_problems and self.step == 0:
-            items, before = self.prepare_heldout()
+            items, before = self.heldout.prepare(self.heldout_problems)
         if items is not None:
             pe.save_items(items, set_path)
             evals["before"] = before
@@ -450,7 +280,7 @@ class LocalTrainer:
         checkpoint = self.save()
         report = self.write_report()
         if items:
-            evals["paired"] = self.heldout_after(items, before)
+            evals["paired"] = self.heldout.after(self.model, items, before)
             eval_path.write_text(json.dumps(evals, indent=2))
         summary = {
             "output_dir": str(self.output_dir),

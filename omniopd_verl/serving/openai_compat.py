@@ -65,7 +65,7 @@ from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any, Protocol
 
-from omniopd_verl.models import resolve_model_path
+from omniopd_verl.runtime.models import resolve_model_path
 from omniopd_verl.serving.requests import BadRequest, GenerationCall, Limits, parse_call
 from omniopd_verl.teachers.identity import weights_digest
 

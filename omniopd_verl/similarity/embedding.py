@@ -59,7 +59,7 @@ class EmbeddingSimilarity:
     def model(self):
         if self._model is None:
             if self._builtin:
-                from omniopd_verl.models import verify_offline_files
+                from omniopd_verl.runtime.models import verify_offline_files
 
                 verify_offline_files("all-minilm-l6-v2", self.model_path)
             self._model = load_sentence_transformer(self.model_path, self.device)

@@ -5,18 +5,19 @@ Raw-prefix continuation, like an open-weight teacher behind vLLM: the teacher li
 chat messages, the chat re-rendered with the context as an extra system message through this
 plugin's `render_chat`) and micro-batches every request waiting at that moment into one raw call
 (up to `options.batch_rows` rows). This plugin's raw call delegates to the project's one sampling
-loop (`omniopd_verl.generation.sample_continuations`, through `LocalSampler.sample`): each request's
+loop (`omniopd_verl.runtime.generation.sample_continuations`, through `LocalSampler.sample`): each request's
 prefix is prefilled ONCE and its n samples decode from copies of that KV cache (vLLM's n-sampling);
 each request's samples come from a torch.Generator seeded by its seed, so they do not depend on the
 rest of the batch, and reruns are bit-identical. A sample ends with "stop" when the model wrote EOS,
-else "length".
+else "length". Being white-box, it also gives `token_logprobs` (log pi_T of given tokens, steering
+included): the local engine's token-level OPD baseline (local/methods.py) reads its teacher signal there.
 
 Options (besides the library's): device ("cpu"; "cuda" for one GPU), dtype ("float32" | "bfloat16" |
 "float16"), model ("reference": share the engine's frozen reference copy instead of loading
 `config.model`; the engine passes it as `registry.create_teacher(config, resources={"reference_model":
 (model, tokenizer)})`, and `config.model` should still name those weights, since it is part of the
 cache key), steer (null; {tokens: arithmetic, bias: 4.0} makes it the demonstration teacher of
-`omniopd_verl.demo_teacher`: the logits of that token set raised by `bias` before sampling). Library
+`omniopd_verl.teachers.steering`: the logits of that token set raised by `bias` before sampling). Library
 defaults for this teacher: max_tokens_factor 1.0, batch_rows 64, cost 0.
 """
 
@@ -28,8 +29,9 @@ from typing import Any
 
 from omniopd_verl.config import TeacherConfig
 from omniopd_verl.errors import ConfigError
-from omniopd_verl.generation import eos_token_ids
 from omniopd_verl.protocols import RawAnswer, RawRequest, RawSample, TeacherCapabilities
+from omniopd_verl.runtime.generation import eos_token_ids, pad_token_id
+from omniopd_verl.teachers.steering import read_steering
 
 
 class LocalSampler:
@@ -40,8 +42,7 @@ class LocalSampler:
         self.tokenizer = tokenizer
         self.device = device
         # left padding is done by hand below: the tokenizer may be shared with the student, leave it alone
-        pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
-        self.pad_token_id = pad
+        self.pad_token_id = pad_token_id(tokenizer)
         self.eos_token_ids = eos_token_ids(model, tokenizer)
         self.logit_bias_V = None  # an optional [V] logit bias (a steered demonstration teacher)
         self.share_prefix = None  # False = prefill every sample's row separately (benchmark baseline)
@@ -51,7 +52,7 @@ class LocalSampler:
     def load(cls, name_or_path: str, *, device: str = "cpu", dtype: str | None = None) -> LocalSampler:
         import torch
 
-        from omniopd_verl.models import load_causal_lm
+        from omniopd_verl.runtime.models import load_causal_lm
 
         dtypes = {None: None, "float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
         if dtype not in dtypes:
@@ -80,10 +81,10 @@ class LocalSampler:
         """For each prompt, `n` continuations (text of the new tokens only, special tokens removed).
 
         One prefill per prompt, its n samples decoded from copies of that KV cache
-        (`omniopd_verl.generation.sample_continuations`); each request's samples depend on its seed only.
+        (`omniopd_verl.runtime.generation.sample_continuations`); each request's samples depend on its seed only.
         With `with_finish`, also each sample's finish reason: "stop" if the model wrote EOS, else "length".
         """
-        from omniopd_verl.generation import sample_continuations
+        from omniopd_verl.runtime.generation import sample_continuations
 
         bos = self.tokenizer.bos_token
         encoded = []
@@ -155,14 +156,25 @@ class TransformersTeacher:
                 config.model, device=options.get("device", "cpu"), dtype=options.get("dtype")
             )
 
-        steer = options.get("steer")
-        if steer is not None:  # the demonstration teacher: its own sampler view, never a shared one's state
-            from omniopd_verl.demo_teacher import steer_bias
-
+        self.steering = read_steering(options, self.sampler.tokenizer, self.sampler.model)
+        if self.steering is not None:  # the demonstration teacher: its own sampler view, never a shared one's state
             base = self.sampler
             self.sampler = LocalSampler(base.model, base.tokenizer, base.device)
-            vocab = base.model.get_output_embeddings().weight.shape[0]
-            self.sampler.logit_bias_V = steer_bias(base.tokenizer, vocab, steer)
+            self.sampler.logit_bias_V = self.steering.bias_V
+
+    def token_logprobs(self, prompt_ids: Sequence[Sequence[int]], response_ids: Sequence[Sequence[int]]) -> list:
+        """White-box: log pi_T(y_t | prompt, y_<t) of every given response token, steering included, float32
+        [T] tensors (the local engine's token-level OPD baseline reads its teacher signal here)."""
+        from omniopd_verl.runtime.generation import score_continuations
+
+        scores = score_continuations(
+            self.sampler.model,
+            prompt_ids,
+            [[r] for r in response_ids],
+            pad_token_id=self.sampler.pad_token_id,
+            logit_bias_V=self.sampler.logit_bias_V,
+        )
+        return [row[0] for row in scores]
 
     def render_chat(self, messages: Sequence[dict[str, Any]]) -> str:
         return self.sampler.render_chat(messages)

@@ -15,7 +15,7 @@ Registered here (names in names.py):
 - reward manager `omniopd` (verl.experimental.reward_loop.reward_manager.register);
 - the CPU platform `cpu` (selected with VERL_PLATFORM=cpu), the `hf` (transformers) rollout backend,
   the v1 trainer modes `omniopd_sync` and `cpu_sync`, and verl's FSDP engines for device "cpu"
-  (cpu_platform.py, hf_rollout.py, trainers.py); in CPU mode (VERL_PLATFORM=cpu) only, the hf rollout
+  (trainers.py, and the CPU room cpu/: platform.py, hf_rollout.py, trainer.py); in CPU mode (VERL_PLATFORM=cpu) only, the hf rollout
   also under the name `sglang`, as the reference "teacher" engine of omniopd.kl_anchor=topk_ref
   (verl accepts only vllm/sglang teachers; a deviation: that "sglang" is the transformers rollout);
 - OmegaConf resolver `omniopd_verl.resource:<file>` -> absolute path of a file shipped in
@@ -56,7 +56,7 @@ def config_resource(name: str) -> str:
 
 
 def _load_hf_replica():
-    from omniopd_verl.verl_integration.hf_rollout import HFRolloutReplica
+    from omniopd_verl.verl_integration.cpu.hf_rollout import HFRolloutReplica
 
     return HFRolloutReplica
 
@@ -67,7 +67,7 @@ def register_runtime() -> None:
     from verl.workers.rollout.replica import RolloutReplicaRegistry
 
     from omniopd_verl.verl_integration import verl_private
-    from omniopd_verl.verl_integration.cpu_platform import PlatformCPU
+    from omniopd_verl.verl_integration.cpu.platform import PlatformCPU
 
     PlatformRegistry.register(platform=CPU_PLATFORM_NAME)(PlatformCPU)
     RolloutReplicaRegistry.register(HF_ROLLOUT_NAME, _load_hf_replica)
@@ -76,18 +76,19 @@ def register_runtime() -> None:
 
     # no public registration for the in-worker adapter (verl_private.py)
     rollout_base._ROLLOUT_REGISTRY[(HF_ROLLOUT_NAME, "async")] = (
-        "omniopd_verl.verl_integration.hf_rollout.HFServerAdapter"
+        "omniopd_verl.verl_integration.cpu.hf_rollout.HFServerAdapter"
     )
     if os.environ.get("VERL_PLATFORM") == CPU_PLATFORM_NAME:
         # kl_anchor=topk_ref on CPU: verl accepts only vllm/sglang teacher engines
         # (workers/config/distillation.py), so in CPU mode the hf rollout serves the reference as "sglang"
         RolloutReplicaRegistry.register(CPU_TEACHER_ENGINE_ALIAS, _load_hf_replica)
         rollout_base._ROLLOUT_REGISTRY[(CPU_TEACHER_ENGINE_ALIAS, "async")] = (
-            "omniopd_verl.verl_integration.hf_rollout.HFServerAdapter"
+            "omniopd_verl.verl_integration.cpu.hf_rollout.HFServerAdapter"
         )
-    from omniopd_verl.verl_integration import trainers  # registers the trainer modes (checks its verl symbols)
+    from omniopd_verl.verl_integration import trainers  # noqa: F401  registers omniopd_sync (checks its verl symbols)
+    from omniopd_verl.verl_integration.cpu import trainer as cpu_trainer  # registers cpu_sync
 
-    trainers.register_cpu_engines()
+    cpu_trainer.register_cpu_engines()
 
 
 def register() -> None:

@@ -1,6 +1,7 @@
-"""verl v1 trainer modes OmniOPD registers: `omniopd_sync` (GPU) and `cpu_sync` (CPU).
+"""The verl v1 trainer mode OmniOPD registers, `omniopd_sync`, and the step metrics every OmniOPD mode adds.
 
-Both are verl's `PPOTrainerSync` plus OmniOPD's step metrics: verl 0.9.1 stores each trajectory's
+`omniopd_sync` is verl's `PPOTrainerSync` plus OmniOPD's step metrics (`OmniOPDMetricsMixin`, also the
+base of the CPU room's `cpu_sync`, verl_integration/cpu/trainer.py): verl 0.9.1 stores each trajectory's
 `reward_extra_info` in TransferQueue but reads it only for validation, so `_compute_metrics` is
 extended to read it for training steps too and add `audit/*` and `teacher/*`
 (step_metrics.step_metrics) to the metrics verl logs (console `step:N - ...`, TensorBoard, wandb).
@@ -8,11 +9,6 @@ With `trainer.rollout_data_dir` set it also writes `omniopd_step<N>.jsonl` there
 response, its response mask, the rollout and actor log-probs, rm_scores, the advantages the actor is
 trained on and the reward_extra_info (tests recompute the advantages from it independently).
 
-`cpu_sync` also makes verl's trainer run without an accelerator (with the CPU platform, cpu_platform.py):
-- one CPU per resource bundle (verl asks for 3 CPUs + 1 GPU per bundle, too much for a small machine);
-- a worker that opens the gloo process group itself (verl would ask torch for "cpu:gloo,cpu:gloo");
-- the FSDP2 engine registered for device "cpu", whose forward-only reference model is wrapped without
-  the pinned-memory CPU offload verl forces on it (pin_memory() needs an accelerator).
 Every private verl symbol used here is checked against the pinned verl at import (verl_private.py).
 """
 
@@ -22,25 +18,17 @@ import json
 import logging
 import os
 
-import ray
-import torch.distributed as dist
-from verl.trainer.ppo.utils import Role
 from verl.trainer.ppo.v1.trainer_base import register_trainer
 from verl.trainer.ppo.v1.trainer_sync import PPOTrainerSync
-from verl.workers.engine_workers import ActorRolloutRefWorker
 
 from omniopd_verl.verl_integration import verl_private
-from omniopd_verl.verl_integration.names import AUDIT_MASK_KEY, CPU_TRAINER_MODE, ESTIMATOR_NAME, SYNC_TRAINER_MODE
+from omniopd_verl.verl_integration.names import AUDIT_MASK_KEY, ESTIMATOR_NAME, SYNC_TRAINER_MODE
 from omniopd_verl.verl_integration.step_metrics import step_metrics
 
 verl_private.check(
     "PPOTrainer._setup",
-    "PPOTrainer._init_resource_pool_mgr",
     "PPOTrainer._compute_metrics",
     "PPOTrainer._compute_advantage",
-    "ResourcePoolManager.max_colocate_count",
-    "FSDPEngine._build_fsdp_module",
-    "ActorRolloutRefWorker.__init__",
 )
 
 logger = logging.getLogger("omniopd_verl.trainers")
@@ -149,54 +137,3 @@ class OmniOPDMetricsMixin:
 @register_trainer(SYNC_TRAINER_MODE)
 class OmniOPDSyncTrainer(OmniOPDMetricsMixin, PPOTrainerSync):
     """verl's synchronous trainer with OmniOPD's step metrics."""
-
-
-class CPUActorRolloutRefWorker(ActorRolloutRefWorker):
-    """verl's hybrid worker, opening the gloo process group itself (see the module docstring)."""
-
-    def __init__(self, *args, **kwargs):
-        super().__init__(*args, **kwargs)
-        if not dist.is_initialized():
-            dist.init_process_group("gloo", rank=int(os.environ["RANK"]), world_size=int(os.environ["WORLD_SIZE"]))
-
-
-@register_trainer(CPU_TRAINER_MODE)
-class CPUSyncTrainer(OmniOPDMetricsMixin, PPOTrainerSync):
-    """verl's synchronous trainer on CPU (see the module docstring); OmniOPD's step metrics included."""
-
-    def _init_resource_pool_mgr(self):
-        super()._init_resource_pool_mgr()
-        self.resource_pool_manager.max_colocate_count = 1
-        for role in list(self.role_worker_mapping):
-            if role != Role.Critic:  # in verl 0.9.1 every other role is an ActorRolloutRefWorker
-                self.role_worker_mapping[role] = ray.remote(CPUActorRolloutRefWorker)
-
-
-def register_cpu_engines() -> None:
-    """verl's FSDP/FSDP2 engines for device 'cpu' (verl registers them for cuda and npu only)."""
-    from verl.workers.engine import EngineRegistry
-    from verl.workers.engine.fsdp.transformer_impl import FSDPEngineWithLMHead, FSDPEngineWithValueHead
-
-    class CPUFSDPEngineWithLMHead(FSDPEngineWithLMHead):
-        """FSDP2 on gloo; the forward-only reference model wrapped without pinned-memory offload."""
-
-        def _build_fsdp_module(self, module):
-            cfg = self.engine_config
-            if cfg.strategy != "fsdp2":
-                raise ValueError(
-                    f"actor_rollout_ref.actor.strategy={cfg.strategy!r} cannot run on CPU: allowed 'fsdp2' "
-                    "(FSDP1 hard-codes sync_module_states=True, which needs an accelerator)"
-                )
-            if cfg.forward_only and not cfg.offload_policy:
-                cfg.forward_only = False
-                try:
-                    return super()._build_fsdp_module(module)
-                finally:
-                    cfg.forward_only = True
-            return super()._build_fsdp_module(module)
-
-    for model_type, cls in (("language_model", CPUFSDPEngineWithLMHead), ("value_model", FSDPEngineWithValueHead)):
-        try:
-            EngineRegistry.register(model_type=model_type, backend=["fsdp", "fsdp2"], device="cpu")(cls)
-        except AssertionError:  # already registered in this process: register() ran twice
-            pass

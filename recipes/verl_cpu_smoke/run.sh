@@ -18,7 +18,7 @@ export TEACHER_PORT="${TEACHER_PORT:-18230}"
 export VERL_PLATFORM=cpu OMP_NUM_THREADS=1 MKL_NUM_THREADS=1 TOKENIZERS_PARALLELISM=false
 export HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 RAY_USAGE_STATS_ENABLED=0 RAY_AUTH_MODE=disabled
 mkdir -p "${SMOKE_DIR}"
-python -m omniopd_verl.verl_integration.cpu_smoke prepare "${SMOKE_DIR}"
+python -m omniopd_verl.verl_integration.cpu.smoke prepare "${SMOKE_DIR}"
 LOG="${SMOKE_DIR}/train.log"
 
 if [[ "${1:-}" == "grpo" ]]; then

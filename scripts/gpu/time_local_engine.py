@@ -81,7 +81,7 @@ def main() -> None:
     from omniopd_verl.local.loss import collate, make_actor_config, omniopd_loss, reference_terms, response_logits
     from omniopd_verl.local.rollout import sample_token_ids
     from omniopd_verl.local.update import Timer, policy_update
-    from omniopd_verl.student import score_token_ids
+    from omniopd_verl.runtime.scoring import score_token_ids
 
     device = "cpu" if args.tiny else "cuda"
     if device == "cuda" and not torch.cuda.is_available():

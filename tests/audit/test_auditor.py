@@ -17,9 +17,9 @@ from omniopd_naive import naive_ned, naive_peak_anchors
 from transformers import AutoTokenizer
 
 from omniopd_verl.audit import Auditor, TeacherFailureError
-from omniopd_verl.audit.auditor import stable_seed
 from omniopd_verl.audit.types import StudentResponse
 from omniopd_verl.config import OmniOPDConfig
+from omniopd_verl.core.seeds import stable_seed
 from omniopd_verl.errors import GuardError
 from omniopd_verl.protocols import TeacherBackend, TeacherCapabilities, TeacherResult
 from omniopd_verl.similarity.ned import NormalizedEditSimilarity

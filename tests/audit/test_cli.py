@@ -15,7 +15,7 @@ import torch
 from omniopd_naive import naive_ned, naive_peak_anchors
 
 from omniopd_verl.cli.main import main
-from omniopd_verl.models import load_causal_lm
+from omniopd_verl.runtime.models import load_causal_lm
 from omniopd_verl.serving.openai_compat import TransformersGenerator, serve_openai_compat
 
 M, N, C, ALPHA = 3, 3, 10, 2.0

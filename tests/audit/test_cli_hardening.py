@@ -249,8 +249,8 @@ def test_skip_too_long_audits_the_rest_and_says_which_were_skipped(tmp_path, ser
 
 def test_score_responses_refuses_beyond_the_context(tiny_model_path):
     from omniopd_verl.errors import ConfigError
-    from omniopd_verl.models import load_causal_lm
-    from omniopd_verl.student import score_responses
+    from omniopd_verl.runtime.models import load_causal_lm
+    from omniopd_verl.runtime.scoring import score_responses
 
     model, tok = load_causal_lm(tiny_model_path)
     with pytest.raises(ConfigError, match=r"row 1: prompt \+ response is \d+ tokens .* context of 2048"):

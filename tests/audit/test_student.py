@@ -1,4 +1,4 @@
-"""Teacher-forced scoring (omniopd_verl.student) against a naive one-row-at-a-time float64 reference."""
+"""Teacher-forced scoring (omniopd_verl.runtime.scoring) against a naive one-row-at-a-time float64 reference."""
 
 from __future__ import annotations
 
@@ -8,8 +8,8 @@ import pytest
 import torch
 
 from omniopd_verl.errors import ConfigError
-from omniopd_verl.models import load_causal_lm
-from omniopd_verl.student import render_prompt, score_responses
+from omniopd_verl.runtime.models import load_causal_lm
+from omniopd_verl.runtime.scoring import render_prompt, score_responses
 
 
 def _naive(model, prompt_ids, response_ids):

@@ -62,8 +62,8 @@ def test_mean_ci_hand_worked():
 
 
 def test_paired_change_is_zero_without_a_change_and_sign_follows_the_texts(tmp_path):
-    from omniopd_verl.models import load_causal_lm, make_tiny_random_model
-    from omniopd_verl.student import score_token_ids
+    from omniopd_verl.runtime.models import load_causal_lm, make_tiny_random_model
+    from omniopd_verl.runtime.scoring import score_token_ids
 
     model, tok = load_causal_lm(make_tiny_random_model(tmp_path / "tiny"))
     items = [
@@ -99,7 +99,7 @@ def test_saved_items_round_trip(tmp_path):
 
 def test_token_set_mass_against_a_naive_softmax_over_the_base_samples_positions(tmp_path):
     """mass(x) = mean over every base-sample position of sum_{v in S} softmax(logits)_v, by a plain forward."""
-    from omniopd_verl.models import load_causal_lm, make_tiny_random_model
+    from omniopd_verl.runtime.models import load_causal_lm, make_tiny_random_model
 
     model, tok = load_causal_lm(make_tiny_random_model(tmp_path / "tiny"))
     model.eval()

@@ -1,4 +1,4 @@
-"""`make experiment` (omniopd_verl/experiment.py) end to end on the tiny random model: three arms of the
+"""`make experiment` (omniopd_verl/demo/experiment.py) end to end on the tiny random model: three arms of the
 quickstart recipe, one shared held-out set, the table, the plot, and numbers recomputed here from each
 arm's own eval.json by a naive per-prompt average (so a wrong pairing, sign or arm would show).
 """
@@ -20,7 +20,7 @@ def naive_per_prompt_mean(prompt_ids, values):
 
 @pytest.fixture
 def experiment_run(tmp_path, tiny_model_path, monkeypatch):
-    from omniopd_verl import experiment
+    from omniopd_verl.demo import experiment
 
     monkeypatch.setattr(experiment, "OUT", tmp_path / "exp")
     overrides = [
@@ -104,7 +104,7 @@ def test_experiment_scores_every_arm_on_one_heldout_set_per_seed_and_matches_a_n
 def test_a_rerun_reads_finished_seeds_and_reruns_a_seed_whose_arms_changed(experiment_run, monkeypatch, capsys):
     """Seeds run as separate processes and a final run aggregates them: the second run must train nothing
     for seeds it has with the same arms and overrides, and give the same table; other arms rerun the seed."""
-    from omniopd_verl import experiment
+    from omniopd_verl.demo import experiment
 
     rc, out, _ = experiment_run
     first = json.loads((out / "results.json").read_text())
@@ -130,7 +130,7 @@ def test_a_rerun_reads_finished_seeds_and_reruns_a_seed_whose_arms_changed(exper
 
 
 def test_experiment_rejects_an_unknown_arm_and_names_the_allowed_ones(capsys):
-    from omniopd_verl import experiment
+    from omniopd_verl.demo import experiment
 
     assert experiment.main(["--arms", "centered,dpo"]) == 2
     err = capsys.readouterr().err

@@ -12,7 +12,7 @@ ROOT = Path(__file__).resolve().parents[2]
 
 
 def test_demo_table_has_one_row_per_step_and_marks_missing_values():
-    from omniopd_verl.demo import format_table
+    from omniopd_verl.demo.quickstart import format_table
 
     rows = [
         {
@@ -43,7 +43,7 @@ def test_demo_table_has_one_row_per_step_and_marks_missing_values():
     ]
     assert lines[2].split() == ["1", "0.250", "0.500", "12.5%", "3.000", "0.0000", "16", "0", "12.5"]
     assert lines[3].split()[1] == "n/a" and lines[3].split()[4] == "2.500"
-    from omniopd_verl.demo import format_result
+    from omniopd_verl.demo.quickstart import format_result
 
     r = {"effect": 0.02, "ci95": [0.01, 0.03], "prompts": 40, "prefixes": 80, "before": 0.25, "after": 0.27}
     summary = {"metric": "m", **r, "teacher_mass": 0.5,
@@ -70,7 +70,7 @@ def test_demo_runs_from_an_empty_folder_with_one_seed_for_everything(tmp_path, t
     import os
     import subprocess
 
-    from omniopd_verl.demo import effect_shown
+    from omniopd_verl.demo.quickstart import effect_shown
 
     work = tmp_path / "empty"
     work.mkdir()
@@ -106,7 +106,7 @@ def test_demo_runs_from_an_empty_folder_with_one_seed_for_everything(tmp_path, t
 
 
 def test_demo_rejects_a_bad_seed_with_one_line(capsys):
-    from omniopd_verl.demo import main
+    from omniopd_verl.demo.quickstart import main
 
     with pytest.raises(SystemExit) as err:
         main(["--seed", "x"])

@@ -44,7 +44,7 @@ def test_sft_credit_through_the_policy_loss_is_the_mean_sequence_nll():
 
 def test_a_failed_teacher_request_stops_the_step_instead_of_training_on_fewer_answers(tiny_model_path):
     from omniopd_verl.errors import GuardError
-    from omniopd_verl.models import load_tokenizer
+    from omniopd_verl.runtime.models import load_tokenizer
 
     tok = load_tokenizer(tiny_model_path)
     ok = TeacherResult("a:0", [" 12 + 3 = 15", ""])

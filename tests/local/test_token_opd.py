@@ -1,4 +1,5 @@
-"""White-box token-level OPD (local/token_opd.py): teacher log-probs and the loss against naive references."""
+"""White-box token-level OPD (local/token_opd.py, local/methods.py): the teacher's log-probs (from the
+`transformers` teacher the registry builds) and the loss against naive references."""
 
 from __future__ import annotations
 
@@ -8,9 +9,9 @@ import pytest
 import torch
 
 from omniopd_verl.local.loss import collate, make_actor_config
-from omniopd_verl.local.token_opd import WhiteBoxScorer, token_opd_credit
+from omniopd_verl.local.token_opd import token_opd_credit
 from omniopd_verl.local.update import policy_update
-from omniopd_verl.models import load_causal_lm, make_tiny_random_model
+from omniopd_verl.runtime.models import load_causal_lm, make_tiny_random_model
 
 
 @pytest.fixture(scope="module")
@@ -19,6 +20,16 @@ def models(tmp_path_factory):
     student, tok = load_causal_lm(make_tiny_random_model(root / "s", seed=0))
     teacher, _ = load_causal_lm(make_tiny_random_model(root / "t", seed=1))
     return student, teacher, tok
+
+
+def white_box(teacher, tok, steer=None):
+    """The `transformers` teacher on `teacher`'s weights, built through the registry as the local engine does."""
+    from omniopd_verl import registry
+    from omniopd_verl.config import TeacherConfig
+
+    options = {"model": "reference", **({"steer": steer} if steer else {})}
+    cfg = TeacherConfig(name="transformers", model="tiny-teacher", options=options)
+    return registry.create_teacher(cfg, resources={"reference_model": (teacher, tok)}).plugin
 
 
 def naive_logprobs(model, prompt, response, bias=None):
@@ -37,18 +48,20 @@ RESPONSES = [[11, 12, 13], [14, 15, 16, 17, 18]]
 
 def test_teacher_logprobs_equal_a_full_forward_with_and_without_steering(models):
     _, teacher, tok = models
-    bias = torch.zeros(teacher.config.vocab_size)
-    bias[[12, 15, 16]] = 3.0
-    for b in (None, bias):
-        got = WhiteBoxScorer(teacher, b).token_logprobs(PROMPTS, RESPONSES, pad_token_id=tok.pad_token_id)
-        for p, r, g in zip(PROMPTS, RESPONSES, got, strict=True):
-            assert torch.allclose(g, naive_logprobs(teacher, p, r, b), atol=1e-5)
+    steer = {"tokens": "arithmetic", "bias": 3.0}
+    for plugin in (white_box(teacher, tok), white_box(teacher, tok, steer)):
+        bias = plugin.steering.bias_V if plugin.steering else None
+        # responses with tokens of the steered set, so a bias left out would show
+        responses = [RESPONSES[0] + (plugin.steering.token_ids[:3] if plugin.steering else []), RESPONSES[1]]
+        got = plugin.token_logprobs(PROMPTS, responses)
+        for p, r, g in zip(PROMPTS, responses, got, strict=True):
+            assert torch.allclose(g, naive_logprobs(teacher, p, r, bias), atol=1e-5)
 
 
 def test_token_opd_loss_equals_the_naive_reverse_kl_policy_gradient(models):
     student, teacher, tok = models
     student = copy.deepcopy(student)
-    t_lp = WhiteBoxScorer(teacher).token_logprobs(PROMPTS, RESPONSES, pad_token_id=tok.pad_token_id)
+    t_lp = white_box(teacher, tok).token_logprobs(PROMPTS, RESPONSES)
     s_lp = [naive_logprobs(student, p, r) for p, r in zip(PROMPTS, RESPONSES, strict=True)]
     batch = collate(PROMPTS, RESPONSES, tok.pad_token_id)
     credit = token_opd_credit(t_lp, s_lp, batch.response_mask_BT)
@@ -80,10 +93,13 @@ def test_token_opd_needs_a_white_box_teacher(models):
     from omniopd_verl.errors import ConfigError
 
     student, _, tok = models
+    from omniopd_verl import registry
+    from omniopd_verl.local.methods import build_method
+
+    black_box = registry.create_teacher(TeacherConfig(name="openai_completions", model="m", api_base="http://x/v1"))
     with pytest.raises(ConfigError, match=r"omniopd.teacher.name='openai_completions' is invalid with local.method"):
-        WhiteBoxScorer.from_config(
-            TeacherConfig(name="openai_completions", model="m"),
-            student_model_name="s",
-            reference_model=student,
-            tokenizer=tok,
-        )
+        build_method("token_opd", black_box, "openai_completions")
+    assert build_method("token_opd", white_box(student, tok), "transformers").name == "token_opd"
+    from omniopd_verl.local.config import METHODS
+
+    assert [build_method(m, white_box(student, tok), "transformers").name for m in METHODS] == list(METHODS)

@@ -14,7 +14,7 @@ import yaml
 from omniopd_verl.errors import ConfigError
 from omniopd_verl.local.config import load_run_config
 from omniopd_verl.local.loss import collate, omniopd_loss, response_logits
-from omniopd_verl.local.rollout import pad_id
+from omniopd_verl.runtime.generation import pad_token_id
 
 
 def write_run(tmp_path: Path, model: str, gsm8k_subset: Path, *, steps=2, output="run", **local) -> Path:
@@ -65,6 +65,7 @@ def fixed_batch_loss(trainer, rollouts, credit, batch):
 
 def test_one_step_changes_parameters_and_lowers_the_loss_on_a_fixed_batch(tmp_path, tiny_model_path, gsm8k_subset):
     from omniopd_verl.audit.credit import audits_to_token_credit
+    from omniopd_verl.local.methods import OmniOPD
     from omniopd_verl.local.train import LocalTrainer
     from omniopd_verl.local.update import Timer
 
@@ -74,11 +75,14 @@ def test_one_step_changes_parameters_and_lowers_the_loss_on_a_fixed_batch(tmp_pa
         rollouts = trainer.rollout(trainer.train_problems[:2], seed=1, uid_prefix="t-", responses_per_prompt=2)
         audits = trainer.audit(rollouts)
         assert sum(len(a.chunks) for a in audits) > 0
-        batch = collate([r.prompt_ids for r in rollouts], [r.response_ids for r in rollouts], pad_id(trainer.tokenizer))
+        batch = collate(
+            [r.prompt_ids for r in rollouts], [r.response_ids for r in rollouts], pad_token_id(trainer.tokenizer)
+        )
         credit = audits_to_token_credit(audits, batch.response_mask_BT)
         before = {k: v.detach().clone() for k, v in trainer.model.named_parameters()}
         loss_before = fixed_batch_loss(trainer, rollouts, credit, batch)
-        metrics = trainer.update(rollouts, audits, Timer())
+        step = OmniOPD().train_on(trainer, rollouts, audits)
+        metrics = trainer.apply_credit(step.prompts, step.responses, step.credit, beta=step.beta, timer=Timer())
         loss_after = fixed_batch_loss(trainer, rollouts, credit, batch)
         changed = [k for k, v in trainer.model.named_parameters() if not torch.equal(v, before[k])]
         assert len(changed) == len(before)

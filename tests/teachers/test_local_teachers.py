@@ -22,7 +22,7 @@ def tiny_sampler(tiny_model_path):
     # float64: a request sampled alone must equal the same request in a batch, on every CPU. In float32 the
     # batch shape picks other matmul kernels (AVX2 vs AVX-512 differ), and the near-uniform tiny model turns a
     # last-bit difference into another token.
-    from omniopd_verl.models import load_causal_lm
+    from omniopd_verl.runtime.models import load_causal_lm
 
     model, tokenizer = load_causal_lm(tiny_model_path, dtype=torch.float64)
     return LocalSampler(model, tokenizer)

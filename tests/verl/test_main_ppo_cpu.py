@@ -28,7 +28,7 @@ import pytest
 import torch
 
 from omniopd_verl.testing import Fault, ScriptedGenerator, serve_fault_server
-from omniopd_verl.verl_integration.cpu_smoke import cpu_env, prepare, step_metrics_from_log
+from omniopd_verl.verl_integration.cpu.smoke import cpu_env, prepare, step_metrics_from_log
 
 REPO = Path(__file__).resolve().parents[2]
 ALPHA, N, C, M = 1.0, 2, 4, 2

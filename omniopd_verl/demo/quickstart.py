@@ -1,7 +1,7 @@
 """`make demo`: does OmniOPD move a student toward its teacher? Two arms, one pre-declared metric, a CI.
 
 Runs recipes/quickstart_cpu/quickstart_cpu.yaml on the local engine, offline: SmolLM2-135M-Instruct on
-GSM8K prompts, taught by the demonstration teacher (omniopd_verl/demo_teacher.py: the same base model
+GSM8K prompts, taught by the demonstration teacher (omniopd_verl/teachers/steering.py: the same base model
 with its arithmetic tokens' logits raised, so its texts differ measurably from the student's).
   1. Before training: a fixed held-out set (the initial student's responses to held-out GSM8K test
      prompts, anchors chosen by the scheduler, N teacher continuations and N initial-student
@@ -36,8 +36,8 @@ import sys
 import time
 from pathlib import Path
 
-from omniopd_verl.cpu_allocator import release_free_memory
 from omniopd_verl.package_files import QUICKSTART_RECIPE, package_file
+from omniopd_verl.runtime.cpu_allocator import release_free_memory
 
 RECIPE = package_file(QUICKSTART_RECIPE)  # recipes/quickstart_cpu/quickstart_cpu.yaml links to it
 DEFAULT_OUT = "runs/demo"
@@ -148,7 +148,6 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(sys.argv[1:] if argv is None else argv)
     OUT = Path(args.out)
     overrides = args.overrides
-    from omniopd_verl.demo_teacher import token_set
     from omniopd_verl.local import paired_eval as pe
     from omniopd_verl.local.config import load_run_config
     from omniopd_verl.local.metrics import read_metrics
@@ -165,10 +164,9 @@ def main(argv: list[str] | None = None) -> int:
         str(RECIPE), [*base, f"local.output_dir={OUT / 'control'}", "local.control=shuffle_pi_hat"]
     )
     o, loc = arm_cfg.omniopd, arm_cfg.local
-    steer = o.teacher.options.get("steer")
     print(f"OmniOPD demo: {RECIPE.name}", flush=True)
     print(
-        f"student {loc.model}; teacher {o.teacher.name}:{o.teacher.model} steered {steer} (a demonstration teacher); "
+        f"student {loc.model}; teacher {o.teacher.name}:{o.teacher.model} (a demonstration teacher); "
         f"similarity {o.similarity}; advantage {o.advantage}; M={o.chunks} N={o.samples} C={o.chunk_len}; "
         f"{loc.steps} steps x {loc.batch_size} responses, lr {loc.lr}; two arms (OmniOPD, control)",
         flush=True,
@@ -181,23 +179,23 @@ def main(argv: list[str] | None = None) -> int:
     if not trainer.heldout_problems:
         print("local.data.heldout_prompts is 0: nothing to measure", file=sys.stderr)
         return 2
-    if not steer:
+    steering = trainer.heldout.steering
+    if steering is None:
         print(
             "omniopd.teacher.options.steer is null: the demo's metric is the demonstration teacher's token set "
-            "(omniopd_verl/demo_teacher.py); allowed a mapping {tokens: arithmetic, bias: <number>}",
+            "(omniopd_verl/teachers/steering.py); allowed a mapping {tokens: arithmetic, bias: <number>}",
             file=sys.stderr,
         )
         return 2
-    items, before = trainer.prepare_heldout()
+    print(f"the teacher is steered: {dict(steering.option)}", flush=True)
+    items, before = trainer.heldout.prepare(trainer.heldout_problems)
     pe.save_items(items, OUT / "heldout_set.jsonl")
-    teacher_mass = pe.mean_over_prompts(
-        items, trainer.heldout_measure(trainer.ref_model, items, as_teacher=True)["mass"]
-    )
-    share = pe.token_share_summary(items, token_set(trainer.tokenizer, steer["tokens"]))
+    teacher_mass = pe.mean_over_prompts(items, trainer.heldout.teacher_mass(items))
+    share = pe.token_share_summary(items, steering.token_ids)
     mass0, gap0 = pe.mean_over_prompts(items, before["mass"]), pe.mean_over_prompts(items, before["gap"])
     print(f"the teacher differs from the student, before any training ({len(items)} held-out prefixes):")
     print(
-        f"  next-token probability of its favoured '{steer['tokens']}' tokens at the student's own held-out "
+        f"  next-token probability of its favoured '{steering.tokens}' tokens at the student's own held-out "
         f"contexts: teacher {teacher_mass:.1%}, student {mass0:.1%}"
     )
     print(f"  share of those tokens in the texts: teacher's {share['teacher']:.1%}, student's own {share['base']:.1%}")
@@ -243,7 +241,7 @@ def main(argv: list[str] | None = None) -> int:
         "setting": {
             "advantage": o.advantage,
             "similarity": o.similarity,
-            "steer": steer,
+            "steer": dict(steering.option),
             "steps": loc.steps,
             "lr": loc.lr,
             "M": o.chunks,

@@ -32,7 +32,9 @@ import torch
 from verl.workers.rollout.base import BaseRollout
 from verl.workers.rollout.replica import RolloutReplica, TokenOutput
 
-from omniopd_verl.verl_integration.hf_generation import GenerationRequest, generate_batch, request_seed
+from omniopd_verl.core.seeds import stable_seed
+from omniopd_verl.runtime.generation import eos_token_ids, pad_token_id
+from omniopd_verl.verl_integration.cpu.hf_generation import GenerationRequest, generate_batch
 from omniopd_verl.verl_integration.names import HF_ROLLOUT_NAME
 
 logger = logging.getLogger("omniopd_verl.hf_rollout")
@@ -74,10 +76,8 @@ class HFRolloutServer:
             .eval()
         )
         tokenizer = AutoTokenizer.from_pretrained(path)
-        eos = self.model.generation_config.eos_token_id
-        eos = eos if isinstance(eos, list) else ([] if eos is None else [eos])
-        self.eos_token_ids = set(eos) | ({tokenizer.eos_token_id} if tokenizer.eos_token_id is not None else set())
-        self.pad_token_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else min(self.eos_token_ids)
+        self.eos_token_ids = set(eos_token_ids(self.model, tokenizer))
+        self.pad_token_id = pad_token_id(tokenizer)
         self.max_batch = max(1, int(_config_value(config, "max_num_seqs", 256) or 256))
         self.prompt_length = int(_config_value(config, "prompt_length"))
         self.response_length = int(_config_value(config, "response_length"))
@@ -111,7 +111,7 @@ class HFRolloutServer:
             top_k=int(params.pop("top_k", -1)),
             logprobs=logprobs is not None and logprobs is not False,
             prompt_logprobs=None if prompt_logprobs is None else int(prompt_logprobs),
-            seed=int(params.pop("seed")) if params.get("seed") is not None else request_seed(request_id),
+            seed=int(params.pop("seed")) if params.get("seed") is not None else stable_seed("hf-rollout", request_id),
             stop_token_ids=tuple(params.pop("stop_token_ids", None) or ()),
             ignore_eos=bool(params.pop("ignore_eos", False)),
             logprobs_mode=self.logprobs_mode,
@@ -269,7 +269,7 @@ class HFRolloutServer:
 
 
 def _aborted():
-    from omniopd_verl.verl_integration.hf_generation import GenerationResult
+    from omniopd_verl.verl_integration.cpu.hf_generation import GenerationResult
 
     return GenerationResult(token_ids=[], log_probs=None, stop_reason="aborted")
 

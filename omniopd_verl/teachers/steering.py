@@ -19,6 +19,7 @@ Token sets (decoded token text, leading space ignored):
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 from omniopd_verl.errors import ConfigError
@@ -45,10 +46,35 @@ def token_set(tokenizer: Any, name: str) -> list[int]:
     return [i for i in range(len(tokenizer)) if i not in special and test(tokenizer.decode([i]))]
 
 
-def steer_bias(tokenizer: Any, vocab_size: int, steer: Mapping[str, Any]) -> Any:
-    """The [V] float32 logit bias for `options.steer` = {tokens: <set name>, bias: <float>}."""
+def token_share(token_lists: Sequence[Sequence[int]], ids: Sequence[int]) -> float:
+    """Fraction of all tokens in `token_lists` that are in `ids` (the property the steered teacher has)."""
+    wanted = set(ids)
+    total = sum(len(t) for t in token_lists)
+    return sum(1 for t in token_lists for tok in t if tok in wanted) / total if total else float("nan")
+
+
+@dataclass(frozen=True)
+class Steering:
+    """A teacher's `options.steer`, read and checked: the option as written, its token ids and its [V] bias."""
+
+    option: Mapping[str, Any]
+    token_ids: list[int]
+    bias_V: Any
+
+    @property
+    def tokens(self) -> str:
+        return str(self.option["tokens"])
+
+
+def read_steering(options: Mapping[str, Any], tokenizer: Any, model: Any) -> Steering | None:
+    """The one reader of a teacher's `options.steer` = {tokens: <set name>, bias: <number>} (None: not a
+    demonstration teacher). The `transformers` teacher samples with `bias_V`; the local engine's held-out
+    measurement uses the token ids (its "mass" metric) and scores the teacher's own mass with `bias_V`."""
     import torch
 
+    steer = options.get("steer")
+    if steer is None:
+        return None
     if not isinstance(steer, Mapping) or set(steer) != {"tokens", "bias"}:
         raise ConfigError(
             f"omniopd.teacher.options.steer={steer!r} is invalid: allowed a mapping with exactly the keys "
@@ -58,13 +84,6 @@ def steer_bias(tokenizer: Any, vocab_size: int, steer: Mapping[str, Any]) -> Any
     if isinstance(bias, bool) or not isinstance(bias, (int, float)) or not -50 <= bias <= 50:
         raise ConfigError(f"omniopd.teacher.options.steer.bias={bias!r} is invalid: allowed a number in [-50, 50]")
     ids = token_set(tokenizer, str(steer["tokens"]))
-    bias_V = torch.zeros(vocab_size, dtype=torch.float32)
+    bias_V = torch.zeros(model.get_output_embeddings().weight.shape[0], dtype=torch.float32)
     bias_V[torch.tensor(ids, dtype=torch.long)] = float(bias)
-    return bias_V
-
-
-def token_share(token_lists: Sequence[Sequence[int]], ids: Sequence[int]) -> float:
-    """Fraction of all tokens in `token_lists` that are in `ids` (the property the steered teacher has)."""
-    wanted = set(ids)
-    total = sum(len(t) for t in token_lists)
-    return sum(1 for t in token_lists for tok in t if tok in wanted) / total if total else float("nan")
+    return Steering(dict(steer), ids, bias_V)
