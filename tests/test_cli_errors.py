@@ -240,3 +240,98 @@ def test_train_verl_unparsable_yaml_is_one_line(tmp_path, capsys):
     assert main(["train", "--dry-run", "--config", str(bad)]) == 2
     line = one_error_line(capsys.readouterr().err)
     assert str(bad) in line and "line 4" in line and "not valid YAML" in line
+
+
+# ---- train --dry-run builds the plugins the run would use (issue 21 §3) ----------------------------------
+
+TEACHER = ("omniopd.teacher.model=local-teacher", "omniopd.teacher.api_base=http://127.0.0.1:8000/v1")
+
+
+@pytest.fixture()
+def no_similarity_model(monkeypatch):
+    from omniopd_verl.similarity import embedding
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("the embedding model was loaded by a dry run")
+
+    monkeypatch.setattr(embedding, "load_sentence_transformer", refuse)
+
+
+@pytest.mark.parametrize(
+    "override, message",
+    [
+        (
+            "+omniopd.similarity_options.batch_sise=8",
+            "unknown key omniopd.similarity_options.batch_sise; did you mean batch_size? "
+            "(options of the embedding similarity plugin)",
+        ),
+        (
+            "+omniopd.similarity_options.batch_size=0",
+            "rejected by the embedding similarity plugin: similarity_options.batch_size=0 is invalid",
+        ),
+        (
+            "+omniopd.scheduler_options.window=3",
+            "unknown key omniopd.scheduler_options.window: the peak_entropy scheduler plugin takes no options",
+        ),
+        (
+            "+omniopd.teacher.options.extra_bdy={}",
+            "omniopd.teacher.options has unknown keys ['extra_bdy'] for the openai_completions teacher "
+            "(did you mean extra_body?)",
+        ),
+        (
+            "+omniopd.teacher.options.backoff_base_s=-1",
+            "omniopd.teacher.options.backoff_base_s=-1 is invalid: allowed a finite number > 0",
+        ),
+        (
+            "omniopd.teacher.api_key_env=OMNIOPD_TEST_UNSET_KEY",
+            "the environment variable OMNIOPD_TEST_UNSET_KEY is not set or empty",
+        ),
+    ],
+)
+def test_train_verl_dry_run_with_a_bad_plugin_option_exits_2_before_any_model_loads(
+    override, message, no_model_load, no_similarity_model, monkeypatch, capsys
+):
+    monkeypatch.delenv("OMNIOPD_TEST_UNSET_KEY", raising=False)
+    assert main(["train", "--dry-run", *TEACHER, override]) == 2
+    line = one_error_line(capsys.readouterr().err)
+    assert line.startswith("omniopd-verl train: invalid config: ") and message in line, line
+
+
+def test_train_verl_dry_run_passes_with_good_plugin_options_and_the_key_set(no_model_load, monkeypatch, capsys):
+    monkeypatch.setenv("OMNIOPD_TEST_KEY", "not-a-real-key")
+    argv = ["train", "--dry-run", *TEACHER, "+omniopd.similarity_options.batch_size=8"]
+    assert main([*argv, "omniopd.teacher.api_key_env=OMNIOPD_TEST_KEY"]) == 0, capsys.readouterr().err
+    assert "is valid" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    "override, message",
+    [
+        (
+            "+omniopd.teacher.options.stear={}",
+            "omniopd.teacher.options has unknown keys ['stear'] for the transformers teacher (did you mean steer?)",
+        ),
+        ("omniopd.teacher.options.dtype=float64", "omniopd.teacher.options.dtype='float64' is invalid"),
+        ("+omniopd.similarity_options.device_map=auto", "unknown key omniopd.similarity_options.device_map"),
+    ],
+)
+def test_train_local_dry_run_with_a_bad_plugin_option_exits_2_before_any_model_loads(
+    override, message, no_model_load, no_similarity_model, capsys
+):
+    if "dtype" in override:  # the recipe sets no dtype: add it, then the value is the plugin's to refuse
+        override = "+" + override
+    assert main(["train", "--engine", "local", "--config", str(QUICKSTART), "--dry-run", override]) == 2
+    line = one_error_line(capsys.readouterr().err)
+    assert message in line, line
+
+
+@pytest.mark.parametrize("engine", [[], ["--engine", "local", "--config", str(QUICKSTART)]], ids=["verl", "local"])
+def test_plus_means_add_a_key_on_both_engines(engine, capsys):
+    """`key=value` sets a key that is there; `+key=value` adds one; the same line fails the same way on both."""
+    base = ["train", "--dry-run", *engine, *([] if engine else TEACHER)]
+    assert main([*base, "+omniopd.teacher.options.max_tokens_factor=2.0"]) == 0, capsys.readouterr().err
+    capsys.readouterr()
+    assert main([*base, "omniopd.teacher.options.max_tokens_factor=2.0"]) == 2  # not there: needs '+'
+    assert "omniopd.teacher.options.max_tokens_factor" in one_error_line(capsys.readouterr().err)
+    assert main([*base, "+omniopd.alpha=2.0"]) == 2  # there already: '+' is refused, as Hydra refuses it
+    assert "omniopd.alpha" in one_error_line(capsys.readouterr().err)

@@ -79,6 +79,10 @@ def _run_local(args: argparse.Namespace) -> int:
         run_cfg = local_train.load_run_config(args.config, args.overrides)
         check_local_paths(run_cfg)
         check_local_context(run_cfg)
+        # the plugins the run will build, built now (the local engine shares its reference copy with a teacher)
+        from omniopd_verl import registry
+
+        registry.check_plugins(run_cfg.omniopd, resources=("reference_model",))
         if args.dry_run:
             import json
 
@@ -212,12 +216,15 @@ def validate(cfg) -> None:
     from verl.trainer.ppo.utils import need_critic, need_reference_policy
     from verl.utils.config import validate_config
 
-    from omniopd_verl.verl_integration.checks import check_verl_config
+    from omniopd_verl import registry
+    from omniopd_verl.verl_integration.checks import check_verl_config, omniopd_config_from_verl
     from omniopd_verl.verl_integration.self_check import self_check
 
     self_check()
     OmegaConf.resolve(cfg)  # every interpolation, including ${omniopd_verl.resource:...}
     check_verl_config(cfg)
+    # the plugins the reward workers will build, built here first: a bad option fails now, not after a model load
+    registry.check_plugins(omniopd_config_from_verl(cfg))
     validate_config(config=cfg, use_reference_policy=need_reference_policy(cfg), use_critic=need_critic(cfg))
     if _select(cfg, "distillation.enabled"):  # kl_anchor=topk_ref: verl's own teacher/pool checks, now
         from verl.utils.config import omega_conf_to_dataclass
@@ -296,7 +303,8 @@ def _run_verl(args: argparse.Namespace) -> int:
         if unknown:
             print(f"omniopd-verl train: invalid config: {unknown}", file=sys.stderr)
             return 2
-        print(f"omniopd-verl train: cannot compose the config: {type(exc).__name__}: {exc}", file=sys.stderr)
+        said = " ".join(str(exc).split())  # Hydra's advice spans lines: one line, as for every other error
+        print(f"omniopd-verl train: cannot compose the config: {type(exc).__name__}: {said}", file=sys.stderr)
         return 2
     if args.dry_run:
         from omegaconf import OmegaConf
