@@ -335,3 +335,67 @@ def test_plus_means_add_a_key_on_both_engines(engine, capsys):
     assert "omniopd.teacher.options.max_tokens_factor" in one_error_line(capsys.readouterr().err)
     assert main([*base, "+omniopd.alpha=2.0"]) == 2  # there already: '+' is refused, as Hydra refuses it
     assert "omniopd.alpha" in one_error_line(capsys.readouterr().err)
+
+
+# ---- eval: --config FILE, eval.KEY=VALUE overrides, flags as shortcuts (issue 21 §3) ------------------------
+
+
+@pytest.fixture()
+def scripted_eval_backend(monkeypatch):
+    """A back-end with the generator interface that answers \\boxed{1} and records the spec it was given."""
+    from omniopd_verl.eval import generation
+
+    seen = {}
+
+    class Scripted:
+        name = "scripted"
+
+        def __init__(self, model, **options):
+            seen.update(model=model, **options)
+
+        def generate(self, prompts, spec, progress=None):
+            seen["spec"] = spec
+            return [["\\boxed{1}"] * spec.n for _ in prompts]
+
+    monkeypatch.setitem(generation.BACKENDS, "transformers", Scripted)
+    return seen
+
+
+def test_eval_reads_its_node_of_a_config_file_then_flags_then_overrides(
+    tmp_path, benchmarks_dir, scripted_eval_backend, capsys
+):
+    config = tmp_path / "run.yaml"
+    config.write_text(
+        "omniopd: {alpha: 2.0}   # another command's node: not read by eval\n"
+        f"eval: {{model: m, benchmarks: gsm8k, limit: 3, n: 2, temperature: 0.7, benchmarks_dir: {benchmarks_dir}}}\n"
+    )
+    out = tmp_path / "report.json"
+    argv = ["eval", "--config", str(config), "--batch-size", "3", "eval.limit=2", "eval.pass_k=2", "--output", str(out)]
+    assert main(argv) == 0, capsys.readouterr().err
+    report = json.loads(out.read_text())
+    assert report["benchmarks"]["gsm8k"]["n_problems"] == 2  # the override beat the file's limit: 3
+    spec = scripted_eval_backend["spec"]
+    assert (spec.n, spec.temperature) == (2, 0.7)  # from the file
+    assert scripted_eval_backend["batch_size"] == 3  # from the flag
+    assert "pass@2" in json.dumps(report)
+
+
+@pytest.mark.parametrize(
+    ("extra", "message"),
+    [
+        (["eval.nn=2"], "unknown key eval.nn; did you mean n?"),
+        (["omniopd.alpha=2"], "unknown key omniopd.alpha: this command reads no omniopd: node"),
+        (["eval.n=two"], "eval.n='two' is invalid: allowed an integer"),
+        (["--n", "2", "eval.n=3"], "eval.n is given twice, by --n and by 'eval.n=3': keep one"),
+    ],
+)
+def test_eval_bad_config_keys_are_one_line_before_the_model_loads(
+    tiny_model_path, no_model_load, extra, message, capsys
+):
+    assert main(["eval", "--model", tiny_model_path, "--limit", "1", *extra]) == 2
+    assert message in one_error_line(capsys.readouterr().err)
+
+
+def test_eval_without_a_model_says_where_to_give_one(no_model_load, capsys):
+    assert main(["eval", "--benchmarks", "gsm8k"]) == 2
+    assert "eval.model is not set: give --model" in one_error_line(capsys.readouterr().err)
