@@ -352,3 +352,54 @@ def test_third_party_loggers_are_redacted(canaries, caplog):
     assert key not in caplog.text
     assert "Incorrect API key provided: ***" in caplog.text
     assert "x-api-key': '***'" in caplog.text or "REDACTED" in caplog.text
+
+
+# ---- a plugin written with aiohttp: its ClientResponseError carries `.status` (issue 21 §3) ------------------
+
+
+class _AiohttpCompletions:
+    """A third-party teacher's raw call written with aiohttp, as its docs suggest: raise_for_status()."""
+
+    capabilities = TeacherCapabilities(supports_n=True, raw_completion=True, priced=False)
+
+    def __init__(self, url, key):
+        self.url, self.key, self.calls = url, key, 0
+
+    async def sample_raw(self, requests):
+        import aiohttp
+
+        answers = []
+        async with aiohttp.ClientSession() as session:
+            for r in requests:
+                self.calls += 1
+                body = {"model": "tiny", "prompt": r.prompt, "n": r.n, "max_tokens": r.teacher_max_tokens}
+                headers = {"Authorization": f"Bearer {self.key}"}
+                async with session.post(f"{self.url}/completions", json=body, headers=headers) as resp:
+                    resp.raise_for_status()
+                    data = await resp.json()
+                answers.append(RawAnswer([RawSample(c["text"], c["finish_reason"]) for c in data["choices"]]))
+        return answers
+
+
+def test_an_aiohttp_status_error_is_retried_after_its_retry_after_and_a_401_stops():
+    import time
+
+    from omniopd_verl.teachers.library import Teacher
+
+    config = TeacherConfig(name="aiohttp_teacher", model="tiny", max_retries=2)
+    options = {"backoff_base_s": 0.01, "backoff_max_s": 0.02}
+    with serve_fault_server(faults=[Fault("rate_limit", retry_after=0.4)], api_key="sk-test-aio") as server:
+        plugin = _AiohttpCompletions(server.url, "sk-test-aio")
+        teacher = Teacher("aiohttp_teacher", plugin, config, options)
+        t0 = time.perf_counter()
+        [result] = asyncio.run(teacher.sample([request(0)]))
+        waited = time.perf_counter() - t0
+    assert result.texts is not None and len(result.texts) == N, result.error
+    assert plugin.calls == 2 and teacher.metrics()["teacher/retries"] == 1
+    assert waited >= 0.4  # the server's Retry-After, not the 0.01 s backoff
+    with serve_fault_server(api_key="sk-test-aio") as server:  # a wrong key: 401, every call would fail alike
+        plugin = _AiohttpCompletions(server.url, "sk-wrong-key-aio")
+        teacher = Teacher("aiohttp_teacher", plugin, config, options)
+        with pytest.raises(TeacherAuthError, match="HTTP 401"):
+            asyncio.run(teacher.sample([request(0)]))
+    assert plugin.calls == 1  # not retried
