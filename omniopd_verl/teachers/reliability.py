@@ -27,6 +27,7 @@ from omniopd_verl.errors import ConfigError, OmniOPDError
 
 RETRYABLE_STATUS = {408, 409, 425, 429}
 FATAL_STATUS = {401, 403}
+RETRYABLE_NAME_WORDS = ("Timeout", "Connect", "Disconnect", "ServiceUnavailable", "InternalServer", "RateLimit")
 
 
 class TeacherAuthError(OmniOPDError):
@@ -97,7 +98,9 @@ def classify(exc: BaseException) -> str:
     if status is not None and (status in RETRYABLE_STATUS or status >= 500):
         return "retry"
     name = type(exc).__name__
-    if any(word in name for word in ("Timeout", "Connection", "ServiceUnavailable", "InternalServer", "RateLimit")):
+    # by name, for clients whose errors subclass neither TimeoutError nor ConnectionError (aiohttp's
+    # ClientConnectorError and ServerDisconnectedError, httpx's ConnectError, openai's APIConnectionError)
+    if any(word in name for word in RETRYABLE_NAME_WORDS):
         return "retry"
     if status is None and name in ("APIError", "JSONDecodeError"):
         return "retry"

@@ -403,3 +403,25 @@ def test_an_aiohttp_status_error_is_retried_after_its_retry_after_and_a_401_stop
         with pytest.raises(TeacherAuthError, match="HTTP 401"):
             asyncio.run(teacher.sample([request(0)]))
     assert plugin.calls == 1  # not retried
+
+
+def test_aiohttp_connection_errors_are_retried():
+    """aiohttp's connection errors subclass neither ConnectionError nor TimeoutError: retried by name."""
+    from omniopd_verl.teachers.library import Teacher
+
+    config = TeacherConfig(name="aiohttp_teacher", model="tiny", max_retries=2)
+    options = {"backoff_base_s": 0.01, "backoff_max_s": 0.02}
+    with serve_fault_server(faults=[Fault("disconnect")], api_key="sk-test-aio") as server:  # ServerDisconnectedError
+        plugin = _AiohttpCompletions(server.url, "sk-test-aio")
+        [result] = asyncio.run(Teacher("aiohttp_teacher", plugin, config, options).sample([request(0)]))
+    assert result.texts is not None and plugin.calls == 2, result.error
+    import socket
+
+    with socket.socket() as probe:  # a port nothing listens on: ClientConnectorError
+        probe.bind(("127.0.0.1", 0))
+        closed = f"http://127.0.0.1:{probe.getsockname()[1]}/v1"
+    plugin = _AiohttpCompletions(closed, "k")
+    teacher = Teacher("aiohttp_teacher", plugin, dataclasses.replace(config, max_retries=1), options)
+    [result] = asyncio.run(teacher.sample([request(0)]))
+    assert result.texts is None and "ClientConnectorError" in result.error
+    assert plugin.calls == 2 and teacher.metrics()["teacher/retries"] == 1
