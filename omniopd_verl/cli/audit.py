@@ -8,7 +8,7 @@ writes OUT.jsonl with one line per input, in input order:
     {"id", "entropy_source", "similarity", "scheduler", "response_len", "anchors_dropped",
      "chunks": [{"start", "end", "entropy", "student_text", "teacher_texts", "similarities",
                  "k_sem", "k_sem_frac", "pi_bar", "pi_hat"}, ...],
-     "teacher": {"calls", "retries", "failures", "cache_hits", "prompt_tokens", "completion_tokens",
+     "teacher": {"requests", "retries", "failures", "cache_hits", "prompt_tokens", "completion_tokens",
                  "cost_usd", "seconds"}}
 A summary goes to stderr; --report writes a self-contained HTML page.
 
@@ -575,7 +575,8 @@ def _summary(records, metrics, config, t_student, t_audit) -> dict[str, str]:
         "k_sem inside (5%,95%)": f"{100 * metrics['audit/k_sem_inside_frac']:.1f}% of chunks",
         "config": f"M={config.chunks} N={config.samples} C={config.chunk_len} alpha={config.alpha} "
         f"scheduler={config.scheduler} similarity={config.similarity} teacher={config.teacher.name}",
-        "teacher": f"calls {int(total('calls'))}, retries {int(total('retries'))}, failures {int(total('failures'))}, "
+        "teacher": f"requests {sum(int(r['teacher'].get('requests', 0)) for r in records)} (one per anchor), "
+        f"HTTP calls {int(metrics.get('teacher/calls', 0))} (retries included), retries {int(total('retries'))}, failures {int(total('failures'))}, "
         f"cache hits {int(total('cache_hits'))}, tokens {int(total('prompt_tokens'))} in / "
         f"{int(total('completion_tokens'))} out, cost ${total('cost_usd'):.4f}",
         "time": f"{t_audit:.1f}s for scoring and audit together (student scoring {t_student:.1f}s, "

@@ -119,7 +119,7 @@ def test_audit_cli_end_to_end(tmp_path, rows, teacher_server, smollm2_path, caps
         lps, hs = naive_scores(model, p_ids, r_ids)
         assert rec["entropy_source"] == "exact" and rec["similarity"] == "ned" and rec["response_len"] == len(r_ids)
         assert [c["start"] for c in rec["chunks"]] == naive_peak_anchors(hs, len(r_ids), M, C)
-        assert rec["teacher"]["calls"] == len(rec["chunks"]) and rec["teacher"]["failures"] == 0
+        assert rec["teacher"]["requests"] == len(rec["chunks"]) and rec["teacher"]["failures"] == 0
         for c in rec["chunks"]:
             n_chunks += 1
             assert c["end"] == c["start"] + C

@@ -216,7 +216,7 @@ def test_budget_stop_inside_a_row_reports_the_spend_of_unwritten_rows(tmp_path, 
     assert answered == 1 and lines == [lines[-1]] and lines[-1]["rows_written"] == 0
     assert lines[-1]["missing_ids"] == ["r0"] and lines[-1]["teacher_calls"] == answered
     assert lines[-1]["teacher_cost_usd"] > 0
-    assert f"calls {answered}," in err and "cost $0.0000" not in err
+    assert f"HTTP calls {answered} (retries included)," in err and "cost $0.0000" not in err
 
 
 # ---- item 6: inputs beyond the student's context ----------------------------------------------------------
