@@ -33,11 +33,13 @@ import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
+from typing import Any
 
 from omniopd_verl.serving.openai_compat import (
     CompatServer,
     GenerationCall,
     Generator,
+    Limits,
     ReceivedRequest,
     Reply,
     build_response,
@@ -105,8 +107,36 @@ class ScriptedGenerator:
         return texts
 
 
-class FaultServer(CompatServer):
-    """CompatServer whose `reply` applies the queued faults."""
+class RecordingServer(CompatServer):
+    """The real server that also keeps the requests it received (`requests`, the last MAX_RECORDED, in order),
+    for tests: path, headers without credentials, body, status, time, `key_sha256` of the key sent
+    (compare with `key_digest(KEY)`). The runtime server keeps none."""
+
+    MAX_RECORDED = 10_000
+
+    def __init__(self, *args: Any, **kwargs: Any):
+        super().__init__(*args, **kwargs)
+        self.requests: list[ReceivedRequest] = []
+
+    def _record(self, record: ReceivedRequest) -> None:
+        super()._record(record)
+        with self._lock:
+            self.requests.append(record)
+            if len(self.requests) > self.MAX_RECORDED:
+                del self.requests[: len(self.requests) - self.MAX_RECORDED]
+
+
+@dataclass
+class FaultRecord(ReceivedRequest):
+    """A recorded request of the fault server: also the fault it got (None: served normally)."""
+
+    fault: str | None = None
+
+
+class FaultServer(RecordingServer):
+    """CompatServer whose `reply` applies the queued faults (and that keeps its requests, RecordingServer)."""
+
+    record_class = FaultRecord
 
     def __init__(
         self, generator: Generator, faults: Sequence[Fault], api_key: str | None, latency_s: float, model_name: str
@@ -222,5 +252,29 @@ def serve_fault_server(
 ) -> Iterator[FaultServer]:
     """Run the fault server (ScriptedGenerator by default) on 127.0.0.1 for the `with` block."""
     server = FaultServer(generator or ScriptedGenerator(), faults, api_key, latency_s, model_name)
+    with run_server(server, port) as running:
+        yield running
+
+
+@contextmanager
+def serve_recording_server(
+    generator: Generator,
+    *,
+    api_key: str | None = None,
+    port: int = 0,
+    model_name: str = "local-teacher",
+    limits: Limits | None = None,
+    request_timeout_s: float = 30.0,
+    max_connections: int = 64,
+) -> Iterator[RecordingServer]:
+    """`serving.openai_compat.serve_openai_compat`, keeping the requests (`server.requests`), for tests."""
+    server = RecordingServer(
+        generator,
+        api_key,
+        model_name,
+        limits=limits,
+        request_timeout_s=request_timeout_s,
+        max_connections=max_connections,
+    )
     with run_server(server, port) as running:
         yield running

@@ -16,7 +16,8 @@ from omniopd_naive import naive_ned, naive_peak_anchors
 
 from omniopd_verl.cli.main import main
 from omniopd_verl.models import load_causal_lm
-from omniopd_verl.serving.openai_compat import TransformersGenerator, serve_openai_compat
+from omniopd_verl.serving.openai_compat import TransformersGenerator
+from omniopd_verl.testing import serve_recording_server
 
 M, N, C, ALPHA = 3, 3, 10, 2.0
 
@@ -54,7 +55,7 @@ def write_jsonl(path, rows):
 
 @pytest.fixture(scope="module")
 def teacher_server(tiny_model_path):
-    with serve_openai_compat(generator=TransformersGenerator(tiny_model_path)) as server:
+    with serve_recording_server(generator=TransformersGenerator(tiny_model_path)) as server:
         yield server
 
 

@@ -32,7 +32,7 @@ from omniopd_verl.teachers import (
 )
 from omniopd_verl.teachers.cache import TeacherCache
 from omniopd_verl.teachers.secrets import PROVIDER_KEY_VARS
-from omniopd_verl.testing import Fault, serve_fault_server
+from omniopd_verl.testing import Fault, key_digest, serve_fault_server
 
 N = 3
 CANARY = {var: f"sk-canary-{var.lower().replace('_', '')}-7Qx9" for var in PROVIDER_KEY_VARS}
@@ -163,11 +163,11 @@ def test_budget_stop_counts_and_caches_every_answer_in_flight(tmp_path):
         assert m["teacher/cost_usd"] == pytest.approx(_served_cost(server))  # spend = what the server served
         assert TeacherCache(cache).count() == 3  # every answer received is cached
         # a rerun with room in the budget pays only for what was not served
-        server.requests.clear()
+        before = server.calls("/v1/completions")
         rerun = make(server, "completions", cache_path=cache, max_cost_usd=100.0, options=PRICES)
         results = asyncio.run(rerun.sample(requests))
         assert all(r.texts is not None for r in results)
-        assert server.calls("/v1/completions") == len(requests) - 3
+        assert server.calls("/v1/completions") - before == len(requests) - 3
         assert rerun.metrics()["teacher/cache_hits"] == 3
 
 
@@ -208,6 +208,7 @@ def test_no_key_is_ever_printed_logged_or_stored(fmt, env, canaries, tmp_path, c
         texts += [json.dumps(teacher.metrics()), *(r.error or "" for r in results)]
         if env is None:  # nothing of any provider variable went to this host
             texts += [json.dumps(q.headers) for q in server.requests]
+            assert not {q.key_sha256 for q in server.requests} & {key_digest(v) for v in CANARY.values()}
         asyncio.run(teacher.aclose())
     # 401 and 403: the server refuses the key (and echoes it, as OpenAI does)
     for status in (401, 403):
