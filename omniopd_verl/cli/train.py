@@ -141,22 +141,9 @@ def check_local_context(run_cfg) -> None:
 
 def check_yaml(path: str) -> None:
     """Parse the YAML file once up front, so a syntax error names the file and the line (ConfigError)."""
-    import yaml
+    from omniopd_verl.config.overrides import read_yaml_mapping
 
-    from omniopd_verl.errors import ConfigError
-
-    try:
-        with open(path, encoding="utf-8") as fh:
-            yaml.safe_load(fh)
-    except FileNotFoundError:
-        raise ConfigError(f"--config {path!r}: no such file") from None
-    except (OSError, UnicodeDecodeError) as exc:
-        raise ConfigError(f"--config {path!r} cannot be read: {exc}") from None
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        where = f" line {mark.line + 1} column {mark.column + 1}" if mark is not None else ""
-        problem = getattr(exc, "problem", None) or str(exc)
-        raise ConfigError(f"--config {path}{where} is not valid YAML: {problem}") from None
+    read_yaml_mapping(path)
 
 
 def _unknown_omniopd_override(exc: Exception) -> str | None:

@@ -613,9 +613,11 @@ def serve_openai_compat(
     limits: Limits | None = None,
     request_timeout_s: float = 30.0,
     max_connections: int = 64,
+    server_class: type[CompatServer] | None = None,
 ) -> Iterator[CompatServer]:
-    """Run a teacher server for `generator` on `host` (127.0.0.1) for the `with` block."""
-    server = CompatServer(
+    """Run a teacher server for `generator` on `host` (127.0.0.1) for the `with` block. `server_class`: a
+    CompatServer subclass to run instead (the test tools' RecordingServer keeps the requests)."""
+    server = (server_class or CompatServer)(
         generator,
         api_key,
         model_name,

@@ -39,13 +39,13 @@ from omniopd_verl.serving.openai_compat import (
     CompatServer,
     GenerationCall,
     Generator,
-    Limits,
     ReceivedRequest,
     Reply,
     build_response,
     error_body,
     run_server,
     sent_key,
+    serve_openai_compat,
 )
 
 FAULT_KINDS = (
@@ -257,24 +257,7 @@ def serve_fault_server(
 
 
 @contextmanager
-def serve_recording_server(
-    generator: Generator,
-    *,
-    api_key: str | None = None,
-    port: int = 0,
-    model_name: str = "local-teacher",
-    limits: Limits | None = None,
-    request_timeout_s: float = 30.0,
-    max_connections: int = 64,
-) -> Iterator[RecordingServer]:
-    """`serving.openai_compat.serve_openai_compat`, keeping the requests (`server.requests`), for tests."""
-    server = RecordingServer(
-        generator,
-        api_key,
-        model_name,
-        limits=limits,
-        request_timeout_s=request_timeout_s,
-        max_connections=max_connections,
-    )
-    with run_server(server, port) as running:
-        yield running
+def serve_recording_server(generator: Generator, **settings: Any) -> Iterator[RecordingServer]:
+    """`serving.openai_compat.serve_openai_compat` (same settings), keeping the requests (`server.requests`)."""
+    with serve_openai_compat(generator, server_class=RecordingServer, **settings) as server:
+        yield server
