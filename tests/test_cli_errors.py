@@ -399,3 +399,15 @@ def test_eval_bad_config_keys_are_one_line_before_the_model_loads(
 def test_eval_without_a_model_says_where_to_give_one(no_model_load, capsys):
     assert main(["eval", "--benchmarks", "gsm8k"]) == 2
     assert "eval.model is not set: give --model" in one_error_line(capsys.readouterr().err)
+
+
+def test_train_dry_run_checks_a_local_model_teacher_without_loading_it(no_model_load, capsys):
+    """vllm (not installed here) and transformers define check_config: the dry run needs neither the
+    library nor the weights to find what is missing."""
+    assert main(["train", "--dry-run", "omniopd.teacher.name=vllm"]) == 2
+    assert "omniopd.teacher.model=None is invalid for the vllm teacher" in one_error_line(capsys.readouterr().err)
+    assert main(["train", "--dry-run", "omniopd.teacher.name=transformers", "omniopd.teacher.model=m"]) == 0
+    capsys.readouterr()
+    argv = ["train", "--dry-run", "omniopd.teacher.name=transformers", "+omniopd.teacher.options.model=reference"]
+    assert main(argv) == 2  # verl has no reference model to share with the teacher
+    assert "needs the engine's reference model" in one_error_line(capsys.readouterr().err)
