@@ -149,6 +149,12 @@ def load_config(
     unknown = sorted(set(data) - set(schemas))
     if unknown and other_nodes == "error":
         raise ConfigError(f"--config {str(path)!r} has unknown top-level keys {unknown}; allowed: {sorted(schemas)}")
+    for key in unknown:  # a node left for other commands, unless it is a misspelling of one read here
+        import difflib
+
+        close = difflib.get_close_matches(str(key), list(schemas), n=1, cutoff=0.75)
+        if close:
+            raise ConfigError(f"--config {str(path)!r}: unknown top-level key {key}; did you mean {close[0]}?")
     lines = [*shortcut_overrides(flags or {}, overrides), *overrides]
     merged = apply_overrides({k: v for k, v in data.items() if k in schemas}, lines, schemas)
     out = {}

@@ -178,3 +178,11 @@ def test_bad_audit_options_are_one_line_before_any_model_loads(
     err = capsys.readouterr().err
     assert "Traceback" not in err and len(err.strip().splitlines()) == 1, err
     assert message in err
+
+
+def test_a_misspelt_node_in_the_config_file_is_named(tmp_path, outsider, tiny_model_path, capsys):
+    config = tmp_path / "run.yaml"
+    config.write_text("omnipod: {alpha: 2.0}\nlocal: {steps: 3}\n")  # local: is another command's node
+    assert main(audit_argv(tmp_path, tiny_model_path, "--config", str(config))) == 2
+    err = capsys.readouterr().err
+    assert "unknown top-level key omnipod; did you mean omniopd?" in err and len(err.strip().splitlines()) == 1
