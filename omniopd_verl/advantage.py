@@ -28,7 +28,7 @@ import torch
 
 from omniopd_verl.audit.credit import ROW_MODES, audits_to_token_credit
 from omniopd_verl.audit.types import ResponseAudit
-from omniopd_verl.config import ADVANTAGE_MODES
+from omniopd_verl.config import ADVANTAGE_MODES, CENTERED_BATCH, POSTERIOR
 from omniopd_verl.core import TokenCredit
 from omniopd_verl.errors import ConfigError, GuardError
 
@@ -76,13 +76,13 @@ def dense_token_scores(
 def token_scores(
     audits: Sequence[ResponseAudit],
     response_mask_BT: torch.Tensor,
-    mode: str = "posterior",
+    mode: str = POSTERIOR,
     task_reward_B: torch.Tensor | None = None,
     task_reward_weight: float = 0.0,
 ) -> TokenScores:
     """Step 1 (per row; see the module docstring). Row b of `response_mask_BT` belongs to audits[b]."""
     _check_mode(mode)
-    if mode == "centered_batch" and task_reward_weight != 0.0:
+    if mode == CENTERED_BATCH and task_reward_weight != 0.0:
         raise ConfigError(
             f"omniopd.advantage='centered_batch' with omniopd.task_reward_weight={task_reward_weight} is invalid: "
             "allowed task_reward_weight=0 (centring the scores would subtract the task reward's batch mean too)"
@@ -95,7 +95,7 @@ def token_scores(
 def batch_advantage(
     scores_BT: torch.Tensor,
     response_mask_BT: torch.Tensor,
-    mode: str = "posterior",
+    mode: str = POSTERIOR,
     audit_mask_BT: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Step 2 (per batch): advantage [B, T] float32, the scores on response tokens, 0 on padding;
@@ -115,7 +115,7 @@ def batch_advantage(
     if not torch.isfinite(scores_BT[mask_BT]).all():
         raise GuardError("token scores contain NaN or inf on response tokens")
     advantage_BT = torch.where(mask_BT, scores_BT, torch.zeros_like(scores_BT))
-    if mode != "centered_batch":
+    if mode != CENTERED_BATCH:
         return advantage_BT
     if audit_mask_BT is None:
         raise GuardError(
@@ -134,7 +134,7 @@ def batch_advantage(
 def advantage_from_audits(
     audits: Sequence[ResponseAudit],
     response_mask_BT: torch.Tensor,
-    mode: str = "posterior",
+    mode: str = POSTERIOR,
     task_reward_B: torch.Tensor | None = None,
     task_reward_weight: float = 0.0,
 ) -> tuple[torch.Tensor, TokenCredit]:

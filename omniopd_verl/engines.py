@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from omniopd_verl.config import OmniOPDConfig
+from omniopd_verl.config import CENTERED_BATCH, OmniOPDConfig
 from omniopd_verl.errors import ConfigError
 
 ENGINES = ("local", "verl")
@@ -66,7 +66,7 @@ SUPPORT: tuple[Rule, ...] = (
     Rule(
         "advantage='centered_batch' with task_reward_weight > 0",
         "task_reward_weight",
-        lambda c, _: c.advantage == "centered_batch" and c.task_reward_weight != 0,
+        lambda c, _: c.advantage == CENTERED_BATCH and c.task_reward_weight != 0,
         local="allowed task_reward_weight=0 (centring would subtract the task reward's batch mean too)",
         verl="allowed task_reward_weight=0 (centring would subtract the task reward's batch mean too)",
     ),

@@ -180,7 +180,9 @@ class Similarity(Protocol):
     """phi for many pairs at once. Returns one float in [0, 1] per pair, in order.
 
     Called once per batch with every pair, so implementations can batch and de-duplicate.
-    Constructed as `Plugin(**similarity_options)`.
+    Constructed as `Plugin(**similarity_options)`, also by `train --dry-run` and `audit` to check the
+    options (registry.check_plugins): the constructor checks its values (raise ConfigError naming
+    `omniopd.similarity_options.KEY`) and loads no model (load on first `score`, as `embedding` does).
     """
 
     name: str
@@ -194,7 +196,8 @@ class Similarity(Protocol):
 @runtime_checkable
 class Scheduler(Protocol):
     """Chooses anchor starts for one response. Must return ascending, non-overlapping, in-range anchors.
-    Constructed as `Plugin(**scheduler_options)`."""
+    Constructed as `Plugin(**scheduler_options)`, also by `train --dry-run` (registry.check_plugins): the
+    constructor checks its option values (ConfigError naming `omniopd.scheduler_options.KEY`)."""
 
     needs_entropy: bool  # True: `entropy_T` is required; the auditor refuses to call without it
     # Optional attribute `respects_chunks = False` declares that the scheduler ignores M (a dense

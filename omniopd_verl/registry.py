@@ -83,6 +83,56 @@ def check_plugin_names(config: Any) -> None:
             raise ConfigError(str(exc)) from None
 
 
+def check_plugins(config: Any, *, resources: tuple[str, ...] = ()) -> None:
+    """Build and check every plugin an OmniOPDConfig names, loading no model and calling no teacher: what
+    `train --dry-run` (both engines) and `audit` run before anything heavy. Names installed; the similarity
+    and scheduler constructed with their options (an unknown option names itself and the allowed ones; a
+    value the plugin rejects becomes one ConfigError); the teacher's option names and values and its API
+    key's variable (`teachers.library.check_teacher`). `resources`: names of what the engine will share
+    with the teacher (the local engine: 'reference_model'). Raises ConfigError."""
+    from omniopd_verl.teachers.library import check_teacher
+
+    check_plugin_names(config)
+    for kind, key, name, options in (
+        ("similarity", "omniopd.similarity_options", config.similarity, config.similarity_options),
+        ("schedulers", "omniopd.scheduler_options", config.scheduler, config.scheduler_options),
+    ):
+        _construct_checked(kind, key, name, dict(options))
+    check_teacher(config.teacher.name, load("teachers", config.teacher.name), config.teacher, resources)
+
+
+def _construct_checked(kind: str, key: str, name: str, options: dict[str, Any]) -> Any:
+    """`load(kind, name)(**options)`, every failure a ConfigError naming `key`, the option and the plugin."""
+    import inspect
+
+    from omniopd_verl.config import unknown_key
+    from omniopd_verl.errors import ConfigError
+
+    factory = load(kind, name)
+    kind = {"schedulers": "scheduler", "teachers": "teacher"}.get(
+        kind, kind
+    )  # in a sentence: "the ned similarity plugin"
+    try:
+        params = inspect.signature(factory).parameters.values()
+    except (TypeError, ValueError):  # no signature to read (a builtin): let the call decide
+        params = None
+    if params is not None and not any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params):
+        allowed = [p.name for p in params if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)]
+        for option in options:
+            if option not in allowed:
+                if not allowed:
+                    raise ConfigError(f"unknown key {key}.{option}: the {name} {kind} plugin takes no options")
+                raise ConfigError(f"{unknown_key(f'{key}.{option}', allowed)} (options of the {name} {kind} plugin)")
+    try:
+        return factory(**options)
+    except ConfigError:
+        raise
+    except (PluginError, ValueError, TypeError) as exc:
+        from omniopd_verl.teachers.secrets import mask_credentials
+
+        raise ConfigError(f"{key}={mask_credentials(options)!r} rejected by the {name} {kind} plugin: {exc}") from None
+
+
 def load(kind: str, name: str) -> Any:
     """Import and return the object a plugin's entry point names (lazy, cached, thread-safe)."""
     eps = _discover(kind)

@@ -240,3 +240,174 @@ def test_train_verl_unparsable_yaml_is_one_line(tmp_path, capsys):
     assert main(["train", "--dry-run", "--config", str(bad)]) == 2
     line = one_error_line(capsys.readouterr().err)
     assert str(bad) in line and "line 4" in line and "not valid YAML" in line
+
+
+# ---- train --dry-run builds the plugins the run would use (issue 21 §3) ----------------------------------
+
+TEACHER = ("omniopd.teacher.model=local-teacher", "omniopd.teacher.api_base=http://127.0.0.1:8000/v1")
+
+
+@pytest.fixture()
+def no_similarity_model(monkeypatch):
+    from omniopd_verl.similarity import embedding
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("the embedding model was loaded by a dry run")
+
+    monkeypatch.setattr(embedding, "load_sentence_transformer", refuse)
+
+
+@pytest.mark.parametrize(
+    "override, message",
+    [
+        (
+            "+omniopd.similarity_options.batch_sise=8",
+            "unknown key omniopd.similarity_options.batch_sise; did you mean batch_size? "
+            "(options of the embedding similarity plugin)",
+        ),
+        (
+            "+omniopd.similarity_options.batch_size=0",
+            "rejected by the embedding similarity plugin: similarity_options.batch_size=0 is invalid",
+        ),
+        (
+            "+omniopd.scheduler_options.window=3",
+            "unknown key omniopd.scheduler_options.window: the peak_entropy scheduler plugin takes no options",
+        ),
+        (
+            "+omniopd.teacher.options.extra_bdy={}",
+            "omniopd.teacher.options has unknown keys ['extra_bdy'] for the openai_completions teacher "
+            "(did you mean extra_body?)",
+        ),
+        (
+            "+omniopd.teacher.options.backoff_base_s=-1",
+            "omniopd.teacher.options.backoff_base_s=-1 is invalid: allowed a finite number > 0",
+        ),
+        (
+            "omniopd.teacher.api_key_env=OMNIOPD_TEST_UNSET_KEY",
+            "the environment variable OMNIOPD_TEST_UNSET_KEY is not set or empty",
+        ),
+    ],
+)
+def test_train_verl_dry_run_with_a_bad_plugin_option_exits_2_before_any_model_loads(
+    override, message, no_model_load, no_similarity_model, monkeypatch, capsys
+):
+    monkeypatch.delenv("OMNIOPD_TEST_UNSET_KEY", raising=False)
+    assert main(["train", "--dry-run", *TEACHER, override]) == 2
+    line = one_error_line(capsys.readouterr().err)
+    assert line.startswith("omniopd-verl train: invalid config: ") and message in line, line
+
+
+def test_train_verl_dry_run_passes_with_good_plugin_options_and_the_key_set(no_model_load, monkeypatch, capsys):
+    monkeypatch.setenv("OMNIOPD_TEST_KEY", "not-a-real-key")
+    argv = ["train", "--dry-run", *TEACHER, "+omniopd.similarity_options.batch_size=8"]
+    assert main([*argv, "omniopd.teacher.api_key_env=OMNIOPD_TEST_KEY"]) == 0, capsys.readouterr().err
+    assert "is valid" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    "override, message",
+    [
+        (
+            "+omniopd.teacher.options.stear={}",
+            "omniopd.teacher.options has unknown keys ['stear'] for the transformers teacher (did you mean steer?)",
+        ),
+        ("omniopd.teacher.options.dtype=float64", "omniopd.teacher.options.dtype='float64' is invalid"),
+        ("+omniopd.similarity_options.device_map=auto", "unknown key omniopd.similarity_options.device_map"),
+    ],
+)
+def test_train_local_dry_run_with_a_bad_plugin_option_exits_2_before_any_model_loads(
+    override, message, no_model_load, no_similarity_model, capsys
+):
+    if "dtype" in override:  # the recipe sets no dtype: add it, then the value is the plugin's to refuse
+        override = "+" + override
+    assert main(["train", "--engine", "local", "--config", str(QUICKSTART), "--dry-run", override]) == 2
+    line = one_error_line(capsys.readouterr().err)
+    assert message in line, line
+
+
+@pytest.mark.parametrize("engine", [[], ["--engine", "local", "--config", str(QUICKSTART)]], ids=["verl", "local"])
+def test_plus_means_add_a_key_on_both_engines(engine, capsys):
+    """`key=value` sets a key that is there; `+key=value` adds one; the same line fails the same way on both."""
+    base = ["train", "--dry-run", *engine, *([] if engine else TEACHER)]
+    assert main([*base, "+omniopd.teacher.options.max_tokens_factor=2.0"]) == 0, capsys.readouterr().err
+    capsys.readouterr()
+    assert main([*base, "omniopd.teacher.options.max_tokens_factor=2.0"]) == 2  # not there: needs '+'
+    assert "omniopd.teacher.options.max_tokens_factor" in one_error_line(capsys.readouterr().err)
+    assert main([*base, "+omniopd.alpha=2.0"]) == 2  # there already: '+' is refused, as Hydra refuses it
+    assert "omniopd.alpha" in one_error_line(capsys.readouterr().err)
+
+
+# ---- eval: --config FILE, eval.KEY=VALUE overrides, flags as shortcuts (issue 21 §3) ------------------------
+
+
+@pytest.fixture()
+def scripted_eval_backend(monkeypatch):
+    """A back-end with the generator interface that answers \\boxed{1} and records the spec it was given."""
+    from omniopd_verl.eval import generation
+
+    seen = {}
+
+    class Scripted:
+        name = "scripted"
+
+        def __init__(self, model, **options):
+            seen.update(model=model, **options)
+
+        def generate(self, prompts, spec, progress=None):
+            seen["spec"] = spec
+            return [["\\boxed{1}"] * spec.n for _ in prompts]
+
+    monkeypatch.setitem(generation.BACKENDS, "transformers", Scripted)
+    return seen
+
+
+def test_eval_reads_its_node_of_a_config_file_then_flags_then_overrides(
+    tmp_path, benchmarks_dir, scripted_eval_backend, capsys
+):
+    config = tmp_path / "run.yaml"
+    config.write_text(
+        "omniopd: {alpha: 2.0}   # another command's node: not read by eval\n"
+        f"eval: {{model: m, benchmarks: gsm8k, limit: 3, n: 2, temperature: 0.7, benchmarks_dir: {benchmarks_dir}}}\n"
+    )
+    out = tmp_path / "report.json"
+    argv = ["eval", "--config", str(config), "--batch-size", "3", "eval.limit=2", "eval.pass_k=2", "--output", str(out)]
+    assert main(argv) == 0, capsys.readouterr().err
+    report = json.loads(out.read_text())
+    assert report["benchmarks"]["gsm8k"]["n_problems"] == 2  # the override beat the file's limit: 3
+    spec = scripted_eval_backend["spec"]
+    assert (spec.n, spec.temperature) == (2, 0.7)  # from the file
+    assert scripted_eval_backend["batch_size"] == 3  # from the flag
+    assert "pass@2" in json.dumps(report)
+
+
+@pytest.mark.parametrize(
+    ("extra", "message"),
+    [
+        (["eval.nn=2"], "unknown key eval.nn; did you mean n?"),
+        (["omniopd.alpha=2"], "unknown key omniopd.alpha: this command reads no omniopd: node"),
+        (["eval.n=two"], "eval.n='two' is invalid: allowed an integer"),
+        (["--n", "2", "eval.n=3"], "eval.n is given twice, by --n and by 'eval.n=3': keep one"),
+    ],
+)
+def test_eval_bad_config_keys_are_one_line_before_the_model_loads(
+    tiny_model_path, no_model_load, extra, message, capsys
+):
+    assert main(["eval", "--model", tiny_model_path, "--limit", "1", *extra]) == 2
+    assert message in one_error_line(capsys.readouterr().err)
+
+
+def test_eval_without_a_model_says_where_to_give_one(no_model_load, capsys):
+    assert main(["eval", "--benchmarks", "gsm8k"]) == 2
+    assert "eval.model is not set: give --model" in one_error_line(capsys.readouterr().err)
+
+
+def test_train_dry_run_checks_a_local_model_teacher_without_loading_it(no_model_load, capsys):
+    """vllm (not installed here) and transformers define check_config: the dry run needs neither the
+    library nor the weights to find what is missing."""
+    assert main(["train", "--dry-run", "omniopd.teacher.name=vllm"]) == 2
+    assert "omniopd.teacher.model=None is invalid for the vllm teacher" in one_error_line(capsys.readouterr().err)
+    assert main(["train", "--dry-run", "omniopd.teacher.name=transformers", "omniopd.teacher.model=m"]) == 0
+    capsys.readouterr()
+    argv = ["train", "--dry-run", "omniopd.teacher.name=transformers", "+omniopd.teacher.options.model=reference"]
+    assert main(argv) == 2  # verl has no reference model to share with the teacher
+    assert "needs the engine's reference model" in one_error_line(capsys.readouterr().err)

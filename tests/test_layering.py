@@ -157,7 +157,7 @@ def test_config_is_plain_data_and_core_is_pure():
 
 
 # The package root: the plain-data layer, the plugin machinery, the one advantage path, the entry points
-# users type, and the old-path shims (ROOT_SHIMS). A new module belongs in a room, not here.
+# users type. A new module belongs in a room, not here.
 ROOT_MODULES = {
     "omniopd_verl",
     "omniopd_verl.advantage",
@@ -170,12 +170,6 @@ ROOT_MODULES = {
     "omniopd_verl.schedulers",
     "omniopd_verl.experiment",  # `python -m omniopd_verl.experiment`, which users type: runs demo/experiment.py
 }
-# old path -> the module it aliases; kept while cli/ (and docs/audit.md) name the old path
-ROOT_SHIMS = {
-    "omniopd_verl.models": "omniopd_verl.runtime.models",
-    "omniopd_verl.student": "omniopd_verl.runtime.scoring",
-    "omniopd_verl.verl_integration.cpu_smoke": "omniopd_verl.verl_integration.cpu.smoke",
-}
 CPU_ROOM = "omniopd_verl.verl_integration.cpu"
 
 
@@ -185,15 +179,8 @@ def in_room(module: str, room: str) -> bool:
 
 def test_the_package_root_holds_only_its_listed_modules():
     root = {m for m in MODULES if m.count(".") <= 1 and MODULES[m].name != "__init__.py" or m == "omniopd_verl"}
-    unexpected = root - ROOT_MODULES - set(ROOT_SHIMS)
+    unexpected = root - ROOT_MODULES
     assert not unexpected, f"{sorted(unexpected)}: put a new module in a room (docs/architecture.md)"
-
-
-def test_old_path_shims_alias_their_room_module_and_only_cli_imports_them():
-    for shim, target in ROOT_SHIMS.items():
-        assert GRAPH[shim] == {target}, (shim, GRAPH[shim])
-        users = {m for m, deps in GRAPH.items() if shim in deps}
-        assert all(in_room(u, "omniopd_verl.cli") for u in users), (shim, sorted(users))
 
 
 def test_the_model_runtime_imports_only_core_and_errors():
@@ -224,7 +211,7 @@ def test_the_cpu_verl_room_is_reached_only_through_the_plugin():
     users = {
         m
         for m, deps in GRAPH.items()
-        if not in_room(m, CPU_ROOM) and m not in ROOT_SHIMS
+        if not in_room(m, CPU_ROOM)
         for n in deps
         if in_room(n, CPU_ROOM)
     }

@@ -4,7 +4,7 @@ Per response: anchors from the scheduler plugin -> one TeacherRequest per anchor
 x + y_<t, never the chunk; seeds from a stable hash of (config seed, uid, anchor)), sent to the
 teacher in ascending anchor order as one call -> teacher texts trimmed to the chunk's length in
 student tokens -> similarity phi(student chunk, teacher text) -> k_sem = soft_acceptance,
-pi_bar = chunk_prior_mean of the chunk's log-probs, pi_hat = dirichlet_posterior_mean.
+pi_bar = chunk_pi_bar of the chunk's log-probs, pi_hat = dirichlet_posterior_mean.
 
 `audit(responses)` runs the teacher calls of all responses concurrently and then scores every
 (student chunk, teacher text) pair of the batch in one de-duplicated similarity call.
@@ -29,7 +29,7 @@ from omniopd_verl import registry
 from omniopd_verl.audit.text import ResponseText, trim_to_student_tokens
 from omniopd_verl.audit.types import ChunkAudit, ResponseAudit, StudentResponse
 from omniopd_verl.config import OmniOPDConfig
-from omniopd_verl.core import check_anchors, chunk_prior_mean, dirichlet_posterior_mean, soft_acceptance
+from omniopd_verl.core import check_anchors, chunk_pi_bar, dirichlet_posterior_mean, soft_acceptance
 from omniopd_verl.core.seeds import stable_seed
 from omniopd_verl.errors import GuardError, OmniOPDError
 from omniopd_verl.protocols import TeacherRequest, TeacherResult
@@ -197,7 +197,7 @@ class Auditor:
         """ALGORITHM.md "Metrics every run should log" for the audit, since the last reset_metrics()."""
         s = self._stats
         out: dict[str, float] = {
-            "audit/responses": float(s.responses),
+            "audit/rows": float(s.responses),
             "audit/chunks": float(s.chunks),
             "audit/chunks_per_response": s.chunks / s.responses if s.responses else 0.0,
             "audit/rows_without_audit": float(s.rows_without_audit),
@@ -315,7 +315,7 @@ class Auditor:
             k_sem_M = soft_acceptance(sims_MN, samples=N)
             starts = [plan.anchors[k] for k in kept]
             chunk_lp_MC = torch.stack([r.logprobs_T[t : t + C].detach().double().cpu() for t in starts])
-            pi_bar_M = chunk_prior_mean(chunk_lp_MC)
+            pi_bar_M = chunk_pi_bar(chunk_lp_MC)
             pi_hat_M = dirichlet_posterior_mean(k_sem_M, pi_bar_M, N, cfg.alpha)
             for m, k in enumerate(kept):
                 t = plan.anchors[k]
@@ -355,7 +355,7 @@ class Auditor:
 def _teacher_block(results: Sequence[TeacherResult]) -> dict[str, float]:
     """Per-response teacher accounting, from the results of its anchors."""
     return {
-        "calls": float(len(results)),
+        "requests": float(len(results)),  # one per anchor; HTTP calls are the meter's teacher/calls
         "retries": float(sum(r.retries for r in results)),
         "failures": float(sum(r.texts is None for r in results)),
         "cache_hits": float(sum(bool(r.cached) for r in results)),

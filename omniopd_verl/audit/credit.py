@@ -16,29 +16,30 @@ from collections.abc import Sequence
 import torch
 
 from omniopd_verl.audit.types import ResponseAudit
+from omniopd_verl.config import CENTERED_BATCH, CENTERED_PRIOR, POSTERIOR
 from omniopd_verl.core import TokenCredit, chunk_token_credit
 from omniopd_verl.errors import ConfigError, GuardError
 
-ROW_MODES = {"posterior": "posterior", "centered_prior": "centered_prior", "centered_batch": "posterior"}
+ROW_MODES = {POSTERIOR: POSTERIOR, CENTERED_PRIOR: CENTERED_PRIOR, CENTERED_BATCH: POSTERIOR}
 """Each advantage mode's per-row part ('centered_batch' subtracts its batch mean later, on the batch)."""
 
 
-def chunk_advantages(audits: Sequence[ResponseAudit], mode: str = "posterior") -> list[list[float]]:
+def chunk_advantages(audits: Sequence[ResponseAudit], mode: str = POSTERIOR) -> list[list[float]]:
     """One per-row value per chunk, per response, in the audits' order (see the module docstring)."""
-    if mode == "centered_batch":
+    if mode == CENTERED_BATCH:
         raise ConfigError(
             "omniopd.advantage='centered_batch' is a batch mode: its per-row value is pi_hat (ROW_MODES) and its "
             "batch mean is subtracted by omniopd_verl.advantage.batch_advantage; use advantage_from_audits"
         )
-    if mode == "posterior":
+    if mode == POSTERIOR:
         return [[c.pi_hat for c in a.chunks] for a in audits]
-    if mode == "centered_prior":
+    if mode == CENTERED_PRIOR:
         return [[c.pi_hat - c.pi_bar for c in a.chunks] for a in audits]
     raise ConfigError(f"omniopd.advantage={mode!r} is invalid: allowed one of {sorted(ROW_MODES)}")
 
 
 def audits_to_token_credit(
-    audits: Sequence[ResponseAudit], response_mask_BT: torch.Tensor, mode: str = "posterior"
+    audits: Sequence[ResponseAudit], response_mask_BT: torch.Tensor, mode: str = POSTERIOR
 ) -> TokenCredit:
     """Per-token advantage, audit mask and unaudited mask for a left-aligned padded batch.
 
@@ -61,7 +62,7 @@ def audits_to_token_credit(
         for m, c in enumerate(a.chunks):
             starts_BM[b, m], ends_BM[b, m], pi_hat_BM[b, m] = c.start, c.end, c.pi_hat
     credit = chunk_token_credit(starts_BM, ends_BM, pi_hat_BM, response_mask_BT)
-    if mode == "posterior":
+    if mode == POSTERIOR:
         return credit
     # centred advantages may be negative, which chunk_token_credit's pi_hat guard rejects: reuse its
     # masks and checks, and spread the centred values over the same (already validated) chunks

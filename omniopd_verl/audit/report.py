@@ -73,7 +73,7 @@ def render_report(
         meta = (
             f"{len(chunks)} chunks audited, {rec.get('anchors_dropped', 0)} dropped; "
             f"entropy: {rec.get('entropy_source', '')}; similarity: {rec.get('similarity', '')}; "
-            f"teacher calls {teacher.get('calls', 0)}, retries {teacher.get('retries', 0)}, "
+            f"teacher requests {teacher.get('requests', 0)}, retries {teacher.get('retries', 0)}, "
             f"failures {teacher.get('failures', 0)}, cache hits {teacher.get('cache_hits', 0)}"
         )
         out.append(f"<p class='meta'>{_e(meta)}</p>")

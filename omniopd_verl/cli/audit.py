@@ -8,7 +8,7 @@ writes OUT.jsonl with one line per input, in input order:
     {"id", "entropy_source", "similarity", "scheduler", "response_len", "anchors_dropped",
      "chunks": [{"start", "end", "entropy", "student_text", "teacher_texts", "similarities",
                  "k_sem", "k_sem_frac", "pi_bar", "pi_hat"}, ...],
-     "teacher": {"calls", "retries", "failures", "cache_hits", "prompt_tokens", "completion_tokens",
+     "teacher": {"requests", "retries", "failures", "cache_hits", "prompt_tokens", "completion_tokens",
                  "cost_usd", "seconds"}}
 A summary goes to stderr; --report writes a self-contained HTML page.
 
@@ -43,41 +43,88 @@ STUDENT_ROWS_PER_STEP = 16  # rows per student scoring call; their audits start 
 HELP = "audit finished responses against a text-only teacher: chunk weights as JSONL (+ an HTML report)"
 
 
+# shortcut flag dest -> the omniopd key it sets (the same key as `omniopd.KEY=value` and `--config FILE`)
+SHORTCUTS = {
+    "teacher": "teacher.name",
+    "teacher_model": "teacher.model",
+    "teacher_api_base": "teacher.api_base",
+    "teacher_api_key_env": "teacher.api_key_env",
+    "max_concurrency": "teacher.max_concurrency",
+    "on_teacher_failure": "teacher.on_failure",
+    "max_cost_usd": "teacher.max_cost_usd",
+    "teacher_timeout_s": "teacher.timeout_s",
+    "max_retries": "teacher.max_retries",
+    "cache": "teacher.cache_path",
+    "similarity": "similarity",
+    "scheduler": "scheduler",
+    "chunks": "chunks",
+    "samples": "samples",
+    "chunk_len": "chunk_len",
+    "alpha": "alpha",
+    "seed": "seed",
+}
+
+
+def _shortcut(key: str, what: str = "") -> str:
+    """Help text of a shortcut flag: the key it sets and its default, read from OmniOPDConfig (never retyped)."""
+    from omniopd_verl.config import OmniOPDConfig
+
+    value: Any = OmniOPDConfig()
+    for part in key.split("."):
+        value = getattr(value, part)
+    return f"{what + '; ' if what else ''}= omniopd.{key} (default {value})"
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--input", required=True, help='JSONL with {"id", "prompt", "response"} per line')
     parser.add_argument("--output", required=True, help="JSONL to write, one audited response per line")
     parser.add_argument("--student", required=True, help="local transformers folder, or smollm2-135m-instruct")
-    parser.add_argument("--teacher", required=True, help="teacher plugin name (see `omniopd-verl plugins`)")
-    parser.add_argument("--teacher-model", help="model name as the teacher backend knows it (or a local path)")
-    parser.add_argument("--teacher-api-base", help="base URL of an HTTP teacher, e.g. http://127.0.0.1:8000/v1")
-    parser.add_argument("--teacher-api-key-env", help="environment variable holding the teacher's API key")
+    parser.add_argument(
+        "--config",
+        help="a YAML file with an `omniopd:` node (a local run file or any file with that node; other nodes are "
+        "not read); the flags below and omniopd.KEY=VALUE overrides go on top of it",
+    )
+    parser.add_argument(
+        "overrides",
+        nargs="*",
+        metavar="omniopd.KEY=VALUE",
+        help="any OmniOPDConfig key, as for `train`: omniopd.alpha=2, +omniopd.similarity_options.KEY=VALUE "
+        "(+ adds a plugin option), ++omniopd.KEY=VALUE (set or add); VALUE is YAML",
+    )
+    parser.add_argument("--teacher", help=_shortcut("teacher.name", "teacher plugin (see `omniopd-verl plugins`)"))
+    parser.add_argument("--teacher-model", help=_shortcut("teacher.model", "the model name the teacher backend knows"))
+    parser.add_argument("--teacher-api-base", help=_shortcut("teacher.api_base", "e.g. http://127.0.0.1:8000/v1"))
+    parser.add_argument("--teacher-api-key-env", help=_shortcut("teacher.api_key_env", "variable holding the key"))
     parser.add_argument(
         "--teacher-option",
         action="append",
         default=[],
         metavar="KEY=VALUE",
-        help="backend-specific teacher option (VALUE parsed as JSON when it can be); repeatable",
+        help="= ++omniopd.teacher.options.KEY=VALUE (VALUE parsed as JSON when it can be); repeatable",
     )
-    parser.add_argument("--max-concurrency", type=int, help="teacher requests in flight at once")
-    parser.add_argument("--on-teacher-failure", choices=("error", "drop"), help="after the last retry (default error)")
-    parser.add_argument("--similarity", help="similarity plugin (default embedding)")
-    parser.add_argument("--scheduler", help="anchor scheduler plugin (default peak_entropy)")
-    parser.add_argument("--chunks", type=int, help="M: chunks audited per response (default 10)")
-    parser.add_argument("--samples", type=int, help="N: teacher samples per chunk (default 10)")
-    parser.add_argument("--chunk-len", type=int, help="C: chunk length in student tokens (default 50)")
-    parser.add_argument("--alpha", type=float, help="Dirichlet concentration (default 1.0)")
-    parser.add_argument("--seed", type=int, help="base seed for teacher sampling (default 0)")
-    parser.add_argument("--cache", help="SQLite file caching teacher answers across runs")
+    parser.add_argument("--max-concurrency", type=int, help=_shortcut("teacher.max_concurrency"))
+    parser.add_argument("--on-teacher-failure", choices=("error", "drop"), help=_shortcut("teacher.on_failure"))
+    parser.add_argument("--similarity", help=_shortcut("similarity"))
+    parser.add_argument("--scheduler", help=_shortcut("scheduler"))
+    parser.add_argument("--chunks", type=int, help=_shortcut("chunks", "M"))
+    parser.add_argument("--samples", type=int, help=_shortcut("samples", "N"))
+    parser.add_argument("--chunk-len", type=int, help=_shortcut("chunk_len", "C, in student tokens"))
+    parser.add_argument("--alpha", type=float, help=_shortcut("alpha", "Dirichlet concentration"))
+    parser.add_argument("--seed", type=int, help=_shortcut("seed", "base seed of teacher sampling"))
+    parser.add_argument("--cache", help=_shortcut("teacher.cache_path", "SQLite file caching teacher answers"))
     parser.add_argument("--report", help="write a self-contained HTML report here")
     parser.add_argument("--batch-tokens", type=int, default=8192, help="padded tokens per student forward batch")
     parser.add_argument(
         "--max-cost-usd",
         type=float,
-        help="teacher budget (omniopd.teacher.max_cost_usd): stop before the next paid call once spent; the "
-        f"rows finished by then are written, marked partial (exit {EXIT_PARTIAL})",
+        help=_shortcut(
+            "teacher.max_cost_usd",
+            "teacher budget: stop before the next paid call once spent; the rows finished by then are written, "
+            f"marked partial (exit {EXIT_PARTIAL})",
+        ),
     )
-    parser.add_argument("--teacher-timeout-s", type=float, help="per-request teacher timeout (default 120)")
-    parser.add_argument("--max-retries", type=int, help="teacher retries per request (default 5)")
+    parser.add_argument("--teacher-timeout-s", type=float, help=_shortcut("teacher.timeout_s"))
+    parser.add_argument("--max-retries", type=int, help=_shortcut("teacher.max_retries"))
     parser.add_argument(
         "--skip-too-long",
         action="store_true",
@@ -86,56 +133,46 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def build_config(args: argparse.Namespace):
-    """OmniOPDConfig from the flags; unset flags keep the spec's defaults. Raises ConfigError."""
+    """OmniOPDConfig from --config, then the shortcut flags, then the omniopd.KEY=VALUE overrides (a key set
+    by both a flag and an override is refused); what none sets keeps the spec's default. The plugins it names
+    are built and checked (registry.check_plugins) before anything loads. Raises ConfigError."""
+    from omniopd_verl import registry
     from omniopd_verl.config import OmniOPDConfig
+    from omniopd_verl.config.overrides import load_config
     from omniopd_verl.errors import ConfigError
 
-    options: dict[str, Any] = {}
+    flags: dict[str, tuple[str, Any]] = {}
+    for dest, key in SHORTCUTS.items():
+        value = getattr(args, dest)
+        if value is not None:
+            flags[f"omniopd.{key}"] = ("--" + dest.replace("_", "-"), value)
     for item in args.teacher_option:
         key, sep, value = item.partition("=")
         if not sep or not key:
             raise ConfigError(f"--teacher-option {item!r} is invalid: allowed KEY=VALUE")
         try:
-            options[key] = json.loads(value)
+            parsed = json.loads(value)
         except json.JSONDecodeError:
-            options[key] = value
-    teacher: dict[str, Any] = {"name": args.teacher, "options": options}
-    for key, value in (
-        ("model", args.teacher_model),
-        ("api_base", args.teacher_api_base),
-        ("api_key_env", args.teacher_api_key_env),
-        ("cache_path", args.cache),
-        ("max_concurrency", args.max_concurrency),
-        ("on_failure", args.on_teacher_failure),
-        ("max_cost_usd", args.max_cost_usd),
-        ("timeout_s", args.teacher_timeout_s),
-        ("max_retries", args.max_retries),
-    ):
-        if value is not None:
-            teacher[key] = value
-    data: dict[str, Any] = {"teacher": teacher}
-    for key in ("chunks", "samples", "chunk_len", "alpha", "seed", "similarity", "scheduler"):
-        value = getattr(args, key)
-        if value is not None:
-            data[key] = value
-    from omniopd_verl import registry
-
-    config = OmniOPDConfig.from_dict(data)
-    registry.check_plugin_names(config)  # before the student loads: the config itself is plain data
+            parsed = value
+        flags[f"omniopd.teacher.options.{key}"] = (f"--teacher-option {key}", parsed)
+    data = load_config(args.config, args.overrides, {"omniopd": OmniOPDConfig}, other_nodes="ignore", flags=flags)
+    config = OmniOPDConfig.from_dict(data["omniopd"])
+    registry.check_plugin_names(config)  # the config itself is plain data
     return config
 
 
-def check_flags_and_paths(args: argparse.Namespace) -> None:
+def check_flags_and_paths(args: argparse.Namespace, config) -> None:
     """Every flag combination and path the run will need, checked before a model is loaded or a teacher
     called (a missing output folder found after the audit would waste what the teacher was paid)."""
     from omniopd_verl.errors import ConfigError
-    from omniopd_verl.models import BUILTIN_MODELS
+    from omniopd_verl.runtime.models import BUILTIN_MODELS
 
-    if args.teacher_api_base and not args.teacher_model:
+    if config.teacher.api_base and not config.teacher.model:
         from omniopd_verl.teachers.identity import public_api_base  # never echo user:pass@ or ?key=
 
         raise ConfigError(
-            f"--teacher-api-base {public_api_base(args.teacher_api_base)} needs --teacher-model: the model name the server "
+            f"--teacher-api-base {public_api_base(config.teacher.api_base)} needs --teacher-model "
+            "(omniopd.teacher.api_base needs omniopd.teacher.model): the model name the server "
             "serves (e.g. --teacher-model local-teacher for `python -m omniopd_verl.serving.openai_compat`)"
         )
     if args.batch_tokens < 1:
@@ -144,7 +181,8 @@ def check_flags_and_paths(args: argparse.Namespace) -> None:
         raise ConfigError(
             f"--student {args.student!r} is neither a built-in model {sorted(BUILTIN_MODELS)} nor a local folder"
         )
-    for flag, path in (("--output", args.output), ("--report", args.report), ("--cache", args.cache)):
+    cache = config.teacher.cache_path
+    for flag, path in (("--output", args.output), ("--report", args.report), ("--cache", cache)):
         if path is None:
             continue
         folder = os.path.dirname(os.path.abspath(path))
@@ -156,11 +194,11 @@ def check_flags_and_paths(args: argparse.Namespace) -> None:
             raise ConfigError(f"{flag} {path!r}: the folder {folder} is not writable")
     if os.path.abspath(args.output) == os.path.abspath(args.input):
         raise ConfigError(f"--output {args.output!r} is the --input file: it would be overwritten")
-    if args.cache is not None:
+    if cache is not None:
         for flag, path in (("--output", args.output), ("--input", args.input), ("--report", args.report)):
-            if path is not None and _same_file(args.cache, path):
+            if path is not None and _same_file(cache, path):
                 raise ConfigError(
-                    f"--cache {args.cache!r} is the {flag} file: the cache is a SQLite file of its own; "
+                    f"--cache {cache!r} is the {flag} file: the cache is a SQLite file of its own; "
                     "allowed a different path"
                 )
 
@@ -272,8 +310,8 @@ class AuditOutcome:
 
 def load_student_tokenizer(student: str):
     """(tokenizer, context limit) of the student, without reading its weights."""
-    from omniopd_verl.models import load_model_config, load_tokenizer
-    from omniopd_verl.student import context_limit
+    from omniopd_verl.runtime.models import load_model_config, load_tokenizer
+    from omniopd_verl.runtime.scoring import context_limit
 
     tokenizer = load_tokenizer(student)
     return tokenizer, context_limit(load_model_config(student), tokenizer)
@@ -282,7 +320,7 @@ def load_student_tokenizer(student: str):
 def prepare_rows(tokenizer, limit, rows, *, skip_too_long: bool) -> tuple[list[PreparedRow], list[tuple[str, str]]]:
     """Tokenize every row; one beyond the student's context is refused (or skipped with --skip-too-long)."""
     from omniopd_verl.errors import ConfigError
-    from omniopd_verl.student import encode_pair, too_long
+    from omniopd_verl.runtime.scoring import encode_pair, too_long
 
     prepared, skipped = [], []
     for row in rows:
@@ -309,7 +347,7 @@ async def build_teacher_and_audit(args, config, tokenizer, prepared: list[Prepar
     """Build the Auditor (teacher, similarity, scheduler) first, so a bad teacher setting fails before the
     student's weights load; then score and audit."""
     from omniopd_verl.audit.auditor import Auditor
-    from omniopd_verl.models import load_causal_lm
+    from omniopd_verl.runtime.models import load_causal_lm
 
     auditor = Auditor(config, tokenizer)  # a bad teacher setting fails here, in one line
     _print_forecast(config, prepared)  # before the first call
@@ -365,7 +403,7 @@ async def score_and_audit(auditor, model, tokenizer, prepared: list[PreparedRow]
 
     from tqdm import tqdm
 
-    from omniopd_verl.student import score_token_ids
+    from omniopd_verl.runtime.scoring import score_token_ids
     from omniopd_verl.teachers import TeacherBudgetExceeded
 
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else (tokenizer.eos_token_id or 0)
@@ -480,8 +518,11 @@ def run(args: argparse.Namespace) -> int:
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     try:
         config = build_config(args)
-        check_flags_and_paths(args)
+        check_flags_and_paths(args, config)
         rows = read_input(args.input)
+        from omniopd_verl import registry
+
+        registry.check_plugins(config)  # option names and values, the key's variable: before anything loads
         return _audit(args, config, rows)
     except ConfigError as exc:
         print(f"omniopd-verl audit: error: {exc}", file=sys.stderr)
@@ -534,7 +575,8 @@ def _summary(records, metrics, config, t_student, t_audit) -> dict[str, str]:
         "k_sem inside (5%,95%)": f"{100 * metrics['audit/k_sem_inside_frac']:.1f}% of chunks",
         "config": f"M={config.chunks} N={config.samples} C={config.chunk_len} alpha={config.alpha} "
         f"scheduler={config.scheduler} similarity={config.similarity} teacher={config.teacher.name}",
-        "teacher": f"calls {int(total('calls'))}, retries {int(total('retries'))}, failures {int(total('failures'))}, "
+        "teacher": f"requests {sum(int(r['teacher'].get('requests', 0)) for r in records)} (one per anchor), "
+        f"HTTP calls {int(metrics.get('teacher/calls', 0))} (retries included), retries {int(total('retries'))}, failures {int(total('failures'))}, "
         f"cache hits {int(total('cache_hits'))}, tokens {int(total('prompt_tokens'))} in / "
         f"{int(total('completion_tokens'))} out, cost ${total('cost_usd'):.4f}",
         "time": f"{t_audit:.1f}s for scoring and audit together (student scoring {t_student:.1f}s, "

@@ -3,53 +3,154 @@
 omniopd-verl eval --model smollm2-135m-instruct --benchmarks gsm8k,math500 --limit 5
 omniopd-verl eval --model ckpt/hf --backend vllm --benchmarks math --n 16 --temperature 0.6 --pass-k 1,8,16
 omniopd-verl eval --model ckpt/hf --benchmarks code --n 5 --temperature 0.8 --pass-k 1,5
+omniopd-verl eval --config run.yaml eval.n=8 eval.pass_k=1,8      # the file's `eval:` node, then overrides
+
+Every setting is a field of EvalSettings: `eval.KEY` in --config's `eval:` node, an `eval.KEY=VALUE`
+override (the grammar of `train` and `audit`, omniopd_verl/config/overrides.py), or its flag `--KEY`
+(a shortcut; the same key given by a flag and an override is refused).
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 
 HELP = "evaluate a model on the math and code benchmarks (table + JSON; progress on stderr)"
 
 
+@dataclasses.dataclass
+class EvalSettings:
+    """What `eval` reads: the `eval:` node of --config FILE, `eval.KEY=VALUE` overrides, or the flags."""
+
+    model: str | None = None
+    """local model folder or a built-in name (smollm2-135m-instruct)"""
+    benchmarks: str = "math"
+    """comma-separated names; 'math' = gsm8k,math500,aime24,aime25,amc23,minerva_math,olympiadbench;
+    'code' = humaneval,mbpp; 'all' = both"""
+    benchmarks_dir: str | None = None
+    """folder of the benchmark files (default $OMNIOPD_BENCHMARKS or ../shared/data/benchmarks)"""
+    limit: int | None = None
+    """first N problems per benchmark (quick runs)"""
+    backend: str = "transformers"
+    """transformers | vllm"""
+    n: int = 1
+    """samples per problem (avg@n, pass@k need n > 1)"""
+    temperature: float = 0.0
+    """0 = greedy"""
+    top_p: float = 1.0
+    """nucleus sampling"""
+    max_new_tokens: int = 2048
+    """longest answer, in tokens"""
+    pass_k: str = "1"
+    """comma-separated k for pass@k (each <= n)"""
+    seed: int = 0
+    """sampling seed"""
+    template: str | None = None
+    """math prompt template (as in data prepare)"""
+    code_template: str | None = None
+    """code prompt template"""
+    system_prompt: str | None = None
+    """system message before every prompt"""
+    batch_size: int = 8
+    """transformers back-end batch size"""
+    device: str | None = None
+    """transformers back-end device (default cuda if available)"""
+    dtype: str = "auto"
+    """transformers: auto | float32 | bfloat16 | float16"""
+    cpu_threads: int | None = None
+    """transformers on CPU: torch threads (default torch's; 1 is much faster on a busy machine)"""
+    tensor_parallel_size: int = 1
+    """vllm back-end"""
+    max_model_len: int | None = None
+    """vllm back-end"""
+    code_timeout: float = 10.0
+    """seconds per code test program"""
+    output: str | None = None
+    """write the JSON report here (instead of to stdout)"""
+    save_generations: str | None = None
+    """write every prompt, sample and grade as JSONL (input of `data sft` for SeqKD)"""
+
+    def __post_init__(self) -> None:
+        from omniopd_verl.errors import ConfigError
+
+        for f in dataclasses.fields(self):
+            value, kind = getattr(self, f.name), str(f.type)
+            optional = "None" in kind
+            if value is None and optional:
+                continue
+            if kind.startswith("int"):
+                ok = isinstance(value, int) and not isinstance(value, bool)
+            elif kind.startswith("float"):
+                ok = isinstance(value, (int, float)) and not isinstance(value, bool)
+            else:  # a YAML override reads `eval.pass_k=1` as the number 1: the setting is its text
+                if isinstance(value, (int, float)) and not isinstance(value, bool):
+                    value = str(value)
+                    setattr(self, f.name, value)
+                ok = isinstance(value, str)
+            if not ok:
+                allowed = kind.split(" ")[0].replace("str", "a string").replace("int", "an integer")
+                allowed = allowed.replace("float", "a number") + (" or null" if optional else "")
+                raise ConfigError(f"eval.{f.name}={value!r} is invalid: allowed {allowed}")
+
+
+def _flag_help(name: str) -> str:
+    default = next(f.default for f in dataclasses.fields(EvalSettings) if f.name == name)
+    return f"{_FIELD_DOCS.get(name, '')} (= eval.{name}; default {default})"
+
+
+def _field_docs() -> dict[str, str]:
+    """The attribute docstrings of EvalSettings (one place for the help text and the YAML keys)."""
+    import ast
+    import inspect
+    import textwrap
+
+    tree = ast.parse(textwrap.dedent(inspect.getsource(EvalSettings)))
+    body, docs = tree.body[0].body, {}
+    for node, nxt in zip(body, body[1:], strict=False):
+        if isinstance(node, ast.AnnAssign) and isinstance(nxt, ast.Expr) and isinstance(nxt.value, ast.Constant):
+            docs[node.target.id] = " ".join(str(nxt.value.value).split())
+    return docs
+
+
+_FIELD_DOCS = _field_docs()
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--model", required=True, help="local model folder or a built-in name (smollm2-135m-instruct)")
     parser.add_argument(
-        "--benchmarks",
-        default="math",
-        help="comma-separated names; 'math' = gsm8k,math500,aime24,aime25,amc23,minerva_math,"
-        "olympiadbench; 'code' = humaneval,mbpp; 'all' = both",
+        "--config",
+        help="a YAML file with an `eval:` node (other nodes, e.g. omniopd: or local:, are not read); the flags "
+        "and eval.KEY=VALUE overrides go on top of it",
     )
-    parser.add_argument("--benchmarks-dir", default=None)
-    parser.add_argument("--limit", type=int, default=None, help="first N problems per benchmark (quick runs)")
-    parser.add_argument("--backend", default="transformers", help="transformers | vllm")
-    parser.add_argument("--n", type=int, default=1, help="samples per problem (avg@n, pass@k need n > 1)")
-    parser.add_argument("--temperature", type=float, default=0.0, help="0 = greedy")
-    parser.add_argument("--top-p", type=float, default=1.0)
-    parser.add_argument("--max-new-tokens", type=int, default=2048)
-    parser.add_argument("--pass-k", default="1", help="comma-separated k for pass@k (each <= n)")
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--template", default=None, help="math prompt template (as in data prepare)")
-    parser.add_argument("--code-template", default=None)
-    parser.add_argument("--system-prompt", default=None)
-    parser.add_argument("--batch-size", type=int, default=8, help="transformers back-end batch size")
-    parser.add_argument("--device", default=None, help="transformers back-end device (default cuda if available)")
-    parser.add_argument("--dtype", default="auto", help="transformers: auto | float32 | bfloat16 | float16")
     parser.add_argument(
-        "--cpu-threads",
-        type=int,
-        default=None,
-        help="transformers on CPU: torch threads (default torch's; 1 is much faster on a busy machine)",
+        "overrides",
+        nargs="*",
+        metavar="eval.KEY=VALUE",
+        help="any eval setting, with the grammar of `train` and `audit` (VALUE is YAML)",
     )
-    parser.add_argument("--tensor-parallel-size", type=int, default=1, help="vllm back-end")
-    parser.add_argument("--max-model-len", type=int, default=None, help="vllm back-end")
-    parser.add_argument("--code-timeout", type=float, default=10.0, help="seconds per code test program")
-    parser.add_argument("--output", default=None, help="write the JSON report here (instead of to stdout)")
-    parser.add_argument(
-        "--save-generations",
-        default=None,
-        help="write every prompt, sample and grade as JSONL (input of `data sft` for SeqKD)",
-    )
+    for f in dataclasses.fields(EvalSettings):  # every setting has its flag: a shortcut for eval.KEY=VALUE
+        kind = str(f.type).split(" ")[0]
+        convert = {"int": int, "float": float}.get(kind, str)
+        parser.add_argument("--" + f.name.replace("_", "-"), type=convert, default=None, help=_flag_help(f.name))
+
+
+def settings_from(args: argparse.Namespace) -> EvalSettings:
+    """EvalSettings from --config's `eval:` node, then the flags given, then the overrides. Raises ConfigError."""
+    from omniopd_verl.config import build_dataclass
+    from omniopd_verl.config.overrides import load_config
+    from omniopd_verl.errors import ConfigError
+
+    flags = {
+        f"eval.{f.name}": ("--" + f.name.replace("_", "-"), getattr(args, f.name))
+        for f in dataclasses.fields(EvalSettings)
+        if getattr(args, f.name) is not None
+    }
+    data = load_config(args.config, args.overrides, {"eval": EvalSettings}, other_nodes="ignore", flags=flags)
+    settings = build_dataclass(EvalSettings, data["eval"], "", node="eval")
+    if not settings.model:
+        raise ConfigError(
+            "eval.model is not set: give --model PATH_OR_NAME, eval.model=..., or model: in --config's eval: node"
+        )
+    return settings
 
 
 def _names(spec: str) -> list[str]:
@@ -101,6 +202,7 @@ def run(args: argparse.Namespace) -> int:
     from pathlib import Path
 
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    args = argparse.Namespace(**dataclasses.asdict(settings_from(args)))
     from omniopd_verl.data import benchmarks
     from omniopd_verl.eval import math_grader
     from omniopd_verl.eval.generation import SamplingSpec, make_generator

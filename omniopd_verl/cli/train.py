@@ -79,6 +79,10 @@ def _run_local(args: argparse.Namespace) -> int:
         run_cfg = local_train.load_run_config(args.config, args.overrides)
         check_local_paths(run_cfg)
         check_local_context(run_cfg)
+        # the plugins the run will build, built now (the local engine shares its reference copy with a teacher)
+        from omniopd_verl import registry
+
+        registry.check_plugins(run_cfg.omniopd, resources=("reference_model",))
         if args.dry_run:
             import json
 
@@ -122,8 +126,8 @@ def check_local_context(run_cfg) -> None:
     """The longest sequence the local engine builds (a prompt left-truncated to local.max_prompt_tokens plus
     local.max_new_tokens) must fit the student's context: positions past it would be trained on silently."""
     from omniopd_verl.errors import ConfigError
-    from omniopd_verl.models import load_model_config, load_tokenizer
-    from omniopd_verl.student import context_limit
+    from omniopd_verl.runtime.models import load_model_config, load_tokenizer
+    from omniopd_verl.runtime.scoring import context_limit
 
     cfg = run_cfg.local
     limit = context_limit(load_model_config(cfg.model), load_tokenizer(cfg.model))
@@ -137,22 +141,9 @@ def check_local_context(run_cfg) -> None:
 
 def check_yaml(path: str) -> None:
     """Parse the YAML file once up front, so a syntax error names the file and the line (ConfigError)."""
-    import yaml
+    from omniopd_verl.config.overrides import read_yaml_mapping
 
-    from omniopd_verl.errors import ConfigError
-
-    try:
-        with open(path, encoding="utf-8") as fh:
-            yaml.safe_load(fh)
-    except FileNotFoundError:
-        raise ConfigError(f"--config {path!r}: no such file") from None
-    except (OSError, UnicodeDecodeError) as exc:
-        raise ConfigError(f"--config {path!r} cannot be read: {exc}") from None
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        where = f" line {mark.line + 1} column {mark.column + 1}" if mark is not None else ""
-        problem = getattr(exc, "problem", None) or str(exc)
-        raise ConfigError(f"--config {path}{where} is not valid YAML: {problem}") from None
+    read_yaml_mapping(path)
 
 
 def _unknown_omniopd_override(exc: Exception) -> str | None:
@@ -212,12 +203,15 @@ def validate(cfg) -> None:
     from verl.trainer.ppo.utils import need_critic, need_reference_policy
     from verl.utils.config import validate_config
 
-    from omniopd_verl.verl_integration.checks import check_verl_config
+    from omniopd_verl import registry
+    from omniopd_verl.verl_integration.checks import check_verl_config, omniopd_config_from_verl
     from omniopd_verl.verl_integration.self_check import self_check
 
     self_check()
     OmegaConf.resolve(cfg)  # every interpolation, including ${omniopd_verl.resource:...}
     check_verl_config(cfg)
+    # the plugins the reward workers will build, built here first: a bad option fails now, not after a model load
+    registry.check_plugins(omniopd_config_from_verl(cfg))
     validate_config(config=cfg, use_reference_policy=need_reference_policy(cfg), use_critic=need_critic(cfg))
     if _select(cfg, "distillation.enabled"):  # kl_anchor=topk_ref: verl's own teacher/pool checks, now
         from verl.utils.config import omega_conf_to_dataclass
@@ -270,7 +264,7 @@ def _run_verl(args: argparse.Namespace) -> int:
     if cpu:
         why = "--cpu" if args.cpu else "this machine has no GPU"
         print(CPU_MODE_MESSAGE.format(why=why), file=sys.stderr)
-        from omniopd_verl.verl_integration.cpu_smoke import cpu_env
+        from omniopd_verl.verl_integration.cpu.smoke import cpu_env
 
         env = cpu_env(env)
     try:
@@ -296,7 +290,8 @@ def _run_verl(args: argparse.Namespace) -> int:
         if unknown:
             print(f"omniopd-verl train: invalid config: {unknown}", file=sys.stderr)
             return 2
-        print(f"omniopd-verl train: cannot compose the config: {type(exc).__name__}: {exc}", file=sys.stderr)
+        said = " ".join(str(exc).split())  # Hydra's advice spans lines: one line, as for every other error
+        print(f"omniopd-verl train: cannot compose the config: {type(exc).__name__}: {said}", file=sys.stderr)
         return 2
     if args.dry_run:
         from omegaconf import OmegaConf

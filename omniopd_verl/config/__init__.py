@@ -21,7 +21,9 @@ from typing import Any
 from omniopd_verl.errors import ConfigError
 
 ENTROPY_SOURCES = ("exact", "rollout_topk")
-ADVANTAGE_MODES = ("posterior", "centered_prior", "centered_batch")
+# the advantage modes (ALGORITHM.md step 6), named once: every module compares against these
+POSTERIOR, CENTERED_PRIOR, CENTERED_BATCH = "posterior", "centered_prior", "centered_batch"
+ADVANTAGE_MODES = (POSTERIOR, CENTERED_PRIOR, CENTERED_BATCH)
 ON_FAILURE = ("error", "drop")
 # verl's KL anchor on unaudited tokens: k3 on the sampled token (cheap) or the top-k reference KL (extra pool)
 KL_ANCHORS = ("low_var_kl", "topk_ref")
@@ -176,7 +178,7 @@ class OmniOPDConfig:
     """'exact' (full-vocabulary, from the student's logits) or 'rollout_topk' (top-k log-probs + tail bound)."""
     rollout_topk: int = 20
     """k of the rollout engine's top-k log-probs when entropy_source='rollout_topk'."""
-    advantage: str = "posterior"
+    advantage: str = POSTERIOR
     """'posterior' (pi_hat, the spec), or the ablations 'centered_prior' (pi_hat - pi_bar), 'centered_batch' (pi_hat - batch mean)."""
     task_reward_weight: float = 0.0
     """lambda: weight of an optional verified task reward mixed into the advantage (0 = pure OmniOPD)."""

@@ -13,14 +13,14 @@ from omniopd_verl.core.scheduling import (
     random_anchors,
     uniform_anchors,
 )
-from omniopd_verl.core.smoothing import chunk_prior_mean, dirichlet_posterior_mean
+from omniopd_verl.core.smoothing import chunk_pi_bar, dirichlet_posterior_mean
 
 __all__ = [
     "TokenCredit",
     "TopKEntropy",
     "all_positions_anchors",
     "check_anchors",
-    "chunk_prior_mean",
+    "chunk_pi_bar",
     "chunk_token_credit",
     "dirichlet_posterior_mean",
     "exact_entropy",

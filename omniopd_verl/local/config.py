@@ -211,35 +211,19 @@ class RunConfig:
 
 
 def load_run_config(path: str | os.PathLike | None, overrides: Sequence[str] = ()) -> RunConfig:
-    """Read a run file (YAML with `omniopd:` and `local:`) and apply `key=value` overrides."""
-    from omegaconf import OmegaConf
-    from omegaconf.errors import OmegaConfBaseException
+    """Read a run file (YAML with `omniopd:` and `local:`) and apply `key=value` overrides, with the grammar
+    every command shares (`omniopd_verl.config.overrides`: `+key=value` adds a plugin option, as on verl)."""
+    from omniopd_verl.config.overrides import load_config
 
     if path is not None:
         from omniopd_verl.package_files import resolve
 
-        path = resolve(path)
-        if not os.path.isfile(path):
-            raise ConfigError(f"config file {str(path)!r} does not exist")
-        base = OmegaConf.load(path)
-    else:
-        base = OmegaConf.create({})
-    for item in overrides:
-        if "=" not in item or item.startswith("="):
-            raise ConfigError(f"override {item!r} is invalid: allowed key=value, e.g. local.steps=3")
-    try:
-        merged = OmegaConf.merge(base, OmegaConf.from_dotlist(list(overrides)))
-        data = OmegaConf.to_container(merged, resolve=True)
-    except OmegaConfBaseException as exc:
-        raise ConfigError(f"could not read the run config: {exc}") from None
-    if not isinstance(data, dict):
-        raise ConfigError(f"run config {str(path)!r} must be a mapping with 'omniopd' and 'local' nodes")
-    unknown = sorted(set(data) - {"omniopd", "local"})
-    if unknown:
-        raise ConfigError(f"run config keys {unknown} are not known; allowed top-level keys: ['local', 'omniopd']")
-    omniopd = OmniOPDConfig.from_dict(data.get("omniopd"))
+        if not os.path.isfile(resolve(path)):
+            raise ConfigError(f"config file {str(resolve(path))!r} does not exist")
+    data = load_config(path, overrides, {"omniopd": OmniOPDConfig, "local": LocalEngineConfig})
+    omniopd = OmniOPDConfig.from_dict(data["omniopd"])
     # one table of what each engine supports (omniopd_verl.engines): refusing beats silently ignoring
     from omniopd_verl.engines import check_engine_support
 
     check_engine_support(omniopd, "local")
-    return RunConfig(omniopd=omniopd, local=_build(LocalEngineConfig, data.get("local") or {}, ""))
+    return RunConfig(omniopd=omniopd, local=_build(LocalEngineConfig, data["local"], ""))

@@ -9,7 +9,6 @@ or from Python, for the `with` block:
     with serve_openai_compat(generator=TransformersGenerator("smollm2-135m-instruct"), api_key=None) as server:
         server.url              # "http://127.0.0.1:<port>/v1"  (pass as TeacherConfig.api_base)
         server.root_url         # "http://127.0.0.1:<port>"  (Anthropic clients append /v1/messages themselves)
-        server.requests         # list[ReceivedRequest]: path, headers (lower-cased), body, status, fault
         server.calls(path)      # how many requests reached `path` ("/v1/completions", ...)
 
 Endpoints: POST /v1/completions (prompt: str or list of str, n, max_tokens, temperature, top_p, seed),
@@ -44,8 +43,10 @@ error shapes) had to be written for either; and the fault-injecting test server
 bodies) on this class. The stdlib parser is not hardened for the open internet: to expose the server
 beyond one machine, put a TLS reverse proxy in front and set an API key.
 
-The server never logs request headers; it only records them in memory so tests can prove a key was
-sent (and nowhere else).
+The server keeps no request: it counts them per endpoint (`calls`, a few counters however long it runs).
+While a request is handled, its `ReceivedRequest` holds the headers without any credential (the key sent
+only as `key_sha256`), and the server never logs headers. The test server that also keeps the requests
+it answered is `omniopd_verl.testing.RecordingServer`.
 """
 
 from __future__ import annotations
@@ -85,15 +86,35 @@ class ClientGone(Exception):
     """The client closed its connection before its generation started."""
 
 
+# headers that carry a credential: never kept in a ReceivedRequest (the key sent is kept as its sha256 only)
+CREDENTIAL_HEADERS = ("authorization", "x-api-key", "api-key", "proxy-authorization", "cookie")
+# the endpoints `calls` counts one by one; every other path is counted under "other" (a bounded set)
+COUNTED_PATHS = ("/v1/completions", "/v1/chat/completions", "/v1/messages", "/v1/models", "/v1/health")
+
+
+def key_digest(key: str) -> str:
+    """sha256 hex of an API key: what a ReceivedRequest keeps of the key that was sent."""
+    return hashlib.sha256(key.encode()).hexdigest()
+
+
 @dataclass
 class ReceivedRequest:
+    """One request while it is handled: path, headers (lower-cased, credentials removed), body, status."""
+
     path: str
     headers: dict[str, str]
     body: Any
     status: int = 0
-    fault: str | None = None
     time: float = field(default_factory=time.monotonic)
     client_gone: Callable[[], bool] | None = field(default=None, repr=False, compare=False)
+    key_sha256: str | None = None  # key_digest of the key sent (Authorization: Bearer or x-api-key), if any
+
+    @classmethod
+    def from_headers(cls, path: str, headers: Any, body: Any = None, **kwargs: Any) -> ReceivedRequest:
+        lower = {k.lower(): v for k, v in headers.items()}
+        sent = sent_key(lower)
+        kept = {k: v for k, v in lower.items() if k not in CREDENTIAL_HEADERS}
+        return cls(path, kept, body, key_sha256=key_digest(sent) if sent else None, **kwargs)
 
 
 class TransformersGenerator:
@@ -153,7 +174,9 @@ class Reply:
 
 
 class CompatServer:
-    """A running server: `url` and the recorded `requests`. `reply` turns one parsed request into a Reply."""
+    """A running server: `url`, `calls(path)`. `reply` turns one parsed request into a Reply."""
+
+    record_class = ReceivedRequest  # what the handler builds per request (the fault server's also has `fault`)
 
     def __init__(
         self,
@@ -172,19 +195,21 @@ class CompatServer:
         self.limits = limits or Limits()
         self.request_timeout_s = request_timeout_s
         self.max_connections = max_connections
-        self.requests: list[ReceivedRequest] = []
+        self._counts: dict[str, int] = {}
         self._lock = threading.Lock()
         self._httpd: ThreadingHTTPServer | None = None
         self.url = ""
         self.root_url = ""
 
     def calls(self, path: str | None = None) -> int:
+        """Requests received, to `path` (one of COUNTED_PATHS, or "other") or in all."""
         with self._lock:
-            return sum(1 for r in self.requests if path is None or r.path == path)
+            return sum(self._counts.values()) if path is None else self._counts.get(path, 0)
 
     def _record(self, record: ReceivedRequest) -> None:
+        key = record.path if record.path in COUNTED_PATHS else "other"
         with self._lock:
-            self.requests.append(record)
+            self._counts[key] = self._counts.get(key, 0) + 1
 
     def generate(
         self, call: GenerationCall, client_gone: Callable[[], bool] | None = None
@@ -302,11 +327,12 @@ def _make_handler(server: CompatServer) -> type[BaseHTTPRequestHandler]:
         def do_GET(self) -> None:  # noqa: N802 - stdlib name
             self.server.stop_reading(self.connection)
             path = _canonical(self.path)
-            record = ReceivedRequest(path, {k.lower(): v for k, v in self.headers.items()}, None, 200)
+            headers = {k.lower(): v for k, v in self.headers.items()}
+            record = server.record_class.from_headers(path, headers, status=200)
             server._record(record)
             if self._web_page(record):
                 return None
-            denied = server.authorize(path, record.headers)
+            denied = server.authorize(path, headers)
             if denied is not None:
                 record.status = denied.status
                 return self._send(denied.status, denied.payload, denied.headers)
@@ -321,7 +347,7 @@ def _make_handler(server: CompatServer) -> type[BaseHTTPRequestHandler]:
 
         def do_OPTIONS(self) -> None:  # noqa: N802 - a CORS preflight: no CORS headers, so browsers stop here
             self.server.stop_reading(self.connection)
-            record = ReceivedRequest(_canonical(self.path), {k.lower(): v for k, v in self.headers.items()}, None)
+            record = server.record_class.from_headers(_canonical(self.path), self.headers)
             server._record(record)
             self._refuse(record, 403, "permission_error", "cross-origin requests are refused", close=True)
 
@@ -364,7 +390,7 @@ def _make_handler(server: CompatServer) -> type[BaseHTTPRequestHandler]:
         def do_POST(self) -> None:  # noqa: N802 - stdlib name
             path = _canonical(self.path)
             headers = {k.lower(): v for k, v in self.headers.items()}
-            record = ReceivedRequest(path, headers, None, client_gone=lambda: _client_gone(self.connection))
+            record = server.record_class.from_headers(path, headers, client_gone=lambda: _client_gone(self.connection))
             server._record(record)
             if self._web_page(record):
                 self.close_connection = True
@@ -587,9 +613,11 @@ def serve_openai_compat(
     limits: Limits | None = None,
     request_timeout_s: float = 30.0,
     max_connections: int = 64,
+    server_class: type[CompatServer] | None = None,
 ) -> Iterator[CompatServer]:
-    """Run a teacher server for `generator` on `host` (127.0.0.1) for the `with` block."""
-    server = CompatServer(
+    """Run a teacher server for `generator` on `host` (127.0.0.1) for the `with` block. `server_class`: a
+    CompatServer subclass to run instead (the test tools' RecordingServer keeps the requests)."""
+    server = (server_class or CompatServer)(
         generator,
         api_key,
         model_name,

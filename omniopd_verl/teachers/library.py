@@ -67,7 +67,15 @@ from typing import Any
 
 from omniopd_verl.config import TeacherConfig
 from omniopd_verl.errors import ConfigError, OmniOPDError, PluginError
-from omniopd_verl.protocols import STOP_REASONS, RawAnswer, RawRequest, RawSample, TeacherRequest, TeacherResult
+from omniopd_verl.protocols import (
+    STOP_REASONS,
+    RawAnswer,
+    RawRequest,
+    RawSample,
+    TeacherCapabilities,
+    TeacherRequest,
+    TeacherResult,
+)
 from omniopd_verl.teachers.accounting import (
     TeacherMeter,
     prompt_token_bound,
@@ -116,6 +124,26 @@ LIBRARY_OPTIONS = (
 )
 
 
+def split_options(name: str, plugin_class: Any, config: TeacherConfig) -> tuple[TeacherConfig, dict[str, Any]]:
+    """(the config the plugin gets, with its own options only; the library's options). An option neither
+    the plugin (`option_names`) nor the library (LIBRARY_OPTIONS) knows is a ConfigError naming it."""
+    options = dict(config.options)
+    library_options = {k: options.pop(k) for k in LIBRARY_OPTIONS if k in options}
+    allowed = getattr(plugin_class, "option_names", None)
+    if allowed is not None:
+        unknown = sorted(set(options) - set(allowed))
+        if unknown:
+            import difflib
+
+            known = sorted(set(allowed) | set(LIBRARY_OPTIONS))
+            close = difflib.get_close_matches(unknown[0], known, n=1)
+            hint = f" (did you mean {close[0]}?)" if close and len(unknown) == 1 else ""
+            raise ConfigError(
+                f"omniopd.teacher.options has unknown keys {unknown} for the {name} teacher{hint}: allowed {known}"
+            )
+    return dataclasses.replace(config, options=options), library_options
+
+
 def build_teacher(
     name: str,
     plugin_class: Any,
@@ -124,17 +152,7 @@ def build_teacher(
     ledger: LedgerClient | None = None,
 ) -> Teacher:
     """Split the options, construct the plugin with its own, and wrap it (what registry.create_teacher does)."""
-    options = dict(config.options)
-    library_options = {k: options.pop(k) for k in LIBRARY_OPTIONS if k in options}
-    allowed = getattr(plugin_class, "option_names", None)
-    if allowed is not None:
-        unknown = sorted(set(options) - set(allowed))
-        if unknown:
-            raise ConfigError(
-                f"omniopd.teacher.options has unknown keys {unknown} for the {name} teacher: allowed "
-                f"{sorted(set(allowed) | set(LIBRARY_OPTIONS))}"
-            )
-    plugin_config = dataclasses.replace(config, options=options)
+    plugin_config, library_options = split_options(name, plugin_class, config)
     try:
         plugin = plugin_class(plugin_config, resources=dict(resources)) if resources else plugin_class(plugin_config)
     except TypeError as exc:
@@ -142,6 +160,60 @@ def build_teacher(
             raise PluginError(f"teacher plugin {name!r} does not accept resources {sorted(resources)}: {exc}") from None
         raise
     return Teacher(name, plugin, config, library_options, ledger=ledger)
+
+
+def check_teacher(name: str, plugin_class: Any, config: TeacherConfig, resources: Sequence[str] = ()) -> None:
+    """What `train --dry-run` checks of a teacher without loading a model or calling it: option names, the
+    library's option values, the API key's variable (set and non-empty), then the plugin's own values:
+    `plugin_class.check_config(config, resources=...)` when the plugin defines it, else, for an HTTP teacher
+    (capabilities.batched False: its constructor opens nothing), the constructor itself. A local-model
+    teacher without check_config gets the name checks only. Raises ConfigError naming the option."""
+    plugin_config, library_options = split_options(name, plugin_class, config)
+    caps = getattr(plugin_class, "capabilities", None) or TeacherCapabilities()
+    library_settings(library_options, caps)
+    read_api_key(config)
+    check = getattr(plugin_class, "check_config", None)
+    try:
+        if callable(check):
+            check(plugin_config, resources=tuple(resources))
+        elif not caps.batched:
+            plugin_class(plugin_config)
+    except ConfigError:
+        raise
+    except (ValueError, TypeError) as exc:  # a plugin that did not raise ConfigError: still one line
+        raise ConfigError(
+            f"omniopd.teacher.options rejected by the {name} teacher: {type(exc).__name__}: {exc}"
+        ) from None
+
+
+@dataclass(frozen=True)
+class LibrarySettings:
+    """The library's options (LIBRARY_OPTIONS), validated."""
+
+    backoff_base_s: float
+    backoff_max_s: float
+    max_retry_after_s: float
+    max_tokens_factor: float
+    input_cost: float | None
+    output_cost: float | None
+    batch_rows: int
+
+
+def library_settings(options: Mapping[str, Any] | None, capabilities: TeacherCapabilities) -> LibrarySettings:
+    """LIBRARY_OPTIONS values checked (ConfigError naming omniopd.teacher.options.KEY), defaults filled in."""
+    opts = dict(options or {})
+    rows = opts.get("batch_rows", 64)
+    if isinstance(rows, bool) or not isinstance(rows, int) or rows < 1:
+        raise ConfigError(f"omniopd.teacher.options.batch_rows={rows!r} is invalid: allowed an integer >= 1")
+    return LibrarySettings(
+        backoff_base_s=positive_option(opts, "backoff_base_s", 0.5),
+        backoff_max_s=positive_option(opts, "backoff_max_s", 30.0),
+        max_retry_after_s=positive_option(opts, "max_retry_after_s", 60.0),
+        max_tokens_factor=positive_option(opts, "max_tokens_factor", capabilities.max_tokens_factor),
+        input_cost=positive_option(opts, "input_cost_per_token", None, zero_ok=True),
+        output_cost=positive_option(opts, "output_cost_per_token", None, zero_ok=True),
+        batch_rows=rows,
+    )
 
 
 @dataclass
@@ -202,16 +274,11 @@ class Teacher:
         # must not empty the cache
         self.plugin_options = mask_credentials({k: v for k, v in config.options.items() if k not in LIBRARY_OPTIONS})
         opts = dict(options or {})
-        self.backoff_base_s = positive_option(opts, "backoff_base_s", 0.5)
-        self.backoff_max_s = positive_option(opts, "backoff_max_s", 30.0)
-        self.max_retry_after_s = positive_option(opts, "max_retry_after_s", 60.0)
-        self.max_tokens_factor = positive_option(opts, "max_tokens_factor", self.capabilities.max_tokens_factor)
-        self.input_cost = positive_option(opts, "input_cost_per_token", None, zero_ok=True)
-        self.output_cost = positive_option(opts, "output_cost_per_token", None, zero_ok=True)
-        rows = opts.get("batch_rows", 64)
-        if isinstance(rows, bool) or not isinstance(rows, int) or rows < 1:
-            raise ConfigError(f"omniopd.teacher.options.batch_rows={rows!r} is invalid: allowed an integer >= 1")
-        self.batch_rows = rows
+        settings = library_settings(opts, self.capabilities)
+        self.backoff_base_s, self.backoff_max_s = settings.backoff_base_s, settings.backoff_max_s
+        self.max_retry_after_s, self.max_tokens_factor = settings.max_retry_after_s, settings.max_tokens_factor
+        self.input_cost, self.output_cost = settings.input_cost, settings.output_cost
+        self.batch_rows = settings.batch_rows
         self.price_model = opts.get("price_model", getattr(plugin, "price_model", None))
         self.api_key = read_api_key(config)
         self.redact = Redactor((self.api_key, *url_secrets(config.api_base), *option_secrets(config.options)))

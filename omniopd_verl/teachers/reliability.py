@@ -3,8 +3,8 @@
 Used by the teacher library (`library.Teacher`) for every plugin:
 - retried: `TransientTeacherError` (a plugin's way to say "try again"), `UnusableAnswer` (a 200 answer
   that cannot be used: too few samples, non-text, an empty sample that did not end with a stop),
-  timeouts, connection errors, HTTP 408/409/425/429 and 5xx (any exception with an int `status_code`,
-  as the openai and litellm clients raise);
+  timeouts, connection errors, HTTP 408/409/425/429 and 5xx (any exception carrying the status as
+  `status_code` (openai, litellm), `status` (aiohttp) or `response.status_code` (httpx, requests));
 - fatal (`TeacherAuthError`, the run stops): HTTP 401/403, since a wrong key would fail every request;
 - a 400/422 naming a parameter the model does not support (`rejected_parameter`): stops the run at the
   first call, since every call would fail alike;
@@ -27,6 +27,7 @@ from omniopd_verl.errors import ConfigError, OmniOPDError
 
 RETRYABLE_STATUS = {408, 409, 425, 429}
 FATAL_STATUS = {401, 403}
+RETRYABLE_NAME_WORDS = ("Timeout", "Connect", "Disconnect", "ServiceUnavailable", "InternalServer", "RateLimit")
 
 
 class TeacherAuthError(OmniOPDError):
@@ -56,8 +57,18 @@ def parse_retry_after(value: str | None) -> float | None:
 
 
 def status_of(exc: BaseException) -> int | None:
-    status = getattr(exc, "status_code", None)
-    return status if isinstance(status, int) else None
+    """The HTTP status an exception carries, as the common clients spell it: `.status_code` (openai,
+    litellm, anthropic), `.status` (aiohttp's ClientResponseError), `.response.status_code` (httpx's
+    HTTPStatusError, requests' HTTPError). Only an int from 100 to 599 counts."""
+    response = getattr(exc, "response", None)
+    for status in (
+        getattr(exc, "status_code", None),
+        getattr(exc, "status", None),
+        getattr(response, "status_code", None),
+    ):
+        if isinstance(status, int) and not isinstance(status, bool) and 100 <= status <= 599:
+            return status
+    return None
 
 
 def retry_after_of(exc: BaseException) -> float | None:
@@ -87,7 +98,9 @@ def classify(exc: BaseException) -> str:
     if status is not None and (status in RETRYABLE_STATUS or status >= 500):
         return "retry"
     name = type(exc).__name__
-    if any(word in name for word in ("Timeout", "Connection", "ServiceUnavailable", "InternalServer", "RateLimit")):
+    # by name, for clients whose errors subclass neither TimeoutError nor ConnectionError (aiohttp's
+    # ClientConnectorError and ServerDisconnectedError, httpx's ConnectError, openai's APIConnectionError)
+    if any(word in name for word in RETRYABLE_NAME_WORDS):
         return "retry"
     if status is None and name in ("APIError", "JSONDecodeError"):
         return "retry"

@@ -33,6 +33,8 @@ from omniopd_verl.protocols import RawAnswer, RawRequest, RawSample, TeacherCapa
 from omniopd_verl.runtime.generation import eos_token_ids, pad_token_id
 from omniopd_verl.teachers.steering import read_steering
 
+DTYPES = (None, "float32", "bfloat16", "float16")  # options.dtype: None = the checkpoint's own
+
 
 class LocalSampler:
     """Batched, per-request-seeded sampling of text continuations from a causal LM."""
@@ -54,10 +56,9 @@ class LocalSampler:
 
         from omniopd_verl.runtime.models import load_causal_lm
 
-        dtypes = {None: None, "float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
-        if dtype not in dtypes:
-            raise ConfigError(f"omniopd.teacher.options.dtype={dtype!r} is invalid: allowed one of {list(dtypes)}")
-        model, tokenizer = load_causal_lm(name_or_path, dtype=dtypes[dtype], device=device)
+        if dtype not in DTYPES:
+            raise ConfigError(f"omniopd.teacher.options.dtype={dtype!r} is invalid: allowed one of {list(DTYPES)}")
+        model, tokenizer = load_causal_lm(name_or_path, dtype=getattr(torch, dtype) if dtype else None, device=device)
         return cls(model, tokenizer, device)
 
     def render_chat(self, messages: Sequence[dict[str, Any]]) -> str:
@@ -125,33 +126,43 @@ class TransformersTeacher:
     )
     option_names = ("device", "dtype", "model", "steer")
 
-    def __init__(self, config: TeacherConfig, resources: Mapping[str, Any] | None = None):
-        options = dict(config.options)
+    @classmethod
+    def check_config(cls, config: TeacherConfig, resources: Sequence[str] = ()) -> None:
+        """The option values, without loading anything (`train --dry-run`; the constructor runs it first).
+        `resources`: the names of what the engine will share (the local engine: 'reference_model')."""
+        options = config.options
         source = options.get("model")
         if source not in (None, "reference"):
             raise ConfigError(
                 f"omniopd.teacher.options.model={source!r} is invalid for the transformers teacher: allowed null "
                 "(load teacher.model) or 'reference' (share the engine's frozen reference copy)"
             )
+        if source == "reference" and "reference_model" not in resources:
+            raise ConfigError(
+                "omniopd.teacher.options.model='reference' needs the engine's reference model, and none was "
+                "given: only an engine that holds one (the local engine) can share it, through "
+                "registry.create_teacher(config, resources={'reference_model': (model, tokenizer)})"
+            )
+        if source is None and not config.model:
+            raise ConfigError(
+                "omniopd.teacher.model=None is invalid for the transformers teacher: allowed a local model "
+                "folder or 'smollm2-135m-instruct' (or options.model: reference)"
+            )
+        if options.get("dtype") not in DTYPES:
+            raise ConfigError(
+                f"omniopd.teacher.options.dtype={options.get('dtype')!r} is invalid: allowed one of {list(DTYPES)}"
+            )
+
+    def __init__(self, config: TeacherConfig, resources: Mapping[str, Any] | None = None):
+        options = dict(config.options)
+        source = options.get("model")
+        self.check_config(config, resources=tuple(resources or ()))
         if source == "reference":
-            shared = (resources or {}).get("reference_model")
-            if shared is None:
-                raise ConfigError(
-                    "omniopd.teacher.options.model='reference' needs the engine's reference model, and none was "
-                    "given: only an engine that holds one (the local engine) can share it, through "
-                    "registry.create_teacher(config, resources={'reference_model': (model, tokenizer)})"
-                )
+            shared = resources["reference_model"]
             model, tokenizer = shared
             device = str(getattr(model, "device", options.get("device", "cpu")))
             self.sampler = LocalSampler(model, tokenizer, device)
-        elif isinstance((resources or {}).get("sampler"), LocalSampler):  # tests and benchmarks: a prepared sampler
-            self.sampler = resources["sampler"]
         else:
-            if not config.model:
-                raise ConfigError(
-                    "omniopd.teacher.model=None is invalid for the transformers teacher: allowed a local model "
-                    "folder or 'smollm2-135m-instruct' (or options.model: reference)"
-                )
             self.sampler = LocalSampler.load(
                 config.model, device=options.get("device", "cpu"), dtype=options.get("dtype")
             )

@@ -45,11 +45,17 @@ class VLLMTeacher:
         max_tokens_factor=1.0,
     )
 
-    def __init__(self, config: TeacherConfig, resources: Mapping[str, Any] | None = None):
+    @classmethod
+    def check_config(cls, config: TeacherConfig, resources: Sequence[str] = ()) -> None:
+        """What `train --dry-run` can check without vLLM: a model is named (the options are vLLM's engine
+        arguments, checked by vLLM when the engine starts)."""
         if not config.model:
             raise ConfigError(
                 "omniopd.teacher.model=None is invalid for the vllm teacher: allowed a model path or name"
             )
+
+    def __init__(self, config: TeacherConfig, resources: Mapping[str, Any] | None = None):
+        self.check_config(config)
         self.vllm = (resources or {}).get("vllm_module") or _import_vllm()
         self.llm = self.vllm.LLM(model=config.model, **dict(config.options))
 

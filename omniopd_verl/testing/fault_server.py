@@ -33,6 +33,7 @@ import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
+from typing import Any
 
 from omniopd_verl.serving.openai_compat import (
     CompatServer,
@@ -44,6 +45,7 @@ from omniopd_verl.serving.openai_compat import (
     error_body,
     run_server,
     sent_key,
+    serve_openai_compat,
 )
 
 FAULT_KINDS = (
@@ -105,8 +107,36 @@ class ScriptedGenerator:
         return texts
 
 
-class FaultServer(CompatServer):
-    """CompatServer whose `reply` applies the queued faults."""
+class RecordingServer(CompatServer):
+    """The real server that also keeps the requests it received (`requests`, the last MAX_RECORDED, in order),
+    for tests: path, headers without credentials, body, status, time, `key_sha256` of the key sent
+    (compare with `key_digest(KEY)`). The runtime server keeps none."""
+
+    MAX_RECORDED = 10_000
+
+    def __init__(self, *args: Any, **kwargs: Any):
+        super().__init__(*args, **kwargs)
+        self.requests: list[ReceivedRequest] = []
+
+    def _record(self, record: ReceivedRequest) -> None:
+        super()._record(record)
+        with self._lock:
+            self.requests.append(record)
+            if len(self.requests) > self.MAX_RECORDED:
+                del self.requests[: len(self.requests) - self.MAX_RECORDED]
+
+
+@dataclass
+class FaultRecord(ReceivedRequest):
+    """A recorded request of the fault server: also the fault it got (None: served normally)."""
+
+    fault: str | None = None
+
+
+class FaultServer(RecordingServer):
+    """CompatServer whose `reply` applies the queued faults (and that keeps its requests, RecordingServer)."""
+
+    record_class = FaultRecord
 
     def __init__(
         self, generator: Generator, faults: Sequence[Fault], api_key: str | None, latency_s: float, model_name: str
@@ -224,3 +254,10 @@ def serve_fault_server(
     server = FaultServer(generator or ScriptedGenerator(), faults, api_key, latency_s, model_name)
     with run_server(server, port) as running:
         yield running
+
+
+@contextmanager
+def serve_recording_server(generator: Generator, **settings: Any) -> Iterator[RecordingServer]:
+    """`serving.openai_compat.serve_openai_compat` (same settings), keeping the requests (`server.requests`)."""
+    with serve_openai_compat(generator, server_class=RecordingServer, **settings) as server:
+        yield server

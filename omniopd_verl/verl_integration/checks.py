@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from omniopd_verl.config import OmniOPDConfig
+from omniopd_verl.config import CENTERED_BATCH, OmniOPDConfig
 from omniopd_verl.errors import ConfigError
 
 
@@ -168,7 +168,7 @@ def check_verl_config(cfg: Any) -> OmniOPDConfig:
     from omniopd_verl.engines import check_engine_support
 
     check_engine_support(omniopd, "verl")  # the one table of what each engine supports
-    if omniopd.advantage == "centered_batch":
+    if omniopd.advantage == CENTERED_BATCH:
         if _get(cfg, "algorithm.use_kl_in_reward"):
             raise ConfigError(
                 "algorithm.use_kl_in_reward=True is invalid with omniopd.advantage='centered_batch': allowed False"

@@ -18,6 +18,7 @@ from typing import Any
 import torch
 
 from omniopd_verl.advantage import batch_advantage
+from omniopd_verl.config import CENTERED_BATCH, POSTERIOR
 from omniopd_verl.errors import ConfigError
 
 
@@ -41,12 +42,12 @@ def omniopd_adv_estimator(
     from omniopd_verl.verl_integration.fatal import raise_if_reported
 
     raise_if_reported(token_level_rewards)  # a teacher failed with on_failure='error' (fatal.py)
-    mode = _option(config, "advantage", "posterior")
+    mode = _option(config, "advantage", POSTERIOR)
     if audit_mask is None:  # set by the omniopd_sync / cpu_sync trainers (batch_context.py)
         from omniopd_verl.verl_integration.batch_context import BATCH_AUDIT_MASK
 
         audit_mask = BATCH_AUDIT_MASK.get()
-    if mode == "centered_batch" and audit_mask is None:
+    if mode == CENTERED_BATCH and audit_mask is None:
         raise ConfigError(
             "omniopd.advantage='centered_batch' needs the batch's audited-token mask, and verl passed none "
             "(audit_mask=None): run with an OmniOPD trainer mode that passes it (trainer.v1.trainer_mode="

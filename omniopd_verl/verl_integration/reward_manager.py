@@ -259,21 +259,15 @@ class OmniOPDRewardManager(RewardManagerBase):
 
 def row_stats(audit: Any, audited_tokens: int, samples: int) -> dict[str, Any]:
     """One trajectory's raw audit counts for verl's step metrics (step_metrics.py sums them per step),
-    plus the audit itself as JSON under 'omniopd_audit' (chunk spans, similarities, k_sem, pi_bar, pi_hat:
-    what a test needs to recompute the advantages; verl's metric code skips string values)."""
+    plus the audit itself as JSON under 'omniopd_audit': the one serializer's record (audit/records.py,
+    the audit CLI's line) without the texts (chunk spans, similarities, k_sem, pi_bar, pi_hat: what a test
+    needs to recompute the advantages; verl's metric code skips string values)."""
     import json
 
-    chunks = [
-        {
-            "start": c.start,
-            "end": c.end,
-            "similarities": [float(x) for x in c.similarities],
-            "k_sem": float(c.k_sem),
-            "pi_bar": float(c.pi_bar),
-            "pi_hat": float(c.pi_hat),
-        }
-        for c in audit.chunks
-    ]
+    from omniopd_verl.audit.records import audit_record
+
+    record = audit_record(audit, texts=False)
+    chunks = record["chunks"]
     out: dict[str, Any] = {
         ROW_STATS_PREFIX + "chunks": float(len(chunks)),
         ROW_STATS_PREFIX + "pi_hat_sum": sum(c["pi_hat"] for c in chunks),
@@ -287,5 +281,5 @@ def row_stats(audit: Any, audited_tokens: int, samples: int) -> dict[str, Any]:
     for key, value in (audit.teacher or {}).items():
         out[f"{ROW_STATS_PREFIX}teacher/{key}"] = float(value)
     out["audit/entropy_source"] = audit.entropy_source  # a string: verl's metric code skips it
-    out["omniopd_audit"] = json.dumps({"uid": audit.uid, "response_len": audit.response_len, "chunks": chunks})
+    out["omniopd_audit"] = json.dumps(record)
     return out

@@ -21,6 +21,7 @@ import os
 from verl.trainer.ppo.v1.trainer_base import register_trainer
 from verl.trainer.ppo.v1.trainer_sync import PPOTrainerSync
 
+from omniopd_verl.config import CENTERED_BATCH
 from omniopd_verl.verl_integration import verl_private
 from omniopd_verl.verl_integration.names import AUDIT_MASK_KEY, ESTIMATOR_NAME, SYNC_TRAINER_MODE
 from omniopd_verl.verl_integration.step_metrics import step_metrics
@@ -102,7 +103,7 @@ class OmniOPDMetricsMixin:
 
         if self.config.algorithm.adv_estimator != ESTIMATOR_NAME:
             return super()._compute_advantage(batch, metrics)
-        if OmegaConf.select(self.config, "algorithm.omniopd.advantage", default=None) != "centered_batch":
+        if OmegaConf.select(self.config, "algorithm.omniopd.advantage", default=None) != CENTERED_BATCH:
             return super()._compute_advantage(batch, metrics)
         import transfer_queue as tq
 

@@ -163,7 +163,7 @@ def test_metrics_match_the_audits(tok):
     audits = asyncio.run(auditor.audit(responses))
     m = auditor.metrics()
     chunks = [c for a in audits for c in a.chunks]
-    assert m["audit/responses"] == 4 and m["audit/rows_without_audit"] == 1
+    assert m["audit/rows"] == 4 and m["audit/rows_without_audit"] == 1
     assert m["audit/chunks_per_response"] == pytest.approx(len(chunks) / 4)
     total = sum(len(r.response_ids) for r in responses)
     assert m["audit/token_fraction"] == pytest.approx(len(chunks) * C / total)
@@ -177,7 +177,7 @@ def test_metrics_match_the_audits(tok):
     auditor.reset_metrics()
     asyncio.run(auditor.audit(responses[:1]))
     m2 = auditor.metrics()
-    assert m2["audit/responses"] == 1 and m2["teacher/calls"] == len(audits[0].chunks)  # per-step deltas
+    assert m2["audit/rows"] == 1 and m2["teacher/calls"] == len(audits[0].chunks)  # per-step deltas
 
 
 def test_teacher_failure_error_and_drop(tok):
@@ -201,7 +201,7 @@ def test_teacher_failure_error_and_drop(tok):
     assert [c.start for c in a.chunks] == [anchors[0]]
     assert a.anchors_dropped == 2 and auditor.metrics()["audit/anchors_dropped"] == 2
     assert a.chunks[0] == good.chunks[0]
-    assert a.teacher["failures"] == 1 and a.teacher["retries"] == 2 and a.teacher["calls"] == 3
+    assert a.teacher["failures"] == 1 and a.teacher["retries"] == 2 and a.teacher["requests"] == 3
 
 
 def test_streaming_audit_one_equals_batch_audit(tok):

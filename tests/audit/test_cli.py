@@ -16,7 +16,8 @@ from omniopd_naive import naive_ned, naive_peak_anchors
 
 from omniopd_verl.cli.main import main
 from omniopd_verl.runtime.models import load_causal_lm
-from omniopd_verl.serving.openai_compat import TransformersGenerator, serve_openai_compat
+from omniopd_verl.serving.openai_compat import TransformersGenerator
+from omniopd_verl.testing import serve_recording_server
 
 M, N, C, ALPHA = 3, 3, 10, 2.0
 
@@ -54,7 +55,7 @@ def write_jsonl(path, rows):
 
 @pytest.fixture(scope="module")
 def teacher_server(tiny_model_path):
-    with serve_openai_compat(generator=TransformersGenerator(tiny_model_path)) as server:
+    with serve_recording_server(generator=TransformersGenerator(tiny_model_path)) as server:
         yield server
 
 
@@ -119,7 +120,7 @@ def test_audit_cli_end_to_end(tmp_path, rows, teacher_server, smollm2_path, caps
         lps, hs = naive_scores(model, p_ids, r_ids)
         assert rec["entropy_source"] == "exact" and rec["similarity"] == "ned" and rec["response_len"] == len(r_ids)
         assert [c["start"] for c in rec["chunks"]] == naive_peak_anchors(hs, len(r_ids), M, C)
-        assert rec["teacher"]["calls"] == len(rec["chunks"]) and rec["teacher"]["failures"] == 0
+        assert rec["teacher"]["requests"] == len(rec["chunks"]) and rec["teacher"]["failures"] == 0
         for c in rec["chunks"]:
             n_chunks += 1
             assert c["end"] == c["start"] + C

@@ -216,7 +216,7 @@ def test_budget_stop_inside_a_row_reports_the_spend_of_unwritten_rows(tmp_path, 
     assert answered == 1 and lines == [lines[-1]] and lines[-1]["rows_written"] == 0
     assert lines[-1]["missing_ids"] == ["r0"] and lines[-1]["teacher_calls"] == answered
     assert lines[-1]["teacher_cost_usd"] > 0
-    assert f"calls {answered}," in err and "cost $0.0000" not in err
+    assert f"HTTP calls {answered} (retries included)," in err and "cost $0.0000" not in err
 
 
 # ---- item 6: inputs beyond the student's context ----------------------------------------------------------
@@ -382,9 +382,11 @@ def test_credentials_in_the_api_base_are_not_echoed(tmp_path, server, tiny_model
 
 
 def test_train_dry_run_masks_keys_placed_in_the_config(capsys):
-    overrides = [
-        'omniopd.teacher.options.extra_kwargs={"api_key": "sk-yaml-Op90Zx12", "extra_headers": '
-        '{"Authorization": "Bearer sk-yaml-Hd55Kp21"}}',
+    overrides = [  # a teacher that takes extra_kwargs; its options replace the recipe's (steer is not litellm's)
+        "omniopd.teacher.name=litellm",
+        "omniopd.teacher.model=openai/gpt-4o-mini",
+        'omniopd.teacher.options={"extra_kwargs": {"api_key": "sk-yaml-Op90Zx12", "extra_headers": '
+        '{"Authorization": "Bearer sk-yaml-Hd55Kp21"}}}',
     ]
     config = os.path.join(os.path.dirname(__file__), "..", "..", "recipes", "quickstart_cpu", "quickstart_cpu.yaml")
     code = main(["train", "--engine", "local", "--config", config, "--dry-run", *overrides])

@@ -7,7 +7,7 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from omniopd_verl.core import chunk_prior_mean, dirichlet_posterior_mean, soft_acceptance
+from omniopd_verl.core import chunk_pi_bar, dirichlet_posterior_mean, soft_acceptance
 from omniopd_verl.errors import GuardError
 
 
@@ -18,7 +18,7 @@ def test_hand_worked_chunk_weight():
     assert k.item() == pytest.approx(2.4)
     # chunk token probs .5 .25 -> geometric mean sqrt(.125) = 0.35355
     lp = torch.log(torch.tensor([[0.5, 0.25]]))
-    prior = chunk_prior_mean(lp)
+    prior = chunk_pi_bar(lp)
     assert prior.item() == pytest.approx(math.sqrt(0.125), rel=1e-6)
     pi = dirichlet_posterior_mean(k, prior, samples=4, alpha=2.0)
     assert pi.item() == pytest.approx((2.4 + 2.0 * math.sqrt(0.125)) / 6.0, rel=1e-6)
@@ -27,7 +27,7 @@ def test_hand_worked_chunk_weight():
 def test_prior_mean_respects_mask():
     lp = torch.log(torch.tensor([[0.5, 0.25, 0.001]]))
     mask = torch.tensor([[True, True, False]])
-    assert chunk_prior_mean(lp, mask).item() == pytest.approx(math.sqrt(0.125), rel=1e-6)
+    assert chunk_pi_bar(lp, mask).item() == pytest.approx(math.sqrt(0.125), rel=1e-6)
 
 
 @settings(max_examples=200, deadline=None)
@@ -50,7 +50,7 @@ def test_posterior_in_open_unit_interval_and_monotone_in_k(n, alpha, frac, frac2
 
 def test_posterior_is_stop_gradient():
     lp = torch.log(torch.tensor([[0.5, 0.4]])).requires_grad_(True)
-    prior = chunk_prior_mean(lp)
+    prior = chunk_pi_bar(lp)
     pi = dirichlet_posterior_mean(torch.tensor([1.0]), prior, samples=2, alpha=1.0)
     assert not prior.requires_grad and not pi.requires_grad
 
@@ -67,4 +67,4 @@ def test_guards():
     with pytest.raises(GuardError, match="prior"):
         dirichlet_posterior_mean(torch.tensor([1.0]), torch.tensor([1.5]), samples=2, alpha=1.0)
     with pytest.raises(GuardError, match="logits instead of log-probs"):
-        chunk_prior_mean(torch.tensor([[2.0, 1.0]]))
+        chunk_pi_bar(torch.tensor([[2.0, 1.0]]))

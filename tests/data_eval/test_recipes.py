@@ -58,7 +58,10 @@ def test_every_recipe_folder_is_complete():
 
 
 @pytest.mark.parametrize("path", OMNIOPD_YAMLS, ids=lambda p: p.stem)
-def test_omniopd_recipe_dry_run_validates(capsys, path):
+def test_omniopd_recipe_dry_run_validates(capsys, monkeypatch, path):
+    # the dry run checks that the API key's variable is set (not its value: nothing is called)
+    monkeypatch.setenv("ANTHROPIC_API_KEY", "test-not-a-key")
+    monkeypatch.setenv("GEMINI_API_KEY", "test-not-a-key")
     cfg = _dry_run(capsys, path)
     assert cfg.algorithm.adv_estimator == "omniopd"
     assert cfg.reward.custom_reward_function.path == "pkg://omniopd_verl.eval.reward"

@@ -41,11 +41,20 @@ def req(i, *, n=3, student_tokens=6, seed=None, context=None, messages=None, pre
     )
 
 
+def shared(sampler):
+    """The engine's way to hand the teacher a loaded model: options.model 'reference' + the resource."""
+    return {"reference_model": (sampler.model, sampler.tokenizer)}
+
+
 def teacher(sampler, tmp_path=None, **kw):
     config = TeacherConfig(
-        name="transformers", model="tiny", cache_path=str(tmp_path / "c.sqlite") if tmp_path else None, **kw
+        name="transformers",
+        model="tiny",
+        cache_path=str(tmp_path / "c.sqlite") if tmp_path else None,
+        options={"model": "reference"},
+        **kw,
     )
-    return registry.create_teacher(config, resources={"sampler": sampler})
+    return registry.create_teacher(config, resources=shared(sampler))
 
 
 class CountingModel:
@@ -244,8 +253,10 @@ def test_steered_teacher_keeps_its_own_cache_entries(tiny_sampler, tmp_path):
     cache = str(tmp_path / "c.sqlite")
 
     def make(options):
-        config = TeacherConfig(name="transformers", model="tiny", cache_path=cache, options=options)
-        return registry.create_teacher(config, resources={"sampler": tiny_sampler})
+        config = TeacherConfig(
+            name="transformers", model="tiny", cache_path=cache, options={"model": "reference", **options}
+        )
+        return registry.create_teacher(config, resources=shared(tiny_sampler))
 
     plain = asyncio.run(make({}).sample([req(0)]))[0]
     steered_teacher = make({"steer": steer})

@@ -14,7 +14,7 @@ import time
 import httpx
 
 from omniopd_verl.serving.openai_compat import Limits, serve_openai_compat
-from omniopd_verl.testing import ScriptedGenerator
+from omniopd_verl.testing import ScriptedGenerator, serve_recording_server
 
 KEY = "sk-hardening-test-0123456789abcdef"
 
@@ -220,7 +220,7 @@ class _SlowCountingGenerator:
 
 def test_a_queued_request_whose_client_left_is_never_computed():
     generator = _SlowCountingGenerator(2.0)
-    with serve_openai_compat(generator=generator) as server:
+    with serve_recording_server(generator=generator) as server:
         first = threading.Thread(
             target=httpx.post, args=(f"{server.url}/completions",), kwargs={"json": {"prompt": "a"}, "timeout": 30}
         )
@@ -297,3 +297,32 @@ def test_the_command_takes_its_key_from_the_environment_and_its_caps_from_flags(
     assert r.status_code == 400 and "n=3 is invalid: allowed an integer in [1, 2]" in _message(r.json())
     r = httpx.post(f"{base}/completions", json={"prompt": "x", "n": 2, "max_tokens": 2}, headers=ok, timeout=60)
     assert r.status_code == 200 and len(r.json()["choices"]) == 2
+
+
+def test_the_runtime_server_keeps_no_request_and_no_key():
+    """A long run must not grow the server's memory, nor keep an Authorization header it has no use for:
+    the server counts requests per endpoint (unknown paths under one counter) and keeps none of them."""
+    import gc
+
+    from omniopd_verl.serving.openai_compat import COUNTED_PATHS, ReceivedRequest
+
+    with serve_openai_compat(generator=ScriptedGenerator(), api_key=KEY) as server:
+        auth = {"Authorization": f"Bearer {KEY}"}
+        with httpx.Client(timeout=10) as client:
+            for i in range(30):
+                r = client.post(f"{server.url}/completions", json={"prompt": f"p{i}", "max_tokens": 2}, headers=auth)
+                assert r.status_code == 200
+            for i in range(20):  # twenty different unknown paths: still one counter
+                assert client.get(f"{server.root_url}/probe/{i}", headers=auth).status_code == 404
+        assert server.calls("/v1/completions") == 30 and server.calls("other") == 20 and server.calls() == 50
+        assert set(server._counts) <= {*COUNTED_PATHS, "other"}
+        assert not any(isinstance(v, list) for v in vars(server).values())  # no per-request list
+    for _ in range(100):  # no request outlives its handling (a handler thread may still be finishing)
+        gc.collect()
+        live = [o for o in gc.get_objects() if isinstance(o, ReceivedRequest)]
+        if not live:
+            break
+        time.sleep(0.1)
+    assert live == []
+    record = ReceivedRequest.from_headers("/v1/completions", {"Authorization": f"Bearer {KEY}", "X-Trace": "t"})
+    assert record.headers == {"x-trace": "t"} and KEY not in repr(record)

@@ -32,7 +32,7 @@ from omniopd_verl.teachers import (
 )
 from omniopd_verl.teachers.cache import TeacherCache
 from omniopd_verl.teachers.secrets import PROVIDER_KEY_VARS
-from omniopd_verl.testing import Fault, serve_fault_server
+from omniopd_verl.testing import Fault, key_digest, serve_fault_server
 
 N = 3
 CANARY = {var: f"sk-canary-{var.lower().replace('_', '')}-7Qx9" for var in PROVIDER_KEY_VARS}
@@ -163,11 +163,11 @@ def test_budget_stop_counts_and_caches_every_answer_in_flight(tmp_path):
         assert m["teacher/cost_usd"] == pytest.approx(_served_cost(server))  # spend = what the server served
         assert TeacherCache(cache).count() == 3  # every answer received is cached
         # a rerun with room in the budget pays only for what was not served
-        server.requests.clear()
+        before = server.calls("/v1/completions")
         rerun = make(server, "completions", cache_path=cache, max_cost_usd=100.0, options=PRICES)
         results = asyncio.run(rerun.sample(requests))
         assert all(r.texts is not None for r in results)
-        assert server.calls("/v1/completions") == len(requests) - 3
+        assert server.calls("/v1/completions") - before == len(requests) - 3
         assert rerun.metrics()["teacher/cache_hits"] == 3
 
 
@@ -208,6 +208,7 @@ def test_no_key_is_ever_printed_logged_or_stored(fmt, env, canaries, tmp_path, c
         texts += [json.dumps(teacher.metrics()), *(r.error or "" for r in results)]
         if env is None:  # nothing of any provider variable went to this host
             texts += [json.dumps(q.headers) for q in server.requests]
+            assert not {q.key_sha256 for q in server.requests} & {key_digest(v) for v in CANARY.values()}
         asyncio.run(teacher.aclose())
     # 401 and 403: the server refuses the key (and echoes it, as OpenAI does)
     for status in (401, 403):
@@ -352,3 +353,76 @@ def test_third_party_loggers_are_redacted(canaries, caplog):
     assert key not in caplog.text
     assert "Incorrect API key provided: ***" in caplog.text
     assert "x-api-key': '***'" in caplog.text or "REDACTED" in caplog.text
+
+
+# ---- a plugin written with aiohttp: its ClientResponseError carries `.status` (issue 21 §3) ------------------
+
+
+class _AiohttpCompletions:
+    """A third-party teacher's raw call written with aiohttp, as its docs suggest: raise_for_status()."""
+
+    capabilities = TeacherCapabilities(supports_n=True, raw_completion=True, priced=False)
+
+    def __init__(self, url, key):
+        self.url, self.key, self.calls = url, key, 0
+
+    async def sample_raw(self, requests):
+        import aiohttp
+
+        answers = []
+        async with aiohttp.ClientSession() as session:
+            for r in requests:
+                self.calls += 1
+                body = {"model": "tiny", "prompt": r.prompt, "n": r.n, "max_tokens": r.teacher_max_tokens}
+                headers = {"Authorization": f"Bearer {self.key}"}
+                async with session.post(f"{self.url}/completions", json=body, headers=headers) as resp:
+                    resp.raise_for_status()
+                    data = await resp.json()
+                answers.append(RawAnswer([RawSample(c["text"], c["finish_reason"]) for c in data["choices"]]))
+        return answers
+
+
+def test_an_aiohttp_status_error_is_retried_after_its_retry_after_and_a_401_stops():
+    import time
+
+    from omniopd_verl.teachers.library import Teacher
+
+    config = TeacherConfig(name="aiohttp_teacher", model="tiny", max_retries=2)
+    options = {"backoff_base_s": 0.01, "backoff_max_s": 0.02}
+    with serve_fault_server(faults=[Fault("rate_limit", retry_after=0.4)], api_key="sk-test-aio") as server:
+        plugin = _AiohttpCompletions(server.url, "sk-test-aio")
+        teacher = Teacher("aiohttp_teacher", plugin, config, options)
+        t0 = time.perf_counter()
+        [result] = asyncio.run(teacher.sample([request(0)]))
+        waited = time.perf_counter() - t0
+    assert result.texts is not None and len(result.texts) == N, result.error
+    assert plugin.calls == 2 and teacher.metrics()["teacher/retries"] == 1
+    assert waited >= 0.4  # the server's Retry-After, not the 0.01 s backoff
+    with serve_fault_server(api_key="sk-test-aio") as server:  # a wrong key: 401, every call would fail alike
+        plugin = _AiohttpCompletions(server.url, "sk-wrong-key-aio")
+        teacher = Teacher("aiohttp_teacher", plugin, config, options)
+        with pytest.raises(TeacherAuthError, match="HTTP 401"):
+            asyncio.run(teacher.sample([request(0)]))
+    assert plugin.calls == 1  # not retried
+
+
+def test_aiohttp_connection_errors_are_retried():
+    """aiohttp's connection errors subclass neither ConnectionError nor TimeoutError: retried by name."""
+    from omniopd_verl.teachers.library import Teacher
+
+    config = TeacherConfig(name="aiohttp_teacher", model="tiny", max_retries=2)
+    options = {"backoff_base_s": 0.01, "backoff_max_s": 0.02}
+    with serve_fault_server(faults=[Fault("disconnect")], api_key="sk-test-aio") as server:  # ServerDisconnectedError
+        plugin = _AiohttpCompletions(server.url, "sk-test-aio")
+        [result] = asyncio.run(Teacher("aiohttp_teacher", plugin, config, options).sample([request(0)]))
+    assert result.texts is not None and plugin.calls == 2, result.error
+    import socket
+
+    with socket.socket() as probe:  # a port nothing listens on: ClientConnectorError
+        probe.bind(("127.0.0.1", 0))
+        closed = f"http://127.0.0.1:{probe.getsockname()[1]}/v1"
+    plugin = _AiohttpCompletions(closed, "k")
+    teacher = Teacher("aiohttp_teacher", plugin, dataclasses.replace(config, max_retries=1), options)
+    [result] = asyncio.run(teacher.sample([request(0)]))
+    assert result.texts is None and "ClientConnectorError" in result.error
+    assert plugin.calls == 2 and teacher.metrics()["teacher/retries"] == 1

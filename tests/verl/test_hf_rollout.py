@@ -245,10 +245,19 @@ def test_bad_sampling_values_name_the_key():
         GenerationRequest([1, 2], max_tokens=2, logprobs_mode="raw_logits")
 
 
-def test_server_batches_concurrent_requests_updates_weights_and_aborts(tiny):
+def test_server_batches_concurrent_requests_updates_weights_and_aborts(tiny, monkeypatch):
+    from omniopd_verl.verl_integration.cpu import hf_rollout
     from omniopd_verl.verl_integration.cpu.hf_rollout import HFRolloutServer
 
     path, model, _ = tiny
+    batches = []  # the size of every batch the server generates (the server itself keeps none)
+    real_generate_batch = hf_rollout.generate_batch
+
+    def counting_generate_batch(model, requests, **kwargs):
+        batches.append(len(requests))
+        return real_generate_batch(model, requests, **kwargs)
+
+    monkeypatch.setattr(hf_rollout, "generate_batch", counting_generate_batch)
 
     async def scenario():
         server = HFRolloutServer({"prompt_length": 16, "response_length": 8}, {"path": path}, replica_rank=0)
@@ -258,7 +267,7 @@ def test_server_batches_concurrent_requests_updates_weights_and_aborts(tiny):
                 for i, p in enumerate(PROMPTS)
             ]
         )
-        assert server.batches == [3]  # the three concurrent requests ran as one batch
+        assert batches == [3]  # the three concurrent requests ran as one batch
         for p, out in zip(PROMPTS, outs, strict=True):
             expected = naive_greedy(model, p, 4)[0]  # up to a near tie, if any
             assert out.token_ids[: len(expected)] == expected and out.stop_reason == "completed"

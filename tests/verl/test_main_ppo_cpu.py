@@ -181,11 +181,11 @@ def test_omniopd_train_cli_runs_the_cpu_smoke_recipe_and_trains_on_pi_hat(smoke,
         assert metrics["audit/chunks"] == chunks > 0
         assert metrics["audit/pi_hat_mean"] == pytest.approx(pi_hat_sum / chunks, rel=1e-6)
         assert metrics["audit/token_fraction"] == pytest.approx(audited / tokens, rel=1e-6)
-        assert metrics["teacher/calls"] == chunks  # one /v1/completions call (n = N) per anchor
+        assert metrics["teacher/requests"] == chunks  # one request per anchor (one /v1/completions call, n = N)
         assert metrics["audit/anchors_dropped"] == 0 and metrics["teacher/failures"] == 0
         for key in ("audit/k_sem_frac_mean", "audit/pi_bar_mean", "teacher/retries", "teacher/seconds"):
             assert key in metrics, key
-    assert teacher_calls == steps[1]["teacher/calls"] + steps[2]["teacher/calls"]
+    assert teacher_calls == steps[1]["teacher/requests"] + steps[2]["teacher/requests"]
 
     # the actor learned and its weights reached the rollout: step 1 was sampled from the initial model,
     # step 2 from the updated one (verl's old log-probs = the synced actor's)
@@ -273,7 +273,7 @@ def test_cpu_smoke_recipe_run_sh(tmp_path, variant):
     assert proc.returncode == 0, out[-4000:]
     step2 = step_metrics_from_log(out)[2]
     if variant == "omniopd":
-        assert step2["audit/chunks"] > 0 and step2["teacher/calls"] == step2["audit/chunks"]
+        assert step2["audit/chunks"] > 0 and step2["teacher/requests"] == step2["audit/chunks"]
         assert "step 2 reached" in out
     else:
         assert "audit/chunks" not in step2
@@ -398,7 +398,7 @@ def test_validation_gets_no_teacher_calls_and_the_rpm_holds_run_wide(smoke, tmp_
         arrivals = sorted(r.time for r in server.requests if r.path == "/v1/completions")
     steps = step_metrics_from_log(log)
     assert rc == 0 and 2 in steps, log[-4000:]
-    training_calls = steps[1]["teacher/calls"] + steps[2]["teacher/calls"]
+    training_calls = steps[1]["teacher/requests"] + steps[2]["teacher/requests"]
     assert steps[2]["teacher_run/calls"] == training_calls == len(arrivals) > rpm
     assert max(sum(1 for u in arrivals if t <= u < t + 59.0) for t in arrivals) <= rpm, arrivals
 

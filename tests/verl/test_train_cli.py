@@ -17,6 +17,8 @@ from omegaconf import OmegaConf
 from omniopd_verl.cli.main import main
 
 MODEL = "actor_rollout_ref.model.path=/models/student"
+# the shipped configs name no teacher server; the dry run builds the teacher plugin, which needs one
+TEACHER = ("omniopd.teacher.model=local-teacher", "omniopd.teacher.api_base=http://127.0.0.1:8000/v1")
 
 
 def dry_run(capsys, *argv: str):
@@ -26,7 +28,7 @@ def dry_run(capsys, *argv: str):
 
 
 def test_fsdp_config_composes_validates_and_applies_overrides(capsys):
-    rc, cfg, err = dry_run(capsys, MODEL, "omniopd.alpha=2.0", "omniopd.beta=0.05", "omniopd.similarity=ned")
+    rc, cfg, err = dry_run(capsys, MODEL, *TEACHER, "omniopd.alpha=2.0", "omniopd.beta=0.05", "omniopd.similarity=ned")
     assert rc == 0, err
     assert cfg.omniopd.alpha == 2.0 and cfg.omniopd.similarity == "ned"
     assert cfg.actor_rollout_ref.actor.strategy == "fsdp"
@@ -121,7 +123,7 @@ def test_launch_without_gpu_runs_verl_in_cpu_mode(capsys, monkeypatch):
 
     monkeypatch.setattr(train_cli, "_has_gpu", lambda: False)
     monkeypatch.setattr(train_cli.subprocess, "call", fake_call)
-    rc = main(["train", MODEL])
+    rc = main(["train", MODEL, *TEACHER])
     err = capsys.readouterr().err
     assert rc == 0, err
     assert "CPU mode" in err and "no GPU" in err and "not train a real model" in err
@@ -130,7 +132,7 @@ def test_launch_without_gpu_runs_verl_in_cpu_mode(capsys, monkeypatch):
 
 
 def test_cpu_dry_run_shows_the_cpu_overlay(capsys):
-    rc = main(["train", "--cpu", "--dry-run", MODEL])
+    rc = main(["train", "--cpu", "--dry-run", MODEL, *TEACHER])
     out, err = capsys.readouterr()
     assert rc == 0, err
     cfg = OmegaConf.create(out)

@@ -84,7 +84,6 @@ class HFRolloutServer:
         self.logprobs_mode = _config_value(config, "logprobs_mode", "processed_logprobs") or "processed_logprobs"
         self.global_steps = None
         self.weight_updates = 0
-        self.batches: list[int] = []  # batch sizes run so far (observability, tests)
         self._pending: list[tuple[GenerationRequest, asyncio.Future]] = []
         self._wakeup = asyncio.Event()
         self._resumed = asyncio.Event()
@@ -180,7 +179,6 @@ class HFRolloutServer:
                         if not future.done():
                             future.set_exception(exc)
                     continue
-            self.batches.append(len(batch))
             for (_, future), result in zip(batch, results, strict=True):
                 if not future.done():
                     future.set_result(result)
@@ -209,9 +207,9 @@ class HFRolloutServer:
         return {"tensors": len(state_dict), "weight_updates": self.weight_updates}
 
     def stats(self) -> dict[str, Any]:
-        """Weight-update count, batch sizes and a parameter checksum (tests compare it with the actor's)."""
+        """Weight-update count and a parameter checksum (tests compare it with the actor's)."""
         checksum = float(sum(p.detach().double().sum() for p in self.model.parameters()))
-        return {"weight_updates": self.weight_updates, "batches": list(self.batches), "param_checksum": checksum}
+        return {"weight_updates": self.weight_updates, "param_checksum": checksum}
 
     # ------------------------------------------------------------------ verl's control calls
     async def wake_up(self, tags: list[str] | None = None) -> None:
