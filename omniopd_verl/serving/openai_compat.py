@@ -419,7 +419,7 @@ def error_body(anthropic: bool, kind: str, message: str) -> dict[str, Any]:
     return {"error": {"message": message, "type": kind, "code": None}}
 
 
-def _usage_words(text: str) -> int:
+def _count_words(text: str) -> int:
     return len(text.split())
 
 
@@ -429,9 +429,12 @@ def build_response(
     groups: list[tuple[Any, list[str]]],
     model: str,
     finish_reasons: list[list[str]] | None = None,
+    count: Callable[[str], int] | None = None,
 ) -> dict[str, Any]:
     """The endpoint's JSON body for the generated texts. `finish_reasons` (per group, per text: "stop" or
-    "length") overrides the default: "length" when a text has max_tokens words, else "stop"."""
+    "length") overrides the default: "length" when a text has max_tokens words, else "stop". `count`: how
+    the usage counts a text (default: words; a test server that bills like a provider passes a tokenizer's)."""
+    _usage_words = count or _count_words
     prompt_tokens = sum(_usage_words(p if p is not None else json.dumps(call.messages)) for p, _ in groups)
     completion_tokens = sum(_usage_words(t) for _, texts in groups for t in texts)
     created = int(time.time())
