@@ -94,6 +94,7 @@ class ReceivedRequest:
     fault: str | None = None
     time: float = field(default_factory=time.monotonic)
     client_gone: Callable[[], bool] | None = field(default=None, repr=False, compare=False)
+    client: tuple[str, int] | None = None  # the caller's (host, port): tests find the process behind a request
 
 
 class TransformersGenerator:
@@ -364,7 +365,9 @@ def _make_handler(server: CompatServer) -> type[BaseHTTPRequestHandler]:
         def do_POST(self) -> None:  # noqa: N802 - stdlib name
             path = _canonical(self.path)
             headers = {k.lower(): v for k, v in self.headers.items()}
-            record = ReceivedRequest(path, headers, None, client_gone=lambda: _client_gone(self.connection))
+            record = ReceivedRequest(
+                path, headers, None, client_gone=lambda: _client_gone(self.connection), client=self.client_address[:2]
+            )
             server._record(record)
             if self._web_page(record):
                 self.close_connection = True
