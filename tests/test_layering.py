@@ -208,13 +208,7 @@ def test_nothing_imports_the_demo_room():
 
 
 def test_the_cpu_verl_room_is_reached_only_through_the_plugin():
-    users = {
-        m
-        for m, deps in GRAPH.items()
-        if not in_room(m, CPU_ROOM)
-        for n in deps
-        if in_room(n, CPU_ROOM)
-    }
+    users = {m for m, deps in GRAPH.items() if not in_room(m, CPU_ROOM) for n in deps if in_room(n, CPU_ROOM)}
     # the plugin registers the CPU platform; `omniopd-verl train --cpu` sets the CPU smoke run's environment
     assert users <= {"omniopd_verl.verl_integration.plugin", "omniopd_verl.cli.train"}, sorted(users)
     shared = {

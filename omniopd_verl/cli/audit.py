@@ -374,6 +374,7 @@ def _print_forecast(config, prepared: list[PreparedRow]) -> None:
         steps=1,
         supports_n=supports_n if isinstance(supports_n, bool) else True,
         max_tokens_factor=float(getattr(caps, "max_tokens_factor", 1.25) or 1.25),
+        raw_completion=getattr(caps, "raw_completion", False) is True,
     )
     for line in result.lines():
         print(f"omniopd-verl audit: {line}".replace(" per step", " for the input"), file=sys.stderr)

@@ -115,7 +115,8 @@ class TeacherConfig:
     with a clear message once the teacher has cost this much; None = no budget."""
     max_failure_rate: float = 0.5
     """Stop the run when more than this fraction of the last 200 teacher requests (at least 8 finished)
-    failed after their retries, even with on_failure='drop', naming the cause seen most. 1.0 = never."""
+    failed after their retries, even with on_failure='drop', naming the cause seen most. 1.0 = never. With
+    on_failure='error' the first failed request already stops the run (naming the teacher): the guard is off."""
     options: dict[str, Any] = field(default_factory=dict)
     """Backend-specific options passed to the plugin's constructor."""
 

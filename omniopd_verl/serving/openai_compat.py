@@ -108,6 +108,7 @@ class ReceivedRequest:
     time: float = field(default_factory=time.monotonic)
     client_gone: Callable[[], bool] | None = field(default=None, repr=False, compare=False)
     key_sha256: str | None = None  # key_digest of the key sent (Authorization: Bearer or x-api-key), if any
+    client: tuple[str, int] | None = None  # the caller's (host, port): tests find the process behind a request
 
     @classmethod
     def from_headers(cls, path: str, headers: Any, body: Any = None, **kwargs: Any) -> ReceivedRequest:
@@ -390,7 +391,9 @@ def _make_handler(server: CompatServer) -> type[BaseHTTPRequestHandler]:
         def do_POST(self) -> None:  # noqa: N802 - stdlib name
             path = _canonical(self.path)
             headers = {k.lower(): v for k, v in self.headers.items()}
-            record = server.record_class.from_headers(path, headers, client_gone=lambda: _client_gone(self.connection))
+            record = server.record_class.from_headers(
+                path, headers, client_gone=lambda: _client_gone(self.connection), client=self.client_address[:2]
+            )
             server._record(record)
             if self._web_page(record):
                 self.close_connection = True
@@ -445,7 +448,7 @@ def error_body(anthropic: bool, kind: str, message: str) -> dict[str, Any]:
     return {"error": {"message": message, "type": kind, "code": None}}
 
 
-def _usage_words(text: str) -> int:
+def _count_words(text: str) -> int:
     return len(text.split())
 
 
@@ -455,9 +458,12 @@ def build_response(
     groups: list[tuple[Any, list[str]]],
     model: str,
     finish_reasons: list[list[str]] | None = None,
+    count: Callable[[str], int] | None = None,
 ) -> dict[str, Any]:
     """The endpoint's JSON body for the generated texts. `finish_reasons` (per group, per text: "stop" or
-    "length") overrides the default: "length" when a text has max_tokens words, else "stop"."""
+    "length") overrides the default: "length" when a text has max_tokens words, else "stop". `count`: how
+    the usage counts a text (default: words; a test server that bills like a provider passes a tokenizer's)."""
+    _usage_words = count or _count_words
     prompt_tokens = sum(_usage_words(p if p is not None else json.dumps(call.messages)) for p, _ in groups)
     completion_tokens = sum(_usage_words(t) for _, texts in groups for t in texts)
     created = int(time.time())

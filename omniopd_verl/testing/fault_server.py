@@ -139,9 +139,16 @@ class FaultServer(RecordingServer):
     record_class = FaultRecord
 
     def __init__(
-        self, generator: Generator, faults: Sequence[Fault], api_key: str | None, latency_s: float, model_name: str
+        self,
+        generator: Generator,
+        faults: Sequence[Fault],
+        api_key: str | None,
+        latency_s: float,
+        model_name: str,
+        count_tokens: Callable[[str], int] | None = None,
     ):
         super().__init__(generator, api_key, model_name)
+        self.count_tokens = count_tokens  # the usage's counter (None: words)
         self.faults = [dict(fault=f, left=f.times) for f in faults]
         self.latency_s = latency_s
         self._fault_lock = threading.Lock()
@@ -225,7 +232,7 @@ class FaultServer(RecordingServer):
                 j = min(fault.sample, len(texts) - 1)
                 texts[j] = ""
                 finish[g][j] = reason
-        payload = build_response(path, call, groups, self.model_name, finish)
+        payload = build_response(path, call, groups, self.model_name, finish, count=self.count_tokens)
         if kind == "no_usage":
             payload.pop("usage", None)
         if kind == "bad_usage":
@@ -249,9 +256,12 @@ def serve_fault_server(
     latency_s: float = 0.0,
     port: int = 0,
     model_name: str = "local-teacher",
+    count_tokens: Callable[[str], int] | None = None,
 ) -> Iterator[FaultServer]:
-    """Run the fault server (ScriptedGenerator by default) on 127.0.0.1 for the `with` block."""
-    server = FaultServer(generator or ScriptedGenerator(), faults, api_key, latency_s, model_name)
+    """Run the fault server (ScriptedGenerator by default) on 127.0.0.1 for the `with` block.
+    `count_tokens`: what its usage counts per text (default: words; e.g. a tokenizer's count, to bill as
+    a provider does)."""
+    server = FaultServer(generator or ScriptedGenerator(), faults, api_key, latency_s, model_name, count_tokens)
     with run_server(server, port) as running:
         yield running
 

@@ -61,19 +61,35 @@ class OmniOPDAgentLoopOutput(AgentLoopOutput):
         return out
 
 
+_warned_no_frame = False
+
+
 def is_validation() -> bool:
     """Whether this trajectory belongs to a validation batch.
 
     verl 0.9.1 passes `validate` to `AgentLoopWorker._run_agent_loop(sampling_params, trajectory, ...)` (its
-    `trajectory["validate"]`) but not to the agent loop; that coroutine is the task this loop runs in, so
-    its frame holds it (checked against the pinned verl in verl_private.py)."""
-    import asyncio
+    `trajectory["validate"]`) but not to the agent loop, which that coroutine awaits: its frame is on the
+    call stack while the agent loop runs (checked against the pinned verl in verl_private.py). The stack is
+    walked, not the task's outermost coroutine: Ray wraps actor methods for tracing (its `_resume_span`
+    wrapper, whose locals are `_args`/`_kwargs`), so the task's own frame need not be `_run_agent_loop`'s.
+    Not found (a caller other than verl's worker): False, with a warning once."""
+    import sys
 
-    task = asyncio.current_task()
-    coro = task.get_coro() if task is not None else None
-    frame = getattr(coro, "cr_frame", None)
-    trajectory = frame.f_locals.get("trajectory") if frame is not None else None
-    return bool(trajectory.get("validate", False)) if isinstance(trajectory, dict) else False
+    global _warned_no_frame
+    frame = sys._getframe(1)
+    while frame is not None:
+        if frame.f_code.co_name == "_run_agent_loop":
+            trajectory = frame.f_locals.get("trajectory")
+            if isinstance(trajectory, dict):
+                return bool(trajectory.get("validate", False))
+        frame = frame.f_back
+    if not _warned_no_frame:
+        _warned_no_frame = True
+        logger.warning(
+            "omniopd_agent: no verl AgentLoopWorker._run_agent_loop frame above this agent loop: validation "
+            "trajectories cannot be told from training ones and are audited like them"
+        )
+    return False
 
 
 class OmniOPDAgentLoop(SingleTurnAgentLoop):

@@ -56,6 +56,7 @@ class OmniOPDRewardManager(RewardManagerBase):
     _class_initialized = False
     omniopd = None  # OmniOPDConfig
     auditor = None  # omniopd_verl.audit.Auditor
+    run_ledger = None  # the run's ledger actor (RayLedger), None outside Ray
     _audited = 0
     _task_score_failed = False
 
@@ -94,7 +95,7 @@ class OmniOPDRewardManager(RewardManagerBase):
         cls.omniopd = omniopd_config_from_verl(config)
         check_run_wiring(config, cls.omniopd)
         # budget, rate limits, health and the cache file are the run's, shared by every reward worker
-        ledger = connect_run_ledger(config, cls.omniopd)
+        ledger = cls.run_ledger = connect_run_ledger(config, cls.omniopd)
         cls.auditor = Auditor(
             cls.omniopd, tokenizer, teacher=registry.create_teacher(cls.omniopd.teacher, ledger=ledger)
         )
@@ -145,9 +146,18 @@ class OmniOPDRewardManager(RewardManagerBase):
         return {"reward_score": float(scores_T.sum()), "reward_extra_info": info}
 
     async def _stop_run(self, message: str, T: int) -> dict:
-        """Record the teacher failure and mark this trajectory with NaN scores (see fatal.py)."""
+        """Record the teacher failure and mark this trajectory with NaN scores (see fatal.py).
+
+        The run's ledger records the stop first (the first stop of the run wins): every worker's queued calls
+        stop, and the worker's report, the driver and every later trajectory name the same cause. A stop the
+        ledger made itself (budget, failure rate, auth) is already there; on_failure='error' is not."""
         from omniopd_verl.verl_integration import fatal
 
+        if self.run_ledger is not None:
+            try:
+                message = str(await self.run_ledger.stop("error", message))
+            except Exception as exc:  # noqa: BLE001 - the ledger is gone: report what this worker saw
+                logger.warning("OmniOPD: the run's teacher ledger could not record the stop (%s)", exc)
         await asyncio.get_running_loop().run_in_executor(None, fatal.report, message)
         nan = float("nan")
         return {"reward_score": nan, "reward_extra_info": {TOKEN_SCORES_KEY: [nan] * T, "omniopd_error": message}}

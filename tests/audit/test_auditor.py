@@ -307,3 +307,35 @@ def test_scheduler_output_is_guarded_and_all_positions_ignores_m(tok):
     a = asyncio.run(every.audit_one(r))
     T = len(r.response_ids)
     assert [c.start for c in a.chunks] == list(range(0, T - C + 1, C)) and len(a.chunks) > M
+
+
+def test_on_failure_error_every_failed_trajectory_names_the_teacher_not_the_failure_rate_guard(tok):
+    """With on_failure='error' the first failed request stops the run, naming the teacher and the cause.
+    The failure-rate guard (>= 8 requests, > max_failure_rate failed) must not pre-empt it: in verl the 8
+    failures of a step reach the run's ledger in one batch, and the guard's message, which names no
+    teacher, used to win or lose against TeacherFailureError by timing (a flaky main_ppo test)."""
+    from omniopd_verl.testing import Fault, ScriptedGenerator, serve_fault_server
+
+    responses = [make_response(tok, f"r{i}", TEXTS[i % 2], i) for i in range(4)]  # 4 x M=3 anchors = 12 requests
+    with serve_fault_server(generator=ScriptedGenerator(words=4), faults=[Fault("server_error", times=1000)]) as server:
+        teacher = {
+            "name": "openai_completions",
+            "model": "local-teacher",
+            "api_base": server.url,
+            "max_retries": 0,
+            "on_failure": "error",
+        }
+        auditor = Auditor(make_config(teacher=teacher), tok, similarity=CountingNED())
+
+        async def go():
+            try:
+                return await asyncio.gather(*(auditor.audit_one(r) for r in responses), return_exceptions=True)
+            finally:
+                await auditor.aclose()
+
+        outcomes = asyncio.run(go())
+        failed = sum(r.path == "/v1/completions" for r in server.requests)
+    assert failed >= 8  # enough for the guard to trip if it were on
+    for outcome in outcomes:
+        assert isinstance(outcome, TeacherFailureError), repr(outcome)
+        assert "teacher 'openai_completions' failed on r" in str(outcome) and "500" in str(outcome)

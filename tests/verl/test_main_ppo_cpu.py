@@ -357,6 +357,7 @@ def test_run_wide_budget_stops_main_ppo_once_within_the_first_step(smoke, tmp_pa
         )
         served = served_usd(server)
         answered = sum(r.path == "/v1/completions" and r.status == 200 for r in server.requests)
+    print(f"budget ${budget}: served ${served:.6f} in {answered} answers")
     assert rc != 0, log[-4000:]
     assert "OmniOPD teacher ledger: run id" in log  # the driver created the run's ledger
     assert "step:1 -" not in log  # stopped inside the first step, before its update
@@ -399,6 +400,10 @@ def test_validation_gets_no_teacher_calls_and_the_rpm_holds_run_wide(smoke, tmp_
     steps = step_metrics_from_log(log)
     assert rc == 0 and 2 in steps, log[-4000:]
     training_calls = steps[1]["teacher/requests"] + steps[2]["teacher/requests"]
+    busiest = max(sum(1 for u in arrivals if t <= u < t + 59.0) for t in arrivals)
+    print(
+        f"rpm {rpm}: {len(arrivals)} calls, at most {busiest} in a 59 s window; ledger {steps[2]['teacher_run/calls']}"
+    )
     assert steps[2]["teacher_run/calls"] == training_calls == len(arrivals) > rpm
     assert max(sum(1 for u in arrivals if t <= u < t + 59.0) for t in arrivals) <= rpm, arrivals
 
@@ -438,3 +443,314 @@ def test_a_resumed_run_continues_the_teacher_spend(smoke, tmp_path):
     assert spent_1 > 0
     assert f"${spent_1:.6f} spent so far of max_cost_usd=$100" in log2  # the resume started from it
     assert second[2]["teacher_run/spent_usd"] == pytest.approx(served, rel=1e-6)  # both runs' calls, one budget
+
+
+ONE_TOKEN_WORDS = (" the", " a", " and", " of", " to", " in", " is", " it")  # one SmolLM2 token each, also in a row
+
+
+def token_billing_server(model_path: str):
+    """The fault server billing like a provider: its usage counts SmolLM2 tokens (the student's tokenizer),
+    and every answer is exactly max_tokens tokens long (one-token words), as an honest full-length answer."""
+    import hashlib
+
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(model_path)
+
+    def count(text: str) -> int:
+        return len(tokenizer(text, add_special_tokens=False)["input_ids"])
+
+    def answer(call) -> list[str]:
+        texts = []
+        for i in range(call.n):
+            digest = hashlib.sha256(f"{call.prompt}\x00{call.seed}\x00{i}".encode()).digest()
+            texts.append("".join(ONE_TOKEN_WORDS[digest[j] % len(ONE_TOKEN_WORDS)] for j in range(call.max_tokens)))
+        return texts
+
+    return serve_fault_server(generator=ScriptedGenerator(fn=answer), count_tokens=count), count
+
+
+class OpenersOf:
+    """Polls every process under `root_pid` (the trainer's whole Ray cluster: gcs, raylet, every worker)
+    for open file descriptors on `path` (and its -journal/-wal/-shm files); `seen` maps pid -> title."""
+
+    def __init__(self, path: Path):
+        self.path = str(path)
+        self.seen: dict[int, str] = {}
+        self.sweeps = 0
+        self.root_pid: int | None = None
+        self._stop = False
+
+    def _descendants(self) -> list[int]:
+        children: dict[int, list[int]] = {}
+        for entry in os.listdir("/proc"):
+            if not entry.isdigit():
+                continue
+            try:
+                ppid = int(Path(f"/proc/{entry}/stat").read_text().rsplit(")", 1)[1].split()[1])
+            except (OSError, IndexError, ValueError):
+                continue
+            children.setdefault(ppid, []).append(int(entry))
+        out, todo = [], [self.root_pid]
+        while todo:
+            pid = todo.pop()
+            out.append(pid)
+            todo.extend(children.get(pid, []))
+        return out
+
+    def poll(self) -> None:
+        import time
+
+        while not self._stop:
+            if self.root_pid is not None:
+                for pid in self._descendants():
+                    try:
+                        fds = os.listdir(f"/proc/{pid}/fd")
+                    except OSError:
+                        continue
+                    for fd in fds:
+                        try:
+                            target = os.readlink(f"/proc/{pid}/fd/{fd}")
+                        except OSError:
+                            continue
+                        if target.startswith(self.path):
+                            try:
+                                title = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode()
+                            except OSError:
+                                title = "?"
+                            self.seen.setdefault(pid, title)
+                self.sweeps += 1
+            time.sleep(0.2)
+
+    def stop(self) -> None:
+        self._stop = True
+
+
+def forecast_from_dry_run(log: str) -> dict[str, float]:
+    import re
+
+    requests, inp, out = map(
+        int, re.search(r"forecast: (\d+) requests per step .*?, (\d+) input \+ (\d+) output", log).groups()
+    )
+    usd_step, usd_run, steps = re.search(r"forecast: \$([\d.]+) per step, \$([\d.]+) for (\d+) steps", log).groups()
+    n = int(steps)
+    return {"calls": requests * n, "prompt_tokens": inp * n, "completion_tokens": out * n, "usd": float(usd_run)}
+
+
+@pytest.mark.slow
+def test_three_reward_workers_one_cache_writer_and_the_forecast_holds_against_the_ledger(smoke, tmp_path):
+    """`omniopd-verl train` on the CPU smoke recipe with reward.num_workers=3, a priced teacher billing
+    tokens and a cache file: the cache file is opened by one process of the whole Ray cluster (the ledger's),
+    every paid answer is in it; the money the server's answers cost is what the ledger counts; and the
+    `--dry-run` forecast of requests, tokens and $ is within +-25% of that spend.
+
+    Why the +-25% holds by construction here (not by luck): requests = 4 trajectories x min(M=2, T // C)
+    per step, equal to the forecast's when every response has >= M*C = 8 of its 16 tokens (checked from
+    the dump below); output tokens = n x ceil(C x 1.25) = 10 per call exactly (the server fills max_tokens
+    with one-token words); input tokens per call = the prompt (the forecast measures the data's prompts
+    with the same tokenizer and chat template) + the response prefix before the anchor, which lies in
+    [0, T - C] = [0, 12] student tokens where the forecast takes 6: at most 6 tokens off a ~52-token call
+    (<= 12%), plus what re-tokenizing the decoded prefix adds or removes (measured, reported on failure)."""
+    import sqlite3
+    import threading
+
+    folder = Path(smoke["model"]).parent
+    cache = tmp_path / "teacher_cache.sqlite"
+    dump = tmp_path / "dump"
+    server_cm, count = token_billing_server(smoke["model"])
+    overrides = [
+        "reward.num_workers=3",
+        f"omniopd.teacher.cache_path={cache}",
+        "omniopd.teacher.max_cost_usd=100",
+        f"trainer.default_local_dir={tmp_path / 'ckpt'}",
+        *PRICED,
+    ]
+    cli = [sys.executable, "-m", "omniopd_verl.cli.main", "train", "--config"]
+    recipe = str(REPO / "recipes" / "verl_cpu_smoke" / "verl_cpu_smoke.yaml")
+    with server_cm as server:
+        env = cpu_env(dict(os.environ, SMOKE_DIR=str(folder), TEACHER_PORT=server.url.rsplit(":", 1)[1].split("/")[0]))
+        env.pop("VERL_PLATFORM", None)  # the CLI sets it itself in CPU mode
+        dry = subprocess.run(
+            [*cli, recipe, "--dry-run", *overrides], cwd=REPO, env=env, capture_output=True, text=True, timeout=300
+        )
+        assert dry.returncode == 0, (dry.stdout + dry.stderr)[-4000:]
+        assert server.requests == []  # a dry run pays nothing
+        forecast = forecast_from_dry_run(dry.stdout + dry.stderr)
+
+        openers = OpenersOf(cache)
+        poller = threading.Thread(target=openers.poll, daemon=True)
+        poller.start()
+        proc = subprocess.Popen(
+            [*cli, recipe, f"trainer.rollout_data_dir={dump}", *overrides],
+            cwd=REPO,
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
+        openers.root_pid = proc.pid
+        try:
+            log, _ = proc.communicate(timeout=600)
+        finally:
+            openers.stop()
+            if proc.poll() is None:
+                proc.kill()
+        poller.join(timeout=10)
+        answered = [r for r in server.requests if r.path == "/v1/completions" and r.status == 200]
+        served_prompt = sum(count(r.body["prompt"]) for r in answered)
+        served_completion = sum(r.body["n"] * r.body["max_tokens"] for r in answered)
+    steps = step_metrics_from_log(log)
+    assert proc.returncode == 0 and 2 in steps, log[-4000:]
+    run = steps[2]  # teacher_run/*: the ledger's totals over both steps and all 3 workers
+
+    # one writer: of every process of the run, only the ledger's ever held the cache file open
+    assert openers.sweeps > 10, openers.sweeps
+    assert len(openers.seen) == 1 and "LedgerActor" in next(iter(openers.seen.values())), openers.seen
+    db = sqlite3.connect(cache)
+    assert db.execute("PRAGMA journal_mode").fetchone()[0] == "delete"
+    assert db.execute("SELECT COUNT(*) FROM teacher_cache").fetchone()[0] == len(answered) > 0
+    db.close()
+
+    # the ledger counted what the server billed (its usage = SmolLM2 tokens)
+    served_usd = served_prompt * PRICE_IN + served_completion * PRICE_OUT
+    assert run["teacher_run/calls"] == len(answered) == steps[1]["teacher/requests"] + steps[2]["teacher/requests"]
+    assert run["teacher_run/prompt_tokens"] == served_prompt
+    assert run["teacher_run/completion_tokens"] == served_completion
+    assert run["teacher_run/spent_usd"] == pytest.approx(served_usd, rel=1e-9)
+
+    # the forecast against the real spend
+    lengths = [len(row["responses"]) for s in (1, 2) for row in read_dump(dump, s)]
+    real = {
+        "calls": run["teacher_run/calls"],
+        "prompt_tokens": run["teacher_run/prompt_tokens"],
+        "completion_tokens": run["teacher_run/completion_tokens"],
+        "usd": run["teacher_run/spent_usd"],
+    }
+    table = {k: (forecast[k], real[k], real[k] / forecast[k]) for k in forecast}
+    print("forecast vs ledger (forecast, real, real/forecast):", table, "response lengths:", lengths)
+    if min(lengths) >= 2 * 4:  # every response long enough for M=2 anchors of C=4 (see the docstring)
+        assert real["calls"] == forecast["calls"], table
+        assert real["completion_tokens"] == forecast["completion_tokens"], table
+    for key, (_, _, ratio) in table.items():
+        assert 0.75 <= ratio <= 1.25, (key, table, lengths)
+
+
+def descendants(root: int) -> list[int]:
+    children: dict[int, list[int]] = {}
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                ppid = int(Path(f"/proc/{entry}/stat").read_text().rsplit(")", 1)[1].split()[1])
+            except (OSError, IndexError, ValueError):
+                continue
+            children.setdefault(ppid, []).append(int(entry))
+    out, todo = [], [root]
+    while todo:
+        pid = todo.pop()
+        out.append(pid)
+        todo.extend(children.get(pid, []))
+    return out
+
+
+def title(pid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+    except OSError:
+        return ""
+
+
+def pid_of_client(client_port: int, pids: list[int]) -> int | None:
+    """Which of `pids` owns the TCP socket whose local port is `client_port` (Linux /proc)."""
+    inodes = set()
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        try:
+            lines = Path(table).read_text().splitlines()[1:]
+        except OSError:
+            continue
+        for line in lines:
+            fields = line.split()
+            if int(fields[1].rsplit(":", 1)[1], 16) == client_port:
+                inodes.add(fields[9])
+    for pid in pids:
+        try:
+            fds = os.listdir(f"/proc/{pid}/fd")
+        except OSError:
+            continue
+        for fd in fds:
+            try:
+                target = os.readlink(f"/proc/{pid}/fd/{fd}")
+            except OSError:
+                continue
+            if target.startswith("socket:[") and target[8:-1] in inodes:
+                return pid
+    return None
+
+
+@pytest.mark.slow
+def test_a_reward_worker_killed_mid_call_loses_no_settled_answer_and_the_budget_holds(smoke, tmp_path):
+    """One of 3 reward workers is SIGKILLed (what ray.kill does to an actor's process) while the server holds
+    one of its teacher calls (1 s latency; the request's client port names the process). Whatever verl then does with the
+    run, the run's ledger keeps: every answer it settled is in the cache, and an answer is missing from the
+    cache only if its call was never settled (its worker died mid-call), which the spend file still holds
+    as a reservation at its worst case (a resume charges it) or has charged on expiry; the money served
+    stays <= max_cost_usd; the spend file counts every served answer."""
+    import signal
+    import sqlite3
+    import time
+
+    budget = 0.6  # about 1.3 steps of this recipe's calls (~$0.057 each): the budget stops the run in step 2
+    cache = tmp_path / "teacher_cache.sqlite"
+    args = omniopd_args(
+        smoke,
+        "URL",
+        tmp_path / "dump",
+        "reward.num_workers=3",
+        f"omniopd.teacher.max_cost_usd={budget}",
+        f"omniopd.teacher.cache_path={cache}",
+        *PRICED,
+    )
+    with serve_fault_server(generator=ScriptedGenerator(), latency_s=1.0) as server:
+        args = [a.replace("URL", server.url) for a in args]
+        cmd = [sys.executable, "-m", "verl.trainer.main_ppo", *args, f"trainer.default_local_dir={tmp_path / 'ckpt'}"]
+        proc = subprocess.Popen(
+            cmd, cwd=REPO, env=cpu_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+        )
+        victim, held, deadline = None, 0, time.monotonic() + 400
+        try:
+            while victim is None and proc.poll() is None and time.monotonic() < deadline:
+                # a request the server has not answered yet (it holds each for 1 s): the reward worker behind it
+                open_ports = [
+                    r.client[1] for r in list(server.requests) if r.path == "/v1/completions" and not r.status
+                ]
+                workers = [pid for pid in descendants(proc.pid) if "ray::RewardLoopWorker" in title(pid)]
+                owners = [pid_of_client(p, workers) for p in open_ports]
+                mine = [pid for pid in owners if pid is not None]
+                if mine:
+                    victim = mine[0]
+                    held = mine.count(victim)
+                    os.kill(victim, signal.SIGKILL)
+                    break
+                time.sleep(0.05)
+            log, _ = proc.communicate(timeout=420)
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+                proc.communicate()
+        answered = sum(r.path == "/v1/completions" and r.status == 200 for r in server.requests)
+        served = served_usd(server)
+    assert victim is not None, log[-4000:]  # killed while its calls were open
+    [state_file] = (tmp_path / "ckpt" / "omniopd_teacher_ledger").glob("*.json")
+    state = json.loads(state_file.read_text())
+    reserved = sum(r["worst_usd"] for r in state["reservations"].values())
+    db = sqlite3.connect(cache)
+    stored = db.execute("SELECT COUNT(*) FROM teacher_cache").fetchone()[0]
+    db.close()
+    unsettled = len(state["reservations"]) + state["metrics"]["teacher_run/expired_reservations"]
+    report = dict(rc=proc.returncode, held=held, answered=answered, stored=stored, unsettled=unsettled, served=served)
+    print("killed reward worker:", report, "ledger state:", state, "log tail:", log[-3000:])
+    assert served <= budget + 1e-12, report  # the budget holds with a worker gone
+    assert state["spent_usd"] + reserved >= served - 1e-9, report  # every served answer is counted
+    assert state["metrics"]["teacher_run/failures"] == 0, report
+    assert stored == state["metrics"]["teacher_run/calls"], report  # every settled answer is stored
+    assert unsettled >= held, report  # the victim's open calls were never settled: reserved (or expired)
+    assert answered - unsettled <= stored <= answered, report  # unstored only if never settled

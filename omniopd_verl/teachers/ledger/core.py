@@ -101,7 +101,12 @@ class LedgerSettings:
             requests_per_minute=config.requests_per_minute,
             tokens_per_minute=config.tokens_per_minute,
             max_concurrency=config.max_concurrency,
-            max_failure_rate=getattr(config, "max_failure_rate", 0.5),
+            # with on_failure='error' the first failed request stops the run, naming the teacher and the cause
+            # (TeacherFailureError); the guard (>= 8 requests) would only race it with a message that names no
+            # teacher: in verl a step's failures reach the ledger in one batch. 1.0 = the guard never trips.
+            max_failure_rate=(
+                1.0 if getattr(config, "on_failure", "drop") == "error" else getattr(config, "max_failure_rate", 0.5)
+            ),
             # a call lasts at most timeout_s (+1 s backstop): a reservation older than that with a margin
             # belongs to a worker that died mid-call; the provider may still bill it
             reservation_expiry_s=float(config.timeout_s) + 1.0 + 60.0,
