@@ -39,7 +39,7 @@ def omniopd(name: str = "openai_completions", **teacher) -> OmniOPDConfig:
 
 @pytest.fixture(scope="module")
 def smoke(tmp_path_factory):
-    from omniopd_verl.verl_integration.cpu_smoke import prepare
+    from omniopd_verl.verl_integration.cpu.smoke import prepare
 
     return prepare(tmp_path_factory.mktemp("forecast"))
 
