@@ -38,6 +38,31 @@ class Override:
     text: str
 
 
+def yaml_loader() -> type:
+    """PyYAML's safe loader reading floats as Hydra and OmegaConf do: plain YAML 1.1 reads `1e-5` (no dot) as
+    the string '1e-5', so `local.lr=1e-5` would be refused as a non-number. Same pattern as OmegaConf's loader."""
+    import re
+
+    import yaml
+
+    class Loader(yaml.SafeLoader):
+        pass
+
+    Loader.add_implicit_resolver(
+        "tag:yaml.org,2002:float",
+        re.compile(
+            r"""^(?:[-+]?(?:[0-9][0-9_]*)\.[0-9_]*(?:[eE][-+]?[0-9]+)?
+            |[-+]?(?:[0-9][0-9_]*)(?:[eE][-+]?[0-9]+)
+            |\.[0-9_]+(?:[eE][-+][0-9]+)?
+            |[-+]?\.(?:inf|Inf|INF)
+            |\.(?:nan|NaN|NAN))$""",
+            re.X,
+        ),
+        list("-+0123456789."),
+    )
+    return Loader
+
+
 def parse_value(text: str) -> Any:
     """A YAML scalar or flow collection, as Hydra reads an override's value; '' stays ''."""
     import yaml
@@ -45,7 +70,7 @@ def parse_value(text: str) -> Any:
     if text == "":
         return ""
     try:
-        return yaml.safe_load(text)
+        return yaml.load(text, Loader=yaml_loader())  # noqa: S506 - a SafeLoader subclass
     except yaml.YAMLError:
         return text
 
@@ -73,7 +98,7 @@ def read_yaml_mapping(path: str | os.PathLike) -> dict[str, Any]:
     path = resolve(path)
     try:
         with open(path, encoding="utf-8") as fh:
-            data = yaml.safe_load(fh)
+            data = yaml.load(fh, Loader=yaml_loader())  # noqa: S506 - a SafeLoader subclass
     except FileNotFoundError:
         raise ConfigError(f"--config {shown!r}: no such file") from None
     except (OSError, UnicodeDecodeError) as exc:

@@ -165,7 +165,7 @@ def test_paired_heldout_evaluation_control_and_token_opd_end_to_end(tmp_path, ti
         },
         **variant,
     )
-    cfg = load_run_config(str(path), ["omniopd.teacher.options.model=reference"])
+    cfg = load_run_config(str(path), ["++omniopd.teacher.options.model=reference"])
     trainer = LocalTrainer(cfg)
     assert trainer.auditor.teacher is not None
     try:

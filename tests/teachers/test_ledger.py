@@ -212,7 +212,9 @@ def test_budget_and_cache_hold_across_worker_processes(ray_session, tmp_path):
     assert openers == [status["pid"]]  # only the ledger's process opens the SQLite file
     from omniopd_verl.teachers.cache import TeacherCache
 
-    assert TeacherCache(cache).count() == len(answered) > 0  # every paid answer is stored
+    # read in the ledger's journal mode: a WAL reader would switch the file to WAL under the live ledger, and the
+    # rerun's ledger could then not switch it back while the first ledger holds it ('database is locked')
+    assert TeacherCache(cache, wal=False).count() == len(answered) > 0  # every paid answer is stored
 
     # rerun from the cache (a new run id: a fresh budget): the answered requests again, 0 calls (the same
     # address: who answers is part of the cache key)

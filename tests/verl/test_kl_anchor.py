@@ -116,6 +116,8 @@ def test_masked_topk_loss_without_the_audit_mask_names_the_field():
 # --- the composition: `omniopd-verl train ... omniopd.kl_anchor=topk_ref` sets exactly these verl keys ---
 
 MODEL = "actor_rollout_ref.model.path=/models/student"
+# the shipped configs name no teacher server, and train checks the teacher plugin's config before it composes
+TEACHER = ("omniopd.teacher.model=local-teacher", "omniopd.teacher.api_base=http://127.0.0.1:8000/v1")
 
 
 def _dry_run(capsys, *argv: str):
@@ -123,7 +125,7 @@ def _dry_run(capsys, *argv: str):
 
     from omniopd_verl.cli.main import main
 
-    rc = main(["train", "--dry-run", *argv])
+    rc = main(["train", "--dry-run", *argv, *TEACHER])
     out, err = capsys.readouterr()
     return rc, (OmegaConf.create(out) if rc == 0 else None), err
 
@@ -165,7 +167,7 @@ def test_main_ppo_overlay_alone_sets_the_anchor():
     from omniopd_verl.cli.train import compose_verl_config, config_location, validate
 
     config_dir, name = config_location(None, "fsdp")
-    cfg = compose_verl_config(config_dir, name, [MODEL, "+omniopd_kl_anchor=topk_ref"])
+    cfg = compose_verl_config(config_dir, name, [MODEL, *TEACHER, "+omniopd_kl_anchor=topk_ref"])
     validate(cfg)
     assert cfg.omniopd.kl_anchor == "topk_ref" and cfg.distillation.distillation_loss.topk == 64
 
@@ -205,5 +207,5 @@ def test_the_worker_side_check_refuses_topk_ref_without_the_overlay():
     cfg = compose_verl_config(config_dir, name, [MODEL, "+omniopd_kl_anchor=topk_ref", "omniopd.kl_anchor=low_var_kl"])
     with pytest.raises(ConfigError, match=r"loss_mode='omniopd_forward_kl_topk_unaudited' is invalid with"):
         check_kl_anchor_wiring(cfg, omniopd_config_from_verl(cfg))
-    cfg = compose_verl_config(config_dir, name, [MODEL, "+omniopd_kl_anchor=topk_ref"])
+    cfg = compose_verl_config(config_dir, name, [MODEL, *TEACHER, "+omniopd_kl_anchor=topk_ref"])
     check_kl_anchor_wiring(cfg, omniopd_config_from_verl(cfg))
