@@ -28,6 +28,7 @@ import pytest
 import torch
 
 from omniopd_verl.testing import Fault, ScriptedGenerator, serve_fault_server
+from omniopd_verl.testing.ledger_workers import open_paths
 from omniopd_verl.verl_integration.cpu.smoke import cpu_env, prepare, step_metrics_from_log
 
 REPO = Path(__file__).resolve().parents[2]
@@ -504,21 +505,12 @@ class OpenersOf:
         while not self._stop:
             if self.root_pid is not None:
                 for pid in self._descendants():
-                    try:
-                        fds = os.listdir(f"/proc/{pid}/fd")
-                    except OSError:
-                        continue
-                    for fd in fds:
+                    if any(target.startswith(self.path) for target in open_paths(pid)):
                         try:
-                            target = os.readlink(f"/proc/{pid}/fd/{fd}")
+                            title = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode()
                         except OSError:
-                            continue
-                        if target.startswith(self.path):
-                            try:
-                                title = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode()
-                            except OSError:
-                                title = "?"
-                            self.seen.setdefault(pid, title)
+                            title = "?"
+                        self.seen.setdefault(pid, title)
                 self.sweeps += 1
             time.sleep(0.2)
 
@@ -672,17 +664,8 @@ def pid_of_client(client_port: int, pids: list[int]) -> int | None:
             if int(fields[1].rsplit(":", 1)[1], 16) == client_port:
                 inodes.add(fields[9])
     for pid in pids:
-        try:
-            fds = os.listdir(f"/proc/{pid}/fd")
-        except OSError:
-            continue
-        for fd in fds:
-            try:
-                target = os.readlink(f"/proc/{pid}/fd/{fd}")
-            except OSError:
-                continue
-            if target.startswith("socket:[") and target[8:-1] in inodes:
-                return pid
+        if any(target.startswith("socket:[") and target[8:-1] in inodes for target in open_paths(pid)):
+            return pid
     return None
 
 
