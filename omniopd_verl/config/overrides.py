@@ -17,6 +17,7 @@ did you mean alpha?", with or without '+' (nothing would read it). The free-form
 from __future__ import annotations
 
 import dataclasses
+import functools
 import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -38,6 +39,7 @@ class Override:
     text: str
 
 
+@functools.cache  # one Loader class per process: parse_value runs once per override value
 def yaml_loader() -> type:
     """PyYAML's safe loader reading floats as Hydra and OmegaConf do: plain YAML 1.1 reads `1e-5` (no dot) as
     the string '1e-5', so `local.lr=1e-5` would be refused as a non-number. Same pattern as OmegaConf's loader."""
