@@ -10,6 +10,10 @@ with its arithmetic tokens' logits raised, so its texts differ measurably from t
   2. The OmniOPD arm trains local.steps steps.
   3. The control arm trains identically, except that pi_hat is shuffled across each batch's chunks
      (local.control=shuffle_pi_hat): same rollouts machinery, teacher calls, advantage distribution.
+     Each of 1-3 runs in its own process (omniopd_verl/demo/phases.py): the held-out set first, then the two
+     arms side by side at half the cores each (a demo process keeps about one core busy at any thread
+     count, so this doubles the steps a 2-core machine trains in the same wall time); --sequential trains
+     them one after the other, with half the peak memory.
   4. The primary metric (omniopd_verl/local/paired_eval.py, `steered_token_mass_change`, declared
      before this version's runs): the change in the probability the student gives the teacher's
      favoured tokens as its next token, at every position of the initial student's own held-out
@@ -18,26 +22,27 @@ with its arithmetic tokens' logits raised, so its texts differ measurably from t
      change) is reported as secondary: any drift raises it (paired_eval.py says why). Written to
      runs/demo/summary.json and printed in plain words.
 
-Usage: python -m omniopd_verl.demo [--seed N] [--out DIR] [key=value ...]
+Usage: python -m omniopd_verl.demo [--seed N] [--out DIR] [--sequential] [key=value ...]
   --seed N   every seed of the run (rollouts, teacher, held-out set, control permutation, bootstrap): local.seed
              and omniopd.seed; `make demo SEED=N`. scripts/demo_seed_sweep.py runs seeds 0-9.
   --out DIR  where summary.json and both arms' outputs go (default runs/demo under the current folder)
+  --sequential  the arms one after the other (peak ~6 GB instead of ~12 GB, about twice the wall time)
   key=value  overrides for both arms, e.g. local.steps=2
 Everything it reads ships in the package (the recipe and a GSM8K subset), so it runs from any folder.
 """
 
 from __future__ import annotations
 
-import gc
 import json
 import math
 import os
+import subprocess
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 from omniopd_verl.package_files import QUICKSTART_RECIPE, package_file
-from omniopd_verl.runtime.cpu_allocator import release_free_memory
 
 RECIPE = package_file(QUICKSTART_RECIPE)  # recipes/quickstart_cpu/quickstart_cpu.yaml links to it
 DEFAULT_OUT = "runs/demo"
@@ -137,8 +142,103 @@ def parse_args(argv: list[str]):
     )
     parser.add_argument("--seed", type=int, default=None, help="every seed of the run (default: the recipe's, 0)")
     parser.add_argument("--out", default=DEFAULT_OUT, help="output folder (default runs/demo)")
+    parser.add_argument(
+        "--sequential",
+        action="store_true",
+        help="train the two arms one after the other (peak ~6 GB instead of ~12 GB; about twice the wall time)",
+    )
     parser.add_argument("overrides", nargs="*", help="key=value overrides for both arms, e.g. local.steps=2")
     return parser.parse_args(argv)
+
+
+def arm_threads(parallel: bool) -> str:
+    """OMP_NUM_THREADS for an arm's process: the user's setting, else half the usable cores when the two arms
+    run side by side (a demo process keeps about one core busy at any thread count)."""
+    if os.environ.get("OMP_NUM_THREADS"):
+        return os.environ["OMP_NUM_THREADS"]
+    cores = len(os.sched_getaffinity(0))
+    return str(max(1, cores // 2) if parallel else cores)
+
+
+@dataclass
+class Phase:
+    """One worker process of the demo (omniopd_verl/demo/phases.py) and what it cost."""
+
+    label: str
+    proc: subprocess.Popen
+    log: Path | None
+    wall_s: float = 0.0
+    cpu_s: float = 0.0
+    peak_rss_mb: float = 0.0
+    code: int | None = None
+
+
+def start_phase(label: str, phase: str, out: Path, overrides: list[str], *, threads: str | None, log: Path | None):
+    env = dict(os.environ)
+    if threads is not None:
+        env["OMP_NUM_THREADS"] = env["MKL_NUM_THREADS"] = threads
+    cmd = [sys.executable, "-m", "omniopd_verl.demo.phases", "--out", str(out), phase, *overrides]
+    handle = open(log, "w") if log else None  # noqa: SIM115 - closed in wait_phase
+    proc = subprocess.Popen(cmd, env=env, stdout=handle, stderr=subprocess.STDOUT if handle else None)
+    if handle:
+        handle.close()  # the child holds its own copy
+    phase_ = Phase(label, proc, log)
+    phase_.wall_s = time.perf_counter()
+    return phase_
+
+
+def wait_phase(phase: Phase, *, block: bool = True) -> bool:
+    """Reap the process (os.wait4, for its CPU time and peak memory); False while it still runs (block=False)."""
+    pid, status, usage = os.wait4(phase.proc.pid, 0 if block else os.WNOHANG)
+    if pid == 0:
+        return False
+    phase.proc.returncode = phase.code = os.waitstatus_to_exitcode(status)
+    phase.wall_s = time.perf_counter() - phase.wall_s
+    phase.cpu_s = usage.ru_utime + usage.ru_stime
+    phase.peak_rss_mb = usage.ru_maxrss / 1024
+    return True
+
+
+def failed(phase: Phase) -> int:
+    print(f"the demo's {phase.label} process exited {phase.code}", file=sys.stderr)
+    if phase.log is not None and phase.log.exists():
+        print("".join(phase.log.read_text().splitlines(keepends=True)[-30:]), file=sys.stderr)
+        print(f"(whole log: {phase.log})", file=sys.stderr)
+    return phase.code or 1
+
+
+def steps_done(output_dir: Path) -> int:
+    path = output_dir / "metrics.jsonl"
+    return len(path.read_text().splitlines()) if path.exists() else 0
+
+
+def train_arms(arms: dict[str, tuple[Path, list[str]]], out: Path, *, parallel: bool, steps: int) -> dict[str, Phase]:
+    """Train the arms (side by side, or one after the other) and report progress from their metrics files."""
+    threads = arm_threads(parallel)
+    done: dict[str, Phase] = {}
+    batches = [list(arms)] if parallel else [[label] for label in arms]
+    for batch in batches:
+        running = {
+            label: start_phase(label, "train", out, arms[label][1], threads=threads, log=out / f"{label}.log")
+            for label in batch
+        }
+        print(
+            f"training {' and '.join(batch)} ({'side by side, ' if len(batch) > 1 else ''}{threads} thread(s) "
+            f"each; logs {', '.join(str(p.log) for p in running.values())})",
+            flush=True,
+        )
+        last = None
+        while running:
+            progress = ", ".join(f"{label} step {steps_done(arms[label][0])}/{steps}" for label in batch)
+            if progress != last:
+                print(f"  {progress}", flush=True)
+                last = progress
+            for label, phase in list(running.items()):
+                if wait_phase(phase, block=False):
+                    done[label] = running.pop(label)
+                    print(f"  {label}: done in {phase.wall_s:.0f} s (exit {phase.code})", flush=True)
+            time.sleep(2 if running else 0)
+    return done
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -147,23 +247,25 @@ def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     args = parse_args(sys.argv[1:] if argv is None else argv)
     OUT = Path(args.out)
-    overrides = args.overrides
     from omniopd_verl.local import paired_eval as pe
     from omniopd_verl.local.config import load_run_config
     from omniopd_verl.local.metrics import read_metrics
-    from omniopd_verl.local.train import LocalTrainer
 
     t0 = time.perf_counter()
     OUT.mkdir(parents=True, exist_ok=True)
-    # a demo always starts from the initial student, never from an older demo's checkpoint
-    base = ["local.resume=false", *overrides]
+    # a demo always starts from the initial student, never from an older demo's checkpoint; its arms are
+    # measured in their own process, so they keep no 1.6 GB checkpoint
+    base = ["local.resume=false", "local.save_final=false", *args.overrides]
     if args.seed is not None:  # after the user's overrides: --seed wins
         base += [f"local.seed={args.seed}", f"omniopd.seed={args.seed}"]
-    arm_cfg = load_run_config(str(RECIPE), [*base, f"local.output_dir={OUT / 'omniopd'}"])
-    ctrl_cfg = load_run_config(
-        str(RECIPE), [*base, f"local.output_dir={OUT / 'control'}", "local.control=shuffle_pi_hat"]
-    )
+    arms = {
+        "omniopd": (OUT / "omniopd", [*base, f"local.output_dir={OUT / 'omniopd'}"]),
+        "control": (OUT / "control", [*base, f"local.output_dir={OUT / 'control'}", "local.control=shuffle_pi_hat"]),
+    }
+    arm_cfg = load_run_config(str(RECIPE), arms["omniopd"][1])  # both configs are checked here, before any model loads
+    load_run_config(str(RECIPE), arms["control"][1])
     o, loc = arm_cfg.omniopd, arm_cfg.local
+    parallel = not args.sequential
     print(f"OmniOPD demo: {RECIPE.name}", flush=True)
     print(
         f"student {loc.model}; teacher {o.teacher.name}:{o.teacher.model} (a demonstration teacher); "
@@ -175,27 +277,18 @@ def main(argv: list[str] | None = None) -> int:
         print(f"note: advantage '{o.advantage}' is an ablation of the spec's 'posterior' (ALGORITHM.md step 6)")
 
     print("\n[1/4] held-out set from the initial student (rollout, teacher, base samples, scoring)", flush=True)
-    trainer = LocalTrainer(arm_cfg)
-    if not trainer.heldout_problems:
-        print("local.data.heldout_prompts is 0: nothing to measure", file=sys.stderr)
-        return 2
-    steering = trainer.heldout.steering
-    if steering is None:
-        print(
-            "omniopd.teacher.options.steer is null: the demo's metric is the demonstration teacher's token set "
-            "(omniopd_verl/teachers/steering.py); allowed a mapping {tokens: arithmetic, bias: <number>}",
-            file=sys.stderr,
-        )
-        return 2
-    print(f"the teacher is steered: {dict(steering.option)}", flush=True)
-    items, before = trainer.heldout.prepare(trainer.heldout_problems)
-    pe.save_items(items, OUT / "heldout_set.jsonl")
-    teacher_mass = pe.mean_over_prompts(items, trainer.heldout.teacher_mass(items))
-    share = pe.token_share_summary(items, steering.token_ids)
+    prep = start_phase("prepare", "prepare", OUT, arms["omniopd"][1], threads=None, log=None)
+    wait_phase(prep)
+    if prep.code != 0:
+        return failed(prep)
+    items = pe.load_items(OUT / "heldout_set.jsonl")
+    initial = json.loads((OUT / "initial.json").read_text())
+    before, teacher_mass, share = initial["before"], initial["teacher_mass"], initial["token_share"]
     mass0, gap0 = pe.mean_over_prompts(items, before["mass"]), pe.mean_over_prompts(items, before["gap"])
+    print(f"the teacher is steered: {initial['steer']}")
     print(f"the teacher differs from the student, before any training ({len(items)} held-out prefixes):")
     print(
-        f"  next-token probability of its favoured '{steering.tokens}' tokens at the student's own held-out "
+        f"  next-token probability of its favoured '{initial['steer_tokens']}' tokens at the student's own held-out "
         f"contexts: teacher {teacher_mass:.1%}, student {mass0:.1%}"
     )
     print(f"  share of those tokens in the texts: teacher's {share['teacher']:.1%}, student's own {share['base']:.1%}")
@@ -204,23 +297,22 @@ def main(argv: list[str] | None = None) -> int:
         f"likelihood per token than its own ({gap0:+.3f} nat/token)"
     )
 
+    print("\n[2-3/4] training the OmniOPD arm and the control arm (pi_hat shuffled)", flush=True)
+    phases = train_arms(arms, OUT, parallel=parallel, steps=loc.steps)
+    for phase in phases.values():
+        if phase.code != 0:
+            return failed(phase)
     results = {}
-    for label, cfg in (("omniopd", arm_cfg), ("control", ctrl_cfg)):
-        print(f"\n[{2 if label == 'omniopd' else 3}/4] training the {label} arm", flush=True)
-        if trainer is None:
-            trainer = LocalTrainer(cfg)
-        summary = trainer.fit(heldout=(items, before))
-        paired = json.loads((Path(cfg.local.output_dir) / "eval.json").read_text())["paired"]
+    for label, (output_dir, _) in arms.items():
+        summary = json.loads((output_dir / "summary.json").read_text())
+        paired = json.loads((output_dir / "eval.json").read_text())["paired"]
         results[label] = {"paired": paired, "summary": summary, "rows": read_metrics(Path(summary["metrics"]))}
-        trainer.close()
-        trainer = None
-        gc.collect()
-        release_free_memory()  # the next arm starts from the freed heap, not on top of it
 
     print("\n[4/4] results", flush=True)
     arm, ctrl = results["omniopd"]["paired"], results["control"]["paired"]
     diff = pe.arm_minus_control(items, arm["after"]["mass"], ctrl["after"]["mass"], seed=loc.seed)
     seconds = time.perf_counter() - t0
+    arm_peaks = [p.peak_rss_mb for p in phases.values()]
     keep = ("effect", "ci95", "t_ci95", "before", "after")
     summary = {
         "metric": pe.METRIC,
@@ -241,7 +333,7 @@ def main(argv: list[str] | None = None) -> int:
         "setting": {
             "advantage": o.advantage,
             "similarity": o.similarity,
-            "steer": dict(steering.option),
+            "steer": initial["steer"],
             "steps": loc.steps,
             "lr": loc.lr,
             "M": o.chunks,
@@ -249,11 +341,18 @@ def main(argv: list[str] | None = None) -> int:
             "C": o.chunk_len,
             "batch": loc.batch_size,
             "heldout_prompts": loc.data.heldout_prompts,
+            "arms": "side by side" if parallel else "one after the other",
+            "arm_threads": arm_threads(parallel),
         },
         "seed": loc.seed,
         "seeds": {"local.seed": loc.seed, "omniopd.seed": o.seed},
         "seconds": seconds,
-        "peak_rss_mb": peak_rss_mb(),
+        "cpu_seconds": prep.cpu_s + sum(p.cpu_s for p in phases.values()),
+        # the most memory the demo's processes held at once: the prepare process alone, then the arms
+        # (their peaks added when they run side by side: an upper bound of what they held together)
+        "peak_rss_mb": peak_rss_mb() + max(prep.peak_rss_mb, sum(arm_peaks) if parallel else max(arm_peaks)),
+        "peak_rss_mb_by_process": {"demo": peak_rss_mb(), "prepare": prep.peak_rss_mb}
+        | {label: p.peak_rss_mb for label, p in phases.items()},
         "teacher_build_seconds": 0.0,  # the steered teacher needs no build: it is the base model plus a bias
     }
     (OUT / "summary.json").write_text(json.dumps(summary, indent=2))
@@ -265,7 +364,10 @@ def main(argv: list[str] | None = None) -> int:
     print(
         f"\nsummary: {OUT / 'summary.json'}; audit report of the last step: {results['omniopd']['summary']['report']}"
     )
-    print(f"total time: {seconds:.0f} s; peak memory {summary['peak_rss_mb']:.0f} MB")
+    print(
+        f"total time: {seconds:.0f} s ({summary['cpu_seconds'] / 60:.1f} CPU-minutes); peak memory "
+        f"{summary['peak_rss_mb']:.0f} MB (the processes running at once, added)"
+    )
     return 0
 
 

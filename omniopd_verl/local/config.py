@@ -127,6 +127,9 @@ class LocalEngineConfig:
     """Where metrics.jsonl, tensorboard/, checkpoints/ and the audit report go."""
     save_every: int = 0
     """Save a checkpoint every this many steps (0 = only at the end)."""
+    save_final: bool = True
+    """Save a checkpoint when training ends (student + AdamW state: ~1.6 GB for SmolLM2-135M in fp32). The demo's
+    arms turn it off: they are measured in the process that trained them and never resumed."""
     resume: bool = True
     """Continue from the newest checkpoint in output_dir/checkpoints when there is one."""
     progress: bool = True
@@ -182,7 +185,7 @@ class LocalEngineConfig:
             raise _fail("control", self.control, f"one of {list(CONTROLS)}")
         _nonempty_str("output_dir", self.output_dir)
         _int_at_least("save_every", self.save_every, 0)
-        for key in ("resume", "progress", "tensorboard"):
+        for key in ("save_final", "resume", "progress", "tensorboard"):
             if not isinstance(getattr(self, key), bool):
                 raise _fail(key, getattr(self, key), "true or false")
 

@@ -277,14 +277,14 @@ class LocalTrainer:
             if bar is not None:
                 bar.close()
             logger.close()
-        checkpoint = self.save()
+        checkpoint = self.save() if cfg.save_final else None
         report = self.write_report()
         if items:
             evals["paired"] = self.heldout.after(self.model, items, before)
             eval_path.write_text(json.dumps(evals, indent=2))
         summary = {
             "output_dir": str(self.output_dir),
-            "checkpoint": str(checkpoint),
+            "checkpoint": str(checkpoint) if checkpoint else None,
             "report": str(report) if report else None,
             "metrics": str(logger.path),
             "eval": {k: v for k, v in evals.items() if k != "before"},

@@ -63,9 +63,12 @@ def test_demo_table_has_one_row_per_step_and_marks_missing_values():
     assert "NOT shown" in format_result(summary)
 
 
-def test_demo_runs_from_an_empty_folder_with_one_seed_for_everything(tmp_path, tiny_model_path):
+@pytest.mark.parametrize("arms", ["side by side", "one after the other"])
+def test_demo_runs_from_an_empty_folder_with_one_seed_for_everything(tmp_path, tiny_model_path, arms):
     """`python -m omniopd_verl.demo --seed 3` in a folder with nothing beside it: the recipe and the GSM8K
-    subset come from the package, every seed is 3, and the verdict follows the declared rule."""
+    subset come from the package, every seed is 3, and the verdict follows the declared rule. The arms
+    train in their own processes (side by side, or one after the other with --sequential), on the held-out
+    set the prepare process wrote, and keep no checkpoint."""
     import json
     import os
     import subprocess
@@ -90,7 +93,8 @@ def test_demo_runs_from_an_empty_folder_with_one_seed_for_everything(tmp_path, t
     ]
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
     out = subprocess.run(
-        [sys.executable, "-m", "omniopd_verl.demo", "--seed", "3", "--out", "demo_out", *tiny],
+        [sys.executable, "-m", "omniopd_verl.demo", "--seed", "3", "--out", "demo_out",
+         *(["--sequential"] if arms == "one after the other" else []), *tiny],
         cwd=work, env=env, capture_output=True, text=True, timeout=600,
     )  # fmt: skip
     assert out.returncode == 0, out.stderr[-3000:]
@@ -103,6 +107,18 @@ def test_demo_runs_from_an_empty_folder_with_one_seed_for_everything(tmp_path, t
     assert summary["prompts"] == 3 and summary["setting"]["steps"] == 1
     assert sorted(p.name for p in work.iterdir()) == ["demo_out"]  # nothing written outside --out
     assert ("Effect shown" in out.stdout) is rule and "total time:" in out.stdout
+    assert summary["setting"]["arms"] == arms and summary["setting"]["arm_threads"] == "1"
+    # both arms were measured on the one held-out set the prepare process wrote
+    heldout = (work / "demo_out" / "heldout_set.jsonl").read_text()
+    assert heldout and all(
+        (work / "demo_out" / a / "heldout_set.jsonl").read_text() == heldout for a in ("omniopd", "control")
+    )
+    assert not list((work / "demo_out").rglob("checkpoints"))  # local.save_final=false: no 1.6 GB per arm
+    peaks = summary["peak_rss_mb_by_process"]
+    together = (
+        peaks["omniopd"] + peaks["control"] if arms == "side by side" else max(peaks["omniopd"], peaks["control"])
+    )
+    assert summary["peak_rss_mb"] == pytest.approx(peaks["demo"] + max(peaks["prepare"], together))
 
 
 def test_demo_rejects_a_bad_seed_with_one_line(capsys):

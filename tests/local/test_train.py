@@ -136,6 +136,8 @@ def test_config_errors_name_key_value_and_allowed(tmp_path, gsm8k_subset):
         load_run_config(path, ["steps"])
     with pytest.raises(ConfigError, match=r"local\.data\.heldout_prompts=-2 is invalid"):
         load_run_config(path, ["local.data.heldout_prompts=-2"])
+    with pytest.raises(ConfigError, match=r"local\.save_final='sometimes' is invalid: allowed true or false"):
+        load_run_config(path, ["local.save_final=sometimes"])
     # settings the local engine cannot honour are refused, not silently ignored
     with pytest.raises(ConfigError, match=r"omniopd\.task_reward_weight=0\.5 is not supported by the local engine"):
         load_run_config(path, ["omniopd.task_reward_weight=0.5"])

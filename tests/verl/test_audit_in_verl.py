@@ -95,7 +95,9 @@ def test_fresh_ray_worker_resolves_omniopd_after_import_verl(ray_session):
     assert manager == "omniopd_verl.verl_integration.reward_manager.OmniOPDRewardManager"
 
 
-def test_dense_scores_land_on_exactly_the_audited_tokens(ray_session, tiny_model_path, stand_in_student_server):
+def test_dense_scores_land_on_exactly_the_audited_tokens(
+    ray_session, tiny_model_path, stand_in_student_server, tmp_path
+):
     import hydra
     from verl.experimental.agent_loop.agent_loop import (
         AgentLoopWorker,
@@ -127,6 +129,8 @@ def test_dense_scores_land_on_exactly_the_audited_tokens(ray_session, tiny_model
                 "omniopd.teacher.model=local-teacher",
                 f"omniopd.teacher.api_base={teacher.url}",
                 "omniopd.teacher.max_retries=1",
+                # the run's teacher ledger keeps its spend file here, not in ./checkpoints (shared by every run)
+                f"trainer.default_local_dir={tmp_path / 'ckpt'}",
             ]
         )
         reward_worker = ray.remote(RewardLoopWorker).options(num_cpus=0).remote(cfg, None)
