@@ -241,8 +241,10 @@ class Auditor:
             )
         if r.entropy_T is not None and (r.entropy_T.dim() != 1 or r.entropy_T.shape[0] != T):
             raise GuardError(f"response {r.uid!r}: entropy length {tuple(r.entropy_T.shape)} != response length {T}")
+        # None = uid: the local engine's and the audit CLI's seeds are the same as before seed_key existed
+        key = r.uid if r.seed_key is None else r.seed_key
         anchors = self.scheduler.select(
-            r.entropy_T, T, cfg.chunks, cfg.chunk_len, seed=stable_seed(cfg.seed, r.uid, "scheduler")
+            r.entropy_T, T, cfg.chunks, cfg.chunk_len, seed=stable_seed(cfg.seed, key, "scheduler")
         )
         anchors = list(anchors)
         # a scheduler may declare that it ignores M (the dense `all` baseline); the rest are held to it
@@ -257,7 +259,7 @@ class Auditor:
                 response_prefix=text.prefix(t),
                 n=cfg.samples,
                 student_tokens=cfg.chunk_len,
-                seed=stable_seed(cfg.seed, r.uid, t),
+                seed=stable_seed(cfg.seed, key, t),
                 prompt_messages=messages,
                 teacher_context=r.teacher_context,
             )

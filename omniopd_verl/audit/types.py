@@ -17,7 +17,8 @@ class StudentResponse:
     """One finished student sample, as the Auditor needs it."""
 
     uid: str
-    """Stable sample id; teacher seeds derive from (config seed, uid, anchor)."""
+    """Sample id: names the response in requests, records and errors; the audit's random draws are keyed on
+    it unless `seed_key` is set."""
     prompt_text: str
     """The prompt exactly as the student saw it (chat template applied): the teacher's prefix starts here."""
     response_ids: list[int]
@@ -32,6 +33,10 @@ class StudentResponse:
     """The original chat messages, for chat-API teachers that continue a partial assistant turn."""
     teacher_context: str | None = None
     """Optional privileged text shown to the teacher only (e.g. the reference solution in self-distillation)."""
+    seed_key: str | None = None
+    """What the audit's random draws are keyed on: the scheduler's seed and each teacher request's seed derive
+    from (config seed, seed_key, anchor); None = uid. verl sets it to a hash of the trajectory's tokens, so a
+    rerun's identical trajectory gets the same teacher requests (and cache entries) under a new uid."""
 
 
 @dataclass

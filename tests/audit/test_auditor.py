@@ -9,6 +9,7 @@ The similarity is the real `ned` plugin, checked against a naive Levenshtein wri
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import math
 
 import pytest
@@ -235,6 +236,29 @@ def test_guards(tok):
     T = len(r.response_ids)
     assert [c.start for c in a.chunks] == [k * (T - C) // (M - 1) for k in range(M)]
     assert all(c.entropy is None for c in a.chunks)
+
+
+def test_seed_key_replaces_uid_in_the_random_draws_only(tok):
+    """seed_key (verl: a hash of the trajectory's tokens) keys the scheduler's and the teacher's seeds; the
+    request ids and the audit keep the uid. Unset, the draws are keyed on the uid, as before it existed."""
+    from omniopd_verl.core.scheduling import random_anchors
+
+    r = make_response(tok, "r0", TEXTS[0], 0)
+    T = len(r.response_ids)
+    teacher = ScriptedTeacher()
+    auditor = Auditor(make_config(scheduler="random"), tok, teacher=teacher, similarity=CountingNED())
+    runs = [dataclasses.replace(r, uid=f"run{i}:0", seed_key="content") for i in range(2)]
+    plain = dataclasses.replace(r, uid="run0:0")
+    audits = [asyncio.run(auditor.audit_one(x)) for x in (*runs, plain)]
+    for x, a, call in zip((*runs, plain), audits, teacher.calls, strict=True):
+        key = x.seed_key or x.uid
+        anchors = random_anchors(T, M, C, seed=stable_seed(7, key, "scheduler"))
+        assert a.uid == x.uid and [c.start for c in a.chunks] == anchors
+        assert [q.request_id for q in call] == [f"{x.uid}:{t}" for t in anchors]
+        assert [q.seed for q in call] == [stable_seed(7, key, t) for t in anchors]
+    # two uids, one content: the same anchors and seeds (a rerun asks what was asked); the uid alone differs
+    assert [q.seed for q in teacher.calls[0]] == [q.seed for q in teacher.calls[1]]
+    assert [q.seed for q in teacher.calls[0]] != [q.seed for q in teacher.calls[2]]
 
 
 def test_stable_seed_is_deterministic_and_distinct():
