@@ -194,10 +194,12 @@ class OmniOPDRewardManager(RewardManagerBase):
             )
         raw_prompt = item.non_tensor_batch.get("raw_prompt", None)
         extra_info = item.non_tensor_batch.get("extra_info", None) or {}
+        valid_response = response_ids[:T].tolist()
         return StudentResponse(
             uid=f"{item.non_tensor_batch.get('uid', '')}:{item.non_tensor_batch.get('session_id', 0)}",
+            seed_key=trajectory_seed_key(valid_prompt, valid_response),
             prompt_text=self.tokenizer.decode(valid_prompt, skip_special_tokens=False),
-            response_ids=response_ids[:T].tolist(),
+            response_ids=valid_response,
             logprobs_T=logprobs_T,
             entropy_T=entropy_T,
             entropy_source=student.get("entropy_source") or self.omniopd.entropy_source,
@@ -265,6 +267,23 @@ class OmniOPDRewardManager(RewardManagerBase):
             metrics = cls.auditor.metrics()
             cls.auditor.reset_metrics()
             logger.info("OmniOPD audit metrics (pid %d): %s", os.getpid(), metrics)
+
+
+def trajectory_seed_key(prompt_ids: list[int], response_ids: list[int]) -> str:
+    """What a verl trajectory's audit draws are keyed on (`StudentResponse.seed_key`): its content.
+
+    verl's `uid` is a uuid4 drawn per prompt per run, so seeds derived from it (part of every teacher cache
+    key) differ in a rerun even for the very same trajectory, and the cache never hits. Keyed on the prompt
+    and response token ids, a rerun's identical trajectory asks the teacher exactly what was asked before and
+    is answered from the cache. It follows that two identical trajectories in one batch (same prompt, same
+    response) get identical anchors and identical teacher requests, seeds included: with a cache, the second
+    is a hit once the first's answer is stored (two in flight at once both call; a seeded teacher then
+    answers both alike). Intended: their audits are the same question. `uid` stays verl's (records, errors)."""
+    import hashlib
+    import json
+
+    content = json.dumps([[int(t) for t in prompt_ids], [int(t) for t in response_ids]], separators=(",", ":"))
+    return hashlib.sha256(content.encode()).hexdigest()[:32]
 
 
 def row_stats(audit: Any, audited_tokens: int, samples: int) -> dict[str, Any]:
