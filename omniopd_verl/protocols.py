@@ -63,7 +63,7 @@ class TeacherRequest:
     student_tokens: (
         int  # C, counted in student tokens; a teacher API gets teacher_max_tokens = this x max_tokens_factor
     )
-    seed: int  # deterministic per (config seed, uid, anchor)
+    seed: int  # deterministic per (config seed, StudentResponse.seed_key or uid, anchor)
     prompt_messages: tuple[dict[str, Any], ...] | None = None  # original chat messages (chat-API teachers)
     teacher_context: str | None = None  # privileged text for the teacher only (e.g. a reference solution)
 

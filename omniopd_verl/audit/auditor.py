@@ -1,7 +1,7 @@
 """The Auditor: finished student responses -> audited chunks with weights pi_hat (ALGORITHM.md steps 2-5).
 
 Per response: anchors from the scheduler plugin -> one TeacherRequest per anchor (the prefix
-x + y_<t, never the chunk; seeds from a stable hash of (config seed, uid, anchor)), sent to the
+x + y_<t, never the chunk; seeds from a stable hash of (config seed, seed_key or uid, anchor)), sent to the
 teacher in ascending anchor order as one call -> teacher texts trimmed to the chunk's length in
 student tokens -> similarity phi(student chunk, teacher text) -> k_sem = soft_acceptance,
 pi_bar = chunk_pi_bar of the chunk's log-probs, pi_hat = dirichlet_posterior_mean.
