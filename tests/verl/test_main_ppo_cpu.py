@@ -55,7 +55,7 @@ def smoke(tmp_path_factory):
     return {"model": model, "data": data}
 
 
-def main_ppo(args: list[str], out_dir: Path, timeout: int = 420, entry=("-m", "verl.trainer.main_ppo"), env=None):
+def main_ppo(args: list[str], out_dir: Path, timeout: int = 600, entry=("-m", "verl.trainer.main_ppo"), env=None):
     cmd = [sys.executable, *entry, *args, f"trainer.default_local_dir={out_dir / 'ckpt'}"]
     proc = subprocess.run(cmd, cwd=REPO, env=env or cpu_env(), capture_output=True, text=True, timeout=timeout)
     return proc.returncode, proc.stdout + proc.stderr
@@ -672,7 +672,8 @@ def pid_of_client(client_port: int, pids: list[int]) -> int | None:
 @pytest.mark.slow
 def test_a_reward_worker_killed_mid_call_loses_no_settled_answer_and_the_budget_holds(smoke, tmp_path):
     """One of 3 reward workers is SIGKILLed (what ray.kill does to an actor's process) while the server holds
-    one of its teacher calls (1 s latency; the request's client port names the process). Whatever verl then does with the
+    one of its teacher calls (1 s latency; the request's client port names the process), once at least 4 answers
+    were served, so that some are settled before the kill. Whatever verl then does with the
     run, the run's ledger keeps: every answer it settled is in the cache, and an answer is missing from the
     cache only if its call was never settled (its worker died mid-call), which the spend file still holds
     as a reservation at its worst case (a resume charges it) or has charged on expiry; the money served
@@ -699,15 +700,22 @@ def test_a_reward_worker_killed_mid_call_loses_no_settled_answer_and_the_budget_
             cmd, cwd=REPO, env=cpu_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
         )
         victim, held, deadline = None, 0, time.monotonic() + 400
+        callers: set[str] = set()  # which processes held open teacher calls (reported if no victim is found)
+        open_seen = 0
         try:
             while victim is None and proc.poll() is None and time.monotonic() < deadline:
                 # a request the server has not answered yet (it holds each for 1 s): the reward worker behind it
-                open_ports = [
-                    r.client[1] for r in list(server.requests) if r.path == "/v1/completions" and not r.status
-                ]
-                workers = [pid for pid in descendants(proc.pid) if "ray::RewardLoopWorker" in title(pid)]
-                owners = [pid_of_client(p, workers) for p in open_ports]
-                mine = [pid for pid in owners if pid is not None]
+                seen = [r for r in list(server.requests) if r.path == "/v1/completions"]
+                if sum(r.status == 200 for r in seen) < 4:  # first let some answers settle, so there are some to keep
+                    time.sleep(0.05)
+                    continue
+                open_ports = [r.client[1] for r in seen if not r.status]
+                open_seen += len(open_ports)
+                everyone = [int(e) for e in os.listdir("/proc") if e.isdigit()]
+                owners = [pid_of_client(p, everyone) for p in open_ports]
+                under = set(descendants(proc.pid))
+                callers.update(f"{title(pid)[:60]} (under the run: {pid in under})" for pid in owners if pid)
+                mine = [pid for pid in owners if pid in under and "ray::RewardLoopWorker" in title(pid)]
                 if mine:
                     victim = mine[0]
                     held = mine.count(victim)
@@ -721,7 +729,8 @@ def test_a_reward_worker_killed_mid_call_loses_no_settled_answer_and_the_budget_
                 proc.communicate()
         answered = sum(r.path == "/v1/completions" and r.status == 200 for r in server.requests)
         served = served_usd(server)
-    assert victim is not None, log[-4000:]  # killed while its calls were open
+    assert victim is not None, (open_seen, callers, log[-4000:])  # killed while its calls were open
+    assert answered >= 4
     [state_file] = (tmp_path / "ckpt" / "omniopd_teacher_ledger").glob("*.json")
     state = json.loads(state_file.read_text())
     reserved = sum(r["worst_usd"] for r in state["reservations"].values())
@@ -737,3 +746,47 @@ def test_a_reward_worker_killed_mid_call_loses_no_settled_answer_and_the_budget_
     assert stored == state["metrics"]["teacher_run/calls"], report  # every settled answer is stored
     assert unsettled >= held, report  # the victim's open calls were never settled: reserved (or expired)
     assert answered - unsettled <= stored <= answered, report  # unstored only if never settled
+
+
+def trajectory_rows(dump: Path) -> list[tuple[tuple, dict]]:
+    """Per dumped trajectory of steps 1-2: (prompt ids, response ids within the mask) and its row counts."""
+    out = []
+    for step in (1, 2):
+        for row in read_dump(dump, step):
+            response = tuple(t for t, m in zip(row["responses"], row["response_mask"], strict=True) if m)
+            info = row["reward_extra_info"]
+            counts = {k: info[f"omniopd_row/teacher/{k}"] for k in ("requests", "cache_hits")}
+            out.append(((tuple(row["prompts"]), response), counts))
+    return out
+
+
+@pytest.mark.slow
+def test_a_deterministic_rerun_asks_the_teacher_only_about_trajectories_it_has_not_seen(smoke, tmp_path):
+    """Two main_ppo runs with `actor_rollout_ref.rollout.full_determinism=true` (verl names each rollout
+    request det-<priority>, and the hf rollout seeds its sampling from that name) and one teacher cache.
+    The audit keys a trajectory's anchors and teacher seeds on its tokens (reward_manager.trajectory_seed_key),
+    not on verl's per-run uuid4 uid, so every trajectory the rerun shares with the first run is answered
+    from the cache (each of its requests a cache hit), and the rerun's HTTP calls are at most the requests
+    of the trajectories that are new. Checked from the two runs' dumps, not assumed: how many trajectories
+    repeat is printed (on this CPU, with the same weights, seeds and batch, all of them: the rerun is free)."""
+    with serve_fault_server(generator=ScriptedGenerator()) as server:
+        common = [
+            "actor_rollout_ref.rollout.full_determinism=true",
+            f"omniopd.teacher.cache_path={tmp_path / 'teacher_cache.sqlite'}",
+        ]
+        rc1, log1 = main_ppo(omniopd_args(smoke, server.url, tmp_path / "dump1", *common), tmp_path / "run1")
+        first_calls = sum(r.path == "/v1/completions" for r in server.requests)
+        rc2, log2 = main_ppo(omniopd_args(smoke, server.url, tmp_path / "dump2", *common), tmp_path / "run2")
+        rerun_calls = sum(r.path == "/v1/completions" for r in server.requests) - first_calls
+    assert rc1 == 0 and 2 in step_metrics_from_log(log1), log1[-4000:]
+    assert rc2 == 0 and 2 in step_metrics_from_log(log2), log2[-4000:]
+    seen = {key for key, _ in trajectory_rows(tmp_path / "dump1")}
+    rerun = trajectory_rows(tmp_path / "dump2")
+    repeated = [counts for key, counts in rerun if key in seen]
+    new = [counts for key, counts in rerun if key not in seen]
+    print(
+        f"first run {first_calls} calls; rerun {rerun_calls} calls; {len(repeated)} of {len(rerun)} trajectories repeated"
+    )
+    assert first_calls > 0 and repeated, (first_calls, len(repeated))  # otherwise nothing was checked
+    assert sum(c["requests"] for c in repeated) > 0 and all(c["cache_hits"] == c["requests"] for c in repeated)
+    assert rerun_calls <= sum(c["requests"] for c in new), (rerun_calls, new)  # 0 when every trajectory repeats
