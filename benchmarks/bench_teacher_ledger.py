@@ -63,7 +63,7 @@ def audit_phase(ray, b: int, latency: float) -> None:
         for i in range(b)
         for m in range(M)
     ]
-    with serve_fault_server(latency_s=latency) as server:
+    with serve_fault_server(latency_s=latency, max_connections=1024) as server:  # 512 in flight, none refused
         cfg = TeacherConfig(name="openai_completions", model="local-teacher", api_base=server.url, max_concurrency=512)
         timings = {}
         for placement in ("in-process", "ray actor"):

@@ -146,8 +146,9 @@ class FaultServer(RecordingServer):
         latency_s: float,
         model_name: str,
         count_tokens: Callable[[str], int] | None = None,
+        max_connections: int = 64,
     ):
-        super().__init__(generator, api_key, model_name)
+        super().__init__(generator, api_key, model_name, max_connections=max_connections)
         self.count_tokens = count_tokens  # the usage's counter (None: words)
         self.faults = [dict(fault=f, left=f.times) for f in faults]
         self.latency_s = latency_s
@@ -257,11 +258,15 @@ def serve_fault_server(
     port: int = 0,
     model_name: str = "local-teacher",
     count_tokens: Callable[[str], int] | None = None,
+    max_connections: int = 64,
 ) -> Iterator[FaultServer]:
     """Run the fault server (ScriptedGenerator by default) on 127.0.0.1 for the `with` block.
     `count_tokens`: what its usage counts per text (default: words; e.g. a tokenizer's count, to bill as
-    a provider does)."""
-    server = FaultServer(generator or ScriptedGenerator(), faults, api_key, latency_s, model_name, count_tokens)
+    a provider does). `max_connections`: served at once, the rest get 503 (a benchmark at concurrency 512
+    needs more than the default 64)."""
+    server = FaultServer(
+        generator or ScriptedGenerator(), faults, api_key, latency_s, model_name, count_tokens, max_connections
+    )
     with run_server(server, port) as running:
         yield running
 
