@@ -167,6 +167,7 @@ class Phase:
     label: str
     proc: subprocess.Popen
     log: Path | None
+    started: float
     wall_s: float = 0.0
     cpu_s: float = 0.0
     peak_rss_mb: float = 0.0
@@ -178,13 +179,11 @@ def start_phase(label: str, phase: str, out: Path, overrides: list[str], *, thre
     if threads is not None:
         env["OMP_NUM_THREADS"] = env["MKL_NUM_THREADS"] = threads
     cmd = [sys.executable, "-m", "omniopd_verl.demo.phases", "--out", str(out), phase, *overrides]
-    handle = open(log, "w") if log else None  # noqa: SIM115 - closed in wait_phase
+    handle = open(log, "w") if log else None  # noqa: SIM115 - closed below, once the child has its copy
     proc = subprocess.Popen(cmd, env=env, stdout=handle, stderr=subprocess.STDOUT if handle else None)
     if handle:
         handle.close()  # the child holds its own copy
-    phase_ = Phase(label, proc, log)
-    phase_.wall_s = time.perf_counter()
-    return phase_
+    return Phase(label, proc, log, started=time.perf_counter())
 
 
 def wait_phase(phase: Phase, *, block: bool = True) -> bool:
@@ -193,7 +192,7 @@ def wait_phase(phase: Phase, *, block: bool = True) -> bool:
     if pid == 0:
         return False
     phase.proc.returncode = phase.code = os.waitstatus_to_exitcode(status)
-    phase.wall_s = time.perf_counter() - phase.wall_s
+    phase.wall_s = time.perf_counter() - phase.started
     phase.cpu_s = usage.ru_utime + usage.ru_stime
     phase.peak_rss_mb = usage.ru_maxrss / 1024
     return True

@@ -482,29 +482,12 @@ class OpenersOf:
         self.root_pid: int | None = None
         self._stop = False
 
-    def _descendants(self) -> list[int]:
-        children: dict[int, list[int]] = {}
-        for entry in os.listdir("/proc"):
-            if not entry.isdigit():
-                continue
-            try:
-                ppid = int(Path(f"/proc/{entry}/stat").read_text().rsplit(")", 1)[1].split()[1])
-            except (OSError, IndexError, ValueError):
-                continue
-            children.setdefault(ppid, []).append(int(entry))
-        out, todo = [], [self.root_pid]
-        while todo:
-            pid = todo.pop()
-            out.append(pid)
-            todo.extend(children.get(pid, []))
-        return out
-
     def poll(self) -> None:
         import time
 
         while not self._stop:
             if self.root_pid is not None:
-                for pid in self._descendants():
+                for pid in descendants(self.root_pid):
                     if any(target.startswith(self.path) for target in open_paths(pid)):
                         try:
                             title = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode()
