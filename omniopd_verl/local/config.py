@@ -106,7 +106,11 @@ class LocalEngineConfig:
     top_p: float = 1.0
     """Student nucleus sampling (1.0 = the full distribution, as the spec's pi_theta)."""
     lr: float = 1e-5
-    """AdamW learning rate (constant)."""
+    """AdamW learning rate (constant after the warmup)."""
+    lr_warmup_steps: int = 0
+    """Linear warmup: step k (1-based) trains at lr x min(1, k / lr_warmup_steps); 0 = lr from the first step.
+    Why it exists: AdamW's first updates move every weight by about lr whatever its gradient's noise (the
+    second-moment estimate has seen one or two gradients), so on a handful of samples they are mostly drift."""
     weight_decay: float = 0.0
     """AdamW weight decay."""
     adam_betas: tuple[float, float] = (0.9, 0.999)
@@ -160,6 +164,7 @@ class LocalEngineConfig:
         _positive("temperature", self.temperature)
         _positive("top_p", self.top_p, high=1.0)
         _positive("lr", self.lr)
+        _int_at_least("lr_warmup_steps", self.lr_warmup_steps, 0)
         _positive("weight_decay", self.weight_decay, allow_zero=True)
         betas = self.adam_betas
         if (

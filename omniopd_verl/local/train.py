@@ -188,8 +188,11 @@ class LocalTrainer:
         idx = prompts_for_step(len(self.train_problems), step, cfg.prompts_per_step, cfg.seed)
         problems = [self.train_problems[i] for i in idx]
         batch = self.method.step(self, problems, timer)
+        lr = cfg.lr * min(1.0, (step + 1) / cfg.lr_warmup_steps) if cfg.lr_warmup_steps else cfg.lr
+        for group in self.optimizer.param_groups:
+            group["lr"] = lr
         metrics = self.apply_credit(batch.prompts, batch.responses, batch.credit, beta=batch.beta, timer=timer)
-        metrics["train/lr"] = cfg.lr
+        metrics["train/lr"] = lr
         metrics.update(batch.metrics)
         if batch.rollouts:  # on-policy methods: what the student wrote
             lengths = [len(r.response_ids) for r in batch.rollouts]

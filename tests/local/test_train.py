@@ -99,10 +99,11 @@ def test_resume_equals_uninterrupted_training(tmp_path, tiny_model_path, gsm8k_s
 
     from omniopd_verl.local.train import run
 
-    straight = write_run(tmp_path, tiny_model_path, gsm8k_subset, steps=3, output="straight")
+    # with a 2-step warmup: the restarted run continues the schedule where it stopped
+    straight = write_run(tmp_path, tiny_model_path, gsm8k_subset, steps=3, output="straight", lr_warmup_steps=2)
     assert run(str(straight), []) == 0
     # the same run, stopped after step 1 (checkpoint), then restarted with the full step count
-    split = write_run(tmp_path, tiny_model_path, gsm8k_subset, steps=3, output="split")
+    split = write_run(tmp_path, tiny_model_path, gsm8k_subset, steps=3, output="split", lr_warmup_steps=2)
     assert run(str(split), ["local.steps=1"]) == 0
     assert run(str(split), []) == 0
 
@@ -114,6 +115,7 @@ def test_resume_equals_uninterrupted_training(tmp_path, tiny_model_path, gsm8k_s
     rows_a = [json.loads(x) for x in (tmp_path / "straight" / "metrics.jsonl").read_text().splitlines()]
     rows_b = [json.loads(x) for x in (tmp_path / "split" / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in rows_a] == [r["step"] for r in rows_b] == [1, 2, 3]
+    assert [r["train/lr"] for r in rows_a] == [r["train/lr"] for r in rows_b] == [1e-3 / 2, 1e-3, 1e-3]
     for ra, rb in zip(rows_a, rows_b, strict=True):
         for key in ("loss/l_chunk", "loss/l_kl", "audit/pi_hat_mean", "train/grad_norm"):
             assert ra[key] == rb[key], key
@@ -136,6 +138,8 @@ def test_config_errors_name_key_value_and_allowed(tmp_path, gsm8k_subset):
         load_run_config(path, ["steps"])
     with pytest.raises(ConfigError, match=r"local\.data\.heldout_prompts=-2 is invalid"):
         load_run_config(path, ["local.data.heldout_prompts=-2"])
+    with pytest.raises(ConfigError, match=r"local\.lr_warmup_steps=-1 is invalid: allowed an integer >= 0"):
+        load_run_config(path, ["local.lr_warmup_steps=-1"])
     with pytest.raises(ConfigError, match=r"local\.save_final='sometimes' is invalid: allowed true or false"):
         load_run_config(path, ["local.save_final=sometimes"])
     # settings the local engine cannot honour are refused, not silently ignored
