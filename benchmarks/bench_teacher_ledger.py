@@ -17,7 +17,7 @@ import statistics
 import time
 
 
-def admission(ray, workers: int, admits: int, concurrent: int) -> None:
+def admission(ray, workers: int, admits: int, concurrent: int, rates: list[float], paced_s: float) -> None:
     from omniopd_verl.config import TeacherConfig
     from omniopd_verl.teachers.ledger import LedgerSettings
     from omniopd_verl.teachers.ledger.actor import ensure_run_ledger
@@ -38,13 +38,32 @@ def admission(ray, workers: int, admits: int, concurrent: int) -> None:
     latencies = [x for part in ray.get([w.admit_many.remote(admits, concurrent) for w in pool]) for x in part]
     elapsed = time.perf_counter() - start
     calls = sum(ray.get([w.actor_calls.remote() for w in pool]))
+    leased = sum(ray.get([w.leased_admits.remote() for w in pool]))
     latencies.sort()
     p50 = statistics.median(latencies) * 1e3
     p99 = latencies[int(0.99 * (len(latencies) - 1))] * 1e3
     print(
         f"admission: {workers} workers x {admits} admits ({concurrent} at a time): p50 {p50:.2f} ms, p99 {p99:.2f} ms; "
-        f"{len(latencies) / elapsed:.0f} admit+settle pairs/s; {calls} actor calls for {2 * len(latencies)} items"
+        f"{len(latencies) / elapsed:.0f} admit+settle pairs/s; {calls} actor calls; {leased} admissions from a lease"
     )
+    for rate in rates:  # an open loop: admissions arrive at `rate` per second run-wide, as in an audit
+        interval = workers / rate
+        count = max(1, int(rate * paced_s / workers))
+        before = sum(ray.get([w.leased_admits.remote() for w in pool]))
+        parts = ray.get([w.admit_paced.remote(count, interval, i * interval / workers) for i, w in enumerate(pool)])
+        leased = sum(ray.get([w.leased_admits.remote() for w in pool])) - before
+        admit = sorted(a for part in parts for a, _ in part)
+        settle = sorted(s for part in parts for _, s in part)
+        total = sorted(a + s for part in parts for a, s in part)
+
+        def pct(xs: list[float], q: float) -> float:
+            return 1e3 * xs[int(q * (len(xs) - 1))]
+
+        print(
+            f"paced: {rate:g} admissions/s from {workers} workers for {paced_s:g} s ({len(admit)} pairs): admission "
+            f"p50 {pct(admit, 0.5):.2f} ms, p99 {pct(admit, 0.99):.2f} ms; settle p50 {pct(settle, 0.5):.2f} ms; "
+            f"admit+settle p50 {pct(total, 0.5):.2f} ms, p99 {pct(total, 0.99):.2f} ms; {leased} from a lease"
+        )
     for w in pool:
         ray.kill(w)
 
@@ -98,6 +117,13 @@ def main() -> None:
     parser.add_argument("--workers", type=int, default=16)
     parser.add_argument("--admits", type=int, default=320)
     parser.add_argument("--concurrent", type=int, default=16)
+    parser.add_argument(
+        "--rates",
+        type=lambda text: [float(x) for x in text.split(",")],
+        default=[83.0, 500.0, 1000.0],
+        help="paced admissions per second run-wide (5,000 raw calls per step over 60 s, over 10 s, and twice that)",
+    )
+    parser.add_argument("--paced-s", type=float, default=10.0, help="seconds each paced rate runs")
     parser.add_argument("--b", type=int, default=256)
     parser.add_argument("--latency", type=float, default=1.0)
     args = parser.parse_args()
@@ -108,7 +134,7 @@ def main() -> None:
     repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     ray.init(num_cpus=2, include_dashboard=False, runtime_env={"env_vars": {"PYTHONPATH": repo}})
     try:
-        admission(ray, args.workers, args.admits, args.concurrent)
+        admission(ray, args.workers, args.admits, args.concurrent, args.rates, args.paced_s)
         audit_phase(ray, args.b, args.latency)
     finally:
         ray.shutdown()

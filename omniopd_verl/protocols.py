@@ -141,7 +141,9 @@ class TeacherPlugin(Protocol):
     retries `TransientTeacherError`, timeouts, connection errors and HTTP 408/409/425/429/5xx (an
     exception with an int `status_code`), stops on HTTP 401/403, and fails the request otherwise.
 
-    Optional members: `aclose()` (async), `render_chat(messages) -> str` (a raw-completion teacher with
+    Optional members: `aclose()` (async), `warm()` (async: called once per event loop before its first
+    admission, to build what the first call needs, e.g. the HTTP client, so that a granted call is sent at
+    once and a rate window's calls reach the server as they were granted), `render_chat(messages) -> str` (a raw-completion teacher with
     a chat template: used when a teacher_context must enter a chat prompt as a system message),
     `price_model: str | None` (a litellm price-table name), `option_names: tuple[str, ...]` (its own
     keys in config.options, checked by the library), `key_env: str | None` (the environment variable

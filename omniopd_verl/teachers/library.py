@@ -244,6 +244,8 @@ class _LoopState:
     def __init__(self, teacher: Teacher):
         self.semaphore = asyncio.Semaphore(teacher.config.max_concurrency)
         self.inflight: set[asyncio.Future] = set()
+        self.settling: set[asyncio.Future] = set()  # settlements sent, not yet acknowledged by the ledger
+        self.warmed = False  # the plugin's warm() ran on this loop
         self.pending: list[tuple[RawRequest, asyncio.Future]] = []
         self.worker: asyncio.Task | None = None
 
@@ -286,6 +288,7 @@ class Teacher:
         self.meter = TeacherMeter()  # this process's counters; the ledger keeps the run's (teacher_run/*)
         # budget, rate limits, concurrency, health and the cache file belong to the run's ledger: in-process
         # unless the engine passes the run-wide one (verl: the Ray actor every reward worker shares)
+        self._sampling = 0  # sample() calls running in this process (the last one hands back unused leases)
         self._owns_ledger = ledger is None
         if ledger is None:
             cache = TeacherCache(config.cache_path) if config.cache_path else None
@@ -313,8 +316,11 @@ class Teacher:
     async def sample(self, requests: Sequence[TeacherRequest]) -> list[TeacherResult]:
         """One TeacherResult per request, in order (see TeacherResult: exactly n texts, or an error)."""
         tasks = [asyncio.ensure_future(self._sample_one(r)) for r in requests]
+        self._sampling += 1
         try:
-            return list(await asyncio.gather(*tasks))
+            results = list(await asyncio.gather(*tasks))
+            await self._settled()  # a settlement the ledger refused (it is gone) fails the batch loudly
+            return results
         except BaseException as exc:
             for task in tasks:  # start nothing new
                 task.cancel()
@@ -322,12 +328,25 @@ class Teacher:
             if isinstance(exc, OmniOPDError):  # budget stop / bad key: every answer in flight still lands
                 await self.drain()
             raise
+        finally:  # admissions pre-granted to this process and not used go back to the run (ledger leases)
+            self._sampling -= 1
+            if self._sampling == 0:  # the last of this process's concurrent sample() calls
+                try:
+                    await self.ledger.release()
+                except Exception as exc:  # a ledger that cannot be reached expires them itself (charged at worst)
+                    log.warning("teacher ledger: unused pre-granted admissions not handed back (%s)", exc)
 
     async def drain(self) -> None:
         """Wait for every raw call in flight on this loop (their answers are counted and cached)."""
         state = self._state()
-        while state.inflight:
-            await asyncio.gather(*list(state.inflight), return_exceptions=True)
+        while state.inflight or state.settling:
+            await asyncio.gather(*list(state.inflight), *list(state.settling), return_exceptions=True)
+
+    async def _settled(self) -> None:
+        """Wait until the ledger has acknowledged every settlement sent from this loop; raise the first failure."""
+        state = self._state()
+        while state.settling:
+            await asyncio.gather(*list(state.settling))
 
     def metrics(self) -> dict[str, float]:
         return self.meter.snapshot()
@@ -513,6 +532,11 @@ class Teacher:
                 await self._settle_failed(unit, grant, exc, time.perf_counter() - started)
                 raise
         else:
+            if not state.warmed:  # the plugin's client exists before the first grant: a grant is sent at once
+                state.warmed = True
+                warm = getattr(self.plugin, "warm", None)
+                if warm is not None:
+                    await warm()
             async with state.semaphore:
                 grant = await self._admit(unit)  # inside the slot: sees the latest spend
                 started = time.perf_counter()
@@ -551,10 +575,16 @@ class Teacher:
             "completion_tokens": completion_tokens,
             "cost_usd": cost,
         }
-        # the answer travels with its cost: the ledger counts and caches it in one step
-        await self._settle(
-            grant, "ok", cost, prompt_tokens, completion_tokens, (unit.key, entry) if self._has_cache else None
+        # the answer travels with its cost: the ledger counts and caches it in one step. The call does not wait
+        # for the ledger's acknowledgement (sent at once; sample() waits for every one before it returns)
+        settle = asyncio.ensure_future(
+            self._settle(
+                grant, "ok", cost, prompt_tokens, completion_tokens, (unit.key, entry) if self._has_cache else None
+            )
         )
+        state.settling.add(settle)
+        settle.add_done_callback(state.settling.discard)
+        settle.add_done_callback(_retrieve)
         return _Outcome(texts, prompt_tokens=prompt_tokens, completion_tokens=completion_tokens, cost_usd=cost)
 
     # ------------------------------------------------------------------------------ budget and cache

@@ -52,20 +52,26 @@ class OpenAICompletionsTeacher:
         self.extra_body = dict(config.options.get("extra_body") or {})
         self.api_key = read_api_key(config)
         self._clients: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, Any] = weakref.WeakKeyDictionary()
+        # imported here, not at the first call: the ledger admits a call just before it is sent, and the SDK's
+        # import (seconds on a loaded machine) between the two would shift a rate window's calls at the server
+        import openai
+
+        self._openai = openai
 
     def _client(self) -> Any:
         loop = asyncio.get_running_loop()
         client = self._clients.get(loop)
         if client is None:
-            import openai
-
-            client = self._clients[loop] = openai.AsyncOpenAI(
+            client = self._clients[loop] = self._openai.AsyncOpenAI(
                 base_url=self.config.api_base,
                 api_key=self.api_key or "EMPTY",  # the client insists on a key; keyless servers ignore it
                 max_retries=0,
                 timeout=self.config.timeout_s,
             )
         return client
+
+    async def warm(self) -> None:
+        self._client()  # the SDK client (its SSL context, its pool) before the first admission, not after it
 
     async def sample_raw(self, requests: Sequence[RawRequest]) -> list[RawAnswer]:
         return [await self._one(r) for r in requests]  # the library sends one request per call

@@ -47,12 +47,25 @@ class TeacherWorker:
         self.ledger = ensure_run_ledger(settings, run_id, state_path=state_path, cache_path=cache_path)
         self.teacher = registry.create_teacher(config, ledger=self.ledger)
 
-    async def sample(self, start: int, count: int, n: int, student_tokens: int = 4) -> dict[str, Any]:
+    async def sample(
+        self, start: int, count: int, n: int, student_tokens: int = 4, stagger_s: float | None = None
+    ) -> dict[str, Any]:
+        """`count` requests in one `sample` call, or (stagger_s) each in its own `sample` call, started
+        stagger_s after the previous one whether or not it has finished (as verl's reward loop calls the reward
+        manager once per trajectory)."""
         from omniopd_verl.errors import OmniOPDError
 
         requests = [request(i, n, student_tokens) for i in range(start, start + count)]
+
+        async def later(k: int, r: TeacherRequest):
+            await asyncio.sleep(k * stagger_s)
+            return (await self.teacher.sample([r]))[0]
+
         try:
-            results = await self.teacher.sample(requests)
+            if stagger_s is not None:
+                results = await asyncio.gather(*(later(k, r) for k, r in enumerate(requests)))
+            else:
+                results = await self.teacher.sample(requests)
         except OmniOPDError as exc:
             return {"ok": 0, "failed": 0, "stopped": [type(exc).__name__, str(exc)]}
         return {
@@ -75,10 +88,40 @@ class TeacherWorker:
 
         for _ in range(0, count, concurrent):
             await asyncio.gather(*(one() for _ in range(concurrent)))
+        await self.ledger.release()
         return latencies
+
+    async def admit_paced(self, count: int, interval_s: float, offset_s: float) -> list[tuple[float, float]]:
+        """(admit, settle) latencies (s) of `count` admit+settle pairs started every `interval_s` seconds
+        after `offset_s`, whether or not the earlier ones have finished (an open loop, as calls arrive in an
+        audit; benchmark)."""
+        import time
+
+        pairs: list[tuple[float, float]] = []
+
+        async def one() -> None:
+            t0 = time.perf_counter()
+            grant = await self.ledger.admit(None, 0.0, slot=False)
+            t1 = time.perf_counter()
+            await self.ledger.settle(grant, outcome="ok")
+            pairs.append((t1 - t0, time.perf_counter() - t1))
+
+        start = time.perf_counter() + offset_s
+        tasks = []
+        for i in range(count):
+            delay = start + i * interval_s - time.perf_counter()
+            if delay > 0:
+                await asyncio.sleep(delay)
+            tasks.append(asyncio.ensure_future(one()))
+        await asyncio.gather(*tasks)
+        await self.ledger.release()
+        return pairs
 
     def actor_calls(self) -> int:
         return self.ledger.actor_calls
+
+    def leased_admits(self) -> int:
+        return self.ledger.leased_admits
 
     def pid(self) -> int:
         return os.getpid()

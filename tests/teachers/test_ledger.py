@@ -99,6 +99,58 @@ def test_core_concurrency_is_run_wide():
     assert core.admit([{"usd": None, "tokens": 0, "slot": False}])[0].get("id")  # local compute takes no slot
 
 
+def test_rate_window_expires_entries_dated_ahead_by_their_date_not_their_order():
+    rng = random.Random(1)
+    window = RateWindow(1e9, window_s=1.0)
+    entries = {}
+    now = 0.0
+    for key in range(300):
+        now += rng.choice([0.0, 0.01, 0.2])
+        dated = now + rng.choice([0.0, 0.0, 0.5])  # a lease's entries are dated at the end of its time
+        amount = float(rng.randint(1, 5))
+        window.add(key, amount, dated)
+        entries[key] = (dated, amount)
+        if rng.random() < 0.1:  # a leased grant handed back unused
+            back = rng.choice(list(entries))
+            window.adjust(back, 0.0)
+            entries[back] = (entries[back][0], 0.0)
+        naive = sum(a for t, a in entries.values() if t > now - 1.0)  # every entry counts until its date + 1 s
+        assert window.in_window(now) == pytest.approx(naive)
+
+
+def test_core_leases_only_far_from_every_limit():
+    # concurrency: a lease takes at most half of max_concurrency, counting the slots in use
+    core = LedgerCore(LedgerSettings(max_concurrency=8))
+    [a] = core.admit([{"usd": None, "tokens": 0, "lease": 8}])
+    assert len(a["lease"]) == 3  # 8 // 2 - the call itself
+    [b] = core.admit([{"usd": None, "tokens": 0, "lease": 8}])
+    assert "id" in b and "lease" not in b  # half the slots are taken: admitted one by one, as without leases
+    assert core.status()["in_flight"] == 5
+    core.settle([{"id": key, "outcome": "unused"} for key in a["lease"]])
+    assert core.status()["in_flight"] == 2 and core.metrics()["teacher_run/calls"] == 0  # unused: not calls
+
+    # budget: leased grants are sized 1.25 x the ask and take at most half of what is left
+    core = LedgerCore(LedgerSettings(max_cost_usd=1.0, max_concurrency=1000))
+    [a] = core.admit([{"usd": 0.05, "tokens": 0, "lease": 100}])
+    assert a["lease_usd"] == pytest.approx(0.0625)
+    assert len(a["lease"]) == int((0.95 / 2) // 0.0625) == 7
+    assert core.status()["reserved_usd"] == pytest.approx(0.05 + 7 * 0.0625)
+
+    # rate windows: half of the window, the lease's entries dated LEASE_TTL_S ahead
+    core = LedgerCore(LedgerSettings(requests_per_minute=10, max_concurrency=1000), clock=lambda: 100.0)
+    [a] = core.admit([{"usd": None, "tokens": 0, "lease": 8}])
+    assert len(a["lease"]) == 4  # 10 / 2 - 1
+    assert sorted(t for t, _ in core._rpm._used.values()) == [100.0] + [100.0 + a["lease_ttl_s"]] * 4
+
+    # a transient failure since the last success, or a stop: no lease
+    core = LedgerCore(LedgerSettings(max_concurrency=100))
+    [a] = core.admit([{"usd": None, "tokens": 0}])
+    core.settle([{"id": a["id"], "outcome": "transient"}])
+    assert "lease" not in core.admit([{"usd": None, "tokens": 0, "lease": 8}])[0]
+    core.stop("auth", "HTTP 401")
+    assert core.admit([{"usd": None, "tokens": 0, "lease": 8}])[0]["stop"] == "auth"
+
+
 def test_state_file_continues_the_spend_and_charges_unsettled_calls_on_resume(tmp_path):
     state = tmp_path / "run.ledger.json"
     settings = LedgerSettings(max_cost_usd=1.0, save_every_s=0.0)  # every change on disk at once
@@ -226,15 +278,70 @@ def test_budget_and_cache_hold_across_worker_processes(ray_session, tmp_path):
         assert [r.path for r in server.requests if r.path == "/v1/completions"] == []
 
 
+def test_leased_admissions_keep_the_budget_and_go_back_unused(ray_session):
+    ray = ray_session
+    with serve_fault_server(generator=ScriptedGenerator(words=WORDS), latency_s=0.02) as server:
+        teacher = teacher_dict(server, max_cost_usd=0.6, max_concurrency=64)
+        pool = workers(ray, 2, teacher, "lease-run")
+        # each request in its own sample() call, 20 ms apart, overlapping: as verl calls the reward manager
+        outs = ray.get([w.sample.remote(start=100 * k, count=40, n=2, stagger_s=0.02) for k, w in enumerate(pool)])
+        leased = sum(ray.get([w.leased_admits.remote() for w in pool]))
+        status = ledger_status(ray, "lease-run")
+        served = served_usd(server)
+    assert leased > 0  # some calls were admitted without a round trip to the ledger
+    assert all(o["stopped"] and o["stopped"][0] == "TeacherBudgetExceeded" for o in outs)  # 80 calls cost ~$3
+    assert served <= 0.6 + 1e-9  # an honest server: the budget is never exceeded, leases or not
+    assert status["spent_usd"] == pytest.approx(served)
+    assert status["in_flight"] == 0 and status["reserved_usd"] == pytest.approx(0.0, abs=1e-12)  # all handed back
+
+
+def test_the_plugin_is_warmed_before_the_first_admission_once_per_event_loop():
+    """A grant is sent at once: the SDK's import and client (seconds on a loaded machine) come before it."""
+    import asyncio
+
+    from omniopd_verl import registry
+    from omniopd_verl.config import TeacherConfig
+    from omniopd_verl.testing.ledger_workers import request
+
+    with serve_fault_server(generator=ScriptedGenerator(words=WORDS)) as server:
+        teacher = registry.create_teacher(TeacherConfig(**teacher_dict(server)))
+        seen = []
+        warm = teacher.plugin.warm
+
+        async def recording_warm():
+            loop = asyncio.get_running_loop()
+            seen.append(
+                (
+                    teacher.ledger.metrics()["teacher_run/calls"],
+                    teacher.ledger.status()["in_flight"],
+                    loop in teacher.plugin._clients,
+                )
+            )
+            await warm()
+
+        teacher.plugin.warm = recording_warm
+        for _ in range(2):  # two event loops (an engine may asyncio.run once per step): warmed once in each
+            results = asyncio.run(teacher.sample([request(i, 1) for i in range(3)]))
+            assert all(r.texts for r in results)
+    assert seen == [(0, 0, False), (3, 0, False)]  # before this loop's first grant and its client, each time
+
+
 def test_requests_per_window_hold_across_worker_processes(ray_session, tmp_path):
     ray = ray_session
     with serve_fault_server(generator=ScriptedGenerator(words=WORDS)) as server:
         teacher = teacher_dict(server, requests_per_minute=4)
         pool = workers(ray, 3, teacher, "rpm-run", overrides={"window_s": 1.0})  # 4 per 1 s window
+        # each worker's first call opens its HTTP connection (up to ~0.6 s between the grant and the server
+        # seeing it on a loaded machine): made before the measured calls, then the window is left to empty
+        assert all(
+            o["ok"] == 1 for o in ray.get([w.sample.remote(start=100 + k, count=1, n=1) for k, w in enumerate(pool)])
+        )
+        time.sleep(1.2)
+        warm = len(server.requests)
         start = time.monotonic()
         outs = ray.get([w.sample.remote(start=10 * k, count=4, n=1) for k, w in enumerate(pool)])
         elapsed = time.monotonic() - start
-        arrivals = sorted(r.time for r in server.requests)
+        arrivals = sorted(r.time for r in server.requests[warm:])
     assert all(o["ok"] == 4 for o in outs)
     assert len(arrivals) == 12
     # per-worker limiters would let 12 through at once; the run-wide window lets 4 per second

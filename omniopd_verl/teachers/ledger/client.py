@@ -16,6 +16,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import threading
+import time
 import weakref
 from typing import Any
 
@@ -54,10 +56,20 @@ class LedgerClient:
         wake = self._wake()
         while True:
             settled = wake.settled  # taken before asking: a settlement after the reply wakes us
-            reply = await self._call("admit", {"usd": usd, "tokens": tokens, "slot": slot})
+            grant = self._take_lease(usd, tokens, slot)
+            if grant is not None:
+                return grant
+            asked = time.monotonic()
+            ask = self._ask(usd, tokens, slot)
+            try:
+                reply = await self._call("admit", ask)
+            finally:
+                self._answered(ask)
             if "id" in reply:
+                self._keep_lease(reply, slot, asked)
                 return reply["id"]
             if "stop" in reply:
+                await self.release()
                 raise stop_error(reply["stop"], reply["message"])
             try:
                 await asyncio.wait_for(settled.wait(), min(MAX_WAIT_S, max(1e-3, reply["wait"])))
@@ -107,6 +119,22 @@ class LedgerClient:
     async def cache_put(self, key: str, value: dict) -> str | None:
         reply = await self._call("cache_put", (key, value))
         return reply.get("cache_dropped")
+
+    def _ask(self, usd: float | None, tokens: float, slot: bool) -> dict[str, Any]:
+        return {"usd": usd, "tokens": tokens, "slot": slot}
+
+    def _take_lease(self, usd: float | None, tokens: float, slot: bool) -> int | None:
+        """A pre-granted admission this call fits, if the placement keeps any."""
+        return None
+
+    def _answered(self, ask: dict[str, Any]) -> None:
+        """The actor answered (or failed) this ask."""
+
+    def _keep_lease(self, reply: dict[str, Any], slot: bool, asked: float) -> None:
+        """Keep the pre-granted admissions a reply carries (only a placement that asks for them gets any)."""
+
+    async def release(self) -> None:
+        """Hand back this process's unused pre-granted admissions (none where the placement asks for none)."""
 
     def metrics(self) -> dict[str, float]:  # pragma: no cover - abstract
         raise NotImplementedError
@@ -172,7 +200,18 @@ class _Batcher:
 
 
 class RayLedger(LedgerClient):
-    """A handle on the run's ledger actor (actor.py), batching calls per event-loop turn."""
+    """A handle on the run's ledger actor (actor.py), batching calls per event-loop turn, with leases.
+
+    A lease: when this process has no pre-granted admission left, its next admission asks the actor for up
+    to LEASE_SIZE more, sized like that call (the actor grants them only far from every limit:
+    `LedgerCore._lease`). The next calls that fit one are admitted here, without a round trip, within the
+    lease's time (LEASE_TTL_S from when it was asked for); the unused ones go back when they expire, when
+    `release()` is called (the library does at the end of every `sample`), on any stop, and after a failed
+    call (so that the next calls meet the circuit breaker in the actor). What a lease changes: a few calls
+    may still be sent after another worker's stop (at most the lease, within its time); a worker killed
+    holding a lease has it charged at its worst case, like a call it was making."""
+
+    LEASE_SIZE = 8
 
     def __init__(self, handle: Any, run_id: str, has_cache: bool):
         super().__init__()
@@ -181,6 +220,72 @@ class RayLedger(LedgerClient):
         self.has_cache = has_cache
         self._batchers: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, _Batcher] = weakref.WeakKeyDictionary()
         self.actor_calls = 0  # how many actor calls carried the items (the batching's effect, for benchmarks)
+        self.leased_admits = 0  # admissions served from a lease, without a round trip (for benchmarks)
+        self._leases: list[tuple[int, float, float, bool, float]] = []  # (id, usd, tokens, slot, use-by, monotonic)
+        self._lease_asked = False  # one lease request in flight at a time
+        self._lock = threading.Lock()  # the leases may be taken from more than one event loop
+        self._returns: set[asyncio.Future] = set()
+
+    def _take_lease(self, usd: float | None, tokens: float, slot: bool) -> int | None:
+        now = time.monotonic()
+        with self._lock:
+            expired = [lease[0] for lease in self._leases if lease[4] <= now]
+            self._leases = [lease for lease in self._leases if lease[4] > now]
+            taken = None
+            for i, (key, lease_usd, lease_tokens, lease_slot, _) in enumerate(self._leases):
+                if lease_slot == slot and (usd or 0.0) <= (lease_usd or 0.0) and tokens <= lease_tokens:
+                    del self._leases[i]
+                    self.leased_admits += 1
+                    taken = key
+                    break
+        if expired:  # handed back in the background; release() at the end of a sample() waits for them
+            task = asyncio.ensure_future(self._hand_back(expired))
+            self._returns.add(task)
+            task.add_done_callback(self._returns.discard)
+        return taken
+
+    def _ask(self, usd: float | None, tokens: float, slot: bool) -> dict[str, Any]:
+        ask = super()._ask(usd, tokens, slot)
+        with self._lock:
+            if not self._leases and not self._lease_asked:
+                self._lease_asked = True
+                ask["lease"] = self.LEASE_SIZE
+        return ask
+
+    def _answered(self, ask: dict[str, Any]) -> None:
+        if "lease" in ask:
+            with self._lock:
+                self._lease_asked = False
+
+    def _keep_lease(self, reply: dict[str, Any], slot: bool, asked: float) -> None:
+        if "lease" not in reply:
+            return
+        use_by = asked + reply["lease_ttl_s"]  # asked before the actor granted it: never later than its clock
+        with self._lock:
+            for key in reply["lease"]:
+                self._leases.append((key, reply["lease_usd"], reply["lease_tokens"], slot, use_by))
+
+    async def _hand_back(self, keys: list[int]) -> None:
+        await asyncio.gather(*(self.settle(key, outcome="unused") for key in keys))
+
+    async def release(self) -> None:
+        with self._lock:
+            keys = [lease[0] for lease in self._leases]
+            self._leases = []
+        if keys:
+            await self._hand_back(keys)
+        if self._returns:
+            await asyncio.gather(*list(self._returns), return_exceptions=True)
+
+    async def settle(self, grant: int, *, outcome: str, **kwargs: Any) -> str | None:
+        dropped = await super().settle(grant, outcome=outcome, **kwargs)
+        if outcome in ("transient", "fail", "abandoned"):
+            await self.release()
+        return dropped
+
+    async def stop(self, kind: str, message: str) -> Exception:
+        await self.release()
+        return await super().stop(kind, message)
 
     async def _call(self, method: str, item: Any) -> Any:
         loop = asyncio.get_running_loop()

@@ -49,6 +49,13 @@ RUN_METRICS = (
     "teacher_run/abandoned_calls",
     "teacher_run/expired_reservations",
 )
+LEASE_TTL_S = 0.5
+"""A lease (see `LedgerCore.admit`) is used within this long after its grant or handed back. Its rate-window
+entries are dated at the end of that time: a leased call sent at any moment of it is still inside every 60 s
+window the ledger counts, so the windows hold exactly as for grants made one by one."""
+LEASE_MARGIN = 1.25
+"""A leased grant is sized 25% above the ask that brought it (a worker's next calls have slightly longer
+prompts); the excess is freed when the call settles its real cost."""
 WAIT_FOR_SETTLE_S = 0.25
 """How long a caller waits before asking again when only a settlement can make room (it is also woken
 by its own process's settlements)."""
@@ -159,13 +166,19 @@ class LedgerCore:
     # ------------------------------------------------------------------ admission
 
     def admit(self, asks: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
-        """One reply per ask ({"usd": worst case or None, "tokens": TPM estimate, "slot": bool}):
-        {"id": n} (send the call), {"wait": seconds} (ask again then, or after a settlement), or
-        {"stop": kind, "message": text} (no call is sent; raise)."""
+        """One reply per ask ({"usd": worst case or None, "tokens": TPM estimate, "slot": bool, and
+        optionally "lease": k}): {"id": n} (send the call), {"wait": seconds} (ask again then, or after a
+        settlement), or {"stop": kind, "message": text} (no call is sent; raise). A granted ask with "lease"
+        may also carry {"lease": [ids], "lease_usd", "lease_tokens", "lease_ttl_s"} (see `_lease`)."""
         with self._lock:
             now = self._clock()
             self._expire(now)
-            replies = [self._admit_one(ask, now) for ask in asks]
+            replies = []
+            for ask in asks:
+                reply = self._admit_one(ask, now)
+                if "id" in reply and ask.get("lease"):
+                    reply.update(self._lease(ask, now))
+                replies.append(reply)
             if any("id" in r for r in replies):
                 self._save()
             return replies
@@ -204,6 +217,49 @@ class LedgerCore:
         self.in_flight_max = max(self.in_flight_max, len(self._reservations))
         return {"id": key}
 
+    def _lease(self, ask: dict[str, Any], now: float) -> dict[str, Any]:
+        """Up to ask["lease"] more grants sized LEASE_MARGIN x this ask, for the asking worker to use without a
+        round trip during LEASE_TTL_S (it hands back the unused ones with outcome "unused"). Only while the run
+        is far from every limit: counting the lease, at most half of max_concurrency, of each rate window and
+        of the budget left is in use, and the circuit breaker has seen no transient failure since the last
+        success. Near a limit every call is admitted one by one, exactly as without leases."""
+        if self.stopped is not None or self.breaker.consecutive > 0 or self.breaker.wait_s(now) > 0:
+            return {}
+        slot = bool(ask.get("slot", True))
+        usd = None if ask.get("usd") is None else LEASE_MARGIN * float(ask["usd"])
+        tokens = LEASE_MARGIN * float(ask.get("tokens") or 0.0)
+        room = [int(ask["lease"])]
+        if slot:
+            room.append(self.settings.max_concurrency // 2 - self._slots())
+        for window, amount in ((self._rpm, 1.0), (self._tpm, tokens)):
+            if window is not None and amount > 0:
+                room.append(int((window.limit / 2 - window.in_window(now)) // window.cap(amount)))
+        if self.budget.max_cost_usd is not None and usd:
+            left = self.budget.max_cost_usd - self.budget.spent_usd - self.budget.reserved_usd
+            room.append(int((left / 2) // usd))
+        count = max(0, min(room))
+        ids = []
+        for _ in range(count):
+            reservation = self.budget.reserve(usd)  # fits: at most half of what is left
+            key = self._next_id
+            self._next_id += 1
+            self._live[key] = reservation
+            self._reservations[key] = {
+                "usd": reservation.usd,
+                "worst_usd": usd or 0.0,
+                "t": now,
+                "slot": slot,
+                "leased": True,
+            }
+            for window, amount in ((self._rpm, 1.0), (self._tpm, tokens)):
+                if window is not None:
+                    window.add(key, amount, now + LEASE_TTL_S)
+            ids.append(key)
+        self.in_flight_max = max(self.in_flight_max, len(self._reservations))
+        if not ids:
+            return {}
+        return {"lease": ids, "lease_usd": usd, "lease_tokens": tokens, "lease_ttl_s": LEASE_TTL_S}
+
     def _slots(self) -> int:
         return sum(1 for r in self._reservations.values() if r["slot"])
 
@@ -225,7 +281,7 @@ class LedgerCore:
     # ------------------------------------------------------------------ settlement and outcomes
 
     def settle(self, items: Sequence[dict[str, Any]]) -> dict[str, Any]:
-        """Settle raw calls: {"id", "outcome": ok|transient|fail|abandoned|cancelled, "cost_usd",
+        """Settle raw calls: {"id", "outcome": ok|transient|fail|abandoned|cancelled|unused, "cost_usd",
         "prompt_tokens", "completion_tokens", "cache": [key, value] or None}. The answer is cached in the
         same step as its cost is counted, so a worker killed after settling loses nothing it paid for.
         Returns {"cache_dropped": message or None}."""
@@ -240,6 +296,11 @@ class LedgerCore:
                 reservation = self._live.pop(key, None) or Reservation(entry["usd"] if entry else 0.0)
                 self.budget.settle(reservation, cost)
                 outcome = item.get("outcome", "ok")
+                if outcome == "unused":  # a leased grant handed back unsent: it used nothing
+                    for window in (self._rpm, self._tpm):
+                        if window is not None:
+                            window.adjust(key, 0.0)
+                    continue
                 if outcome != "cancelled":
                     m["teacher_run/calls"] += 1
                     m["teacher_run/prompt_tokens"] += item.get("prompt_tokens", 0)

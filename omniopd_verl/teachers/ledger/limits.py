@@ -7,6 +7,7 @@ rules run in-process (audit CLI, local engine) and in the Ray actor (verl's rewa
 from __future__ import annotations
 
 import collections
+import heapq
 from collections.abc import Iterable
 
 WINDOW_S = 60.0
@@ -16,23 +17,27 @@ WINDOW_S = 60.0
 class RateWindow:
     """At most `limit` units in any window of `window_s` seconds: a token bucket whose tokens come back
     exactly `window_s` after they were used. Unlike a leaky bucket (aiolimiter) it never lets a burst
-    exceed the setting: a full bucket plus its refill would allow up to 2x the limit in one window."""
+    exceed the setting: a full bucket plus its refill would allow up to 2x the limit in one window.
+    Entries may be dated ahead of now (a ledger lease's, see core.LEASE_TTL_S): they expire by date, not
+    by the order they came in."""
 
     def __init__(self, limit: float, window_s: float = WINDOW_S):
         self.limit = float(limit)
         self.window_s = float(window_s)
-        self._used: collections.OrderedDict[int, tuple[float, float]] = collections.OrderedDict()  # id -> (t, amount)
+        self._used: dict[int, tuple[float, float]] = {}  # id -> (t, amount)
+        self._by_time: list[tuple[float, int]] = []  # a heap of (t, id): what expires next
         self._total = 0.0
 
     def _expire(self, now: float) -> None:
-        while self._used:
-            key, (t, amount) = next(iter(self._used.items()))
-            if t > now - self.window_s:
-                break
-            del self._used[key]
-            self._total -= amount
+        while self._by_time and self._by_time[0][0] <= now - self.window_s:
+            t, key = heapq.heappop(self._by_time)
+            entry = self._used.get(key)
+            if entry is not None and entry[0] == t:
+                del self._used[key]
+                self._total -= entry[1]
         if not self._used:
             self._total = 0.0  # no float residue once empty
+            self._by_time.clear()
 
     def cap(self, amount: float) -> float:
         """One call larger than the whole window is charged the whole window (it could never fit otherwise)."""
@@ -46,7 +51,7 @@ class RateWindow:
             return 0.0
         need = self._total + amount - self.limit
         freed = 0.0
-        for t, used in self._used.values():
+        for t, used in sorted(self._used.values()):
             freed += used
             if freed >= need - 1e-9:
                 return max(1e-3, t + self.window_s - now)
@@ -55,6 +60,7 @@ class RateWindow:
     def add(self, key: int, amount: float, now: float) -> None:
         amount = self.cap(amount)
         self._used[key] = (now, amount)
+        heapq.heappush(self._by_time, (now, key))
         self._total += amount
 
     def adjust(self, key: int, amount: float) -> None:
