@@ -118,19 +118,32 @@ def test_rate_window_expires_entries_dated_ahead_by_their_date_not_their_order()
         assert window.in_window(now) == pytest.approx(naive)
 
 
+def healthy(core: LedgerCore) -> None:
+    """One call admitted and settled ok (leases are granted only after a success)."""
+    [grant] = core.admit([{"usd": None, "tokens": 0}])
+    core.settle([{"id": grant["id"], "outcome": "ok"}])
+
+
 def test_core_leases_only_far_from_every_limit():
+    # no lease before the run's first success: a wrong key fails from the first call, and every queued call
+    # must then meet the stop in the ledger
+    core = LedgerCore(LedgerSettings(max_concurrency=8))
+    assert "lease" not in core.admit([{"usd": None, "tokens": 0, "lease": 8}])[0]
+
     # concurrency: a lease takes at most half of max_concurrency, counting the slots in use
     core = LedgerCore(LedgerSettings(max_concurrency=8))
+    healthy(core)
     [a] = core.admit([{"usd": None, "tokens": 0, "lease": 8}])
     assert len(a["lease"]) == 3  # 8 // 2 - the call itself
     [b] = core.admit([{"usd": None, "tokens": 0, "lease": 8}])
     assert "id" in b and "lease" not in b  # half the slots are taken: admitted one by one, as without leases
     assert core.status()["in_flight"] == 5
     core.settle([{"id": key, "outcome": "unused"} for key in a["lease"]])
-    assert core.status()["in_flight"] == 2 and core.metrics()["teacher_run/calls"] == 0  # unused: not calls
+    assert core.status()["in_flight"] == 2 and core.metrics()["teacher_run/calls"] == 1  # unused: not calls
 
     # budget: leased grants are sized 1.25 x the ask and take at most half of what is left
     core = LedgerCore(LedgerSettings(max_cost_usd=1.0, max_concurrency=1000))
+    healthy(core)
     [a] = core.admit([{"usd": 0.05, "tokens": 0, "lease": 100}])
     assert a["lease_usd"] == pytest.approx(0.0625)
     assert len(a["lease"]) == int((0.95 / 2) // 0.0625) == 7
@@ -138,12 +151,14 @@ def test_core_leases_only_far_from_every_limit():
 
     # rate windows: half of the window, the lease's entries dated LEASE_TTL_S ahead
     core = LedgerCore(LedgerSettings(requests_per_minute=10, max_concurrency=1000), clock=lambda: 100.0)
+    healthy(core)
     [a] = core.admit([{"usd": None, "tokens": 0, "lease": 8}])
-    assert len(a["lease"]) == 4  # 10 / 2 - 1
-    assert sorted(t for t, _ in core._rpm._used.values()) == [100.0] + [100.0 + a["lease_ttl_s"]] * 4
+    assert len(a["lease"]) == 3  # 10 / 2 - the healthy call - this one
+    assert sorted(t for t, _ in core._rpm._used.values()) == [100.0] * 2 + [100.0 + a["lease_ttl_s"]] * 3
 
-    # a transient failure since the last success, or a stop: no lease
+    # the last call failed, or the run stopped: no lease
     core = LedgerCore(LedgerSettings(max_concurrency=100))
+    healthy(core)
     [a] = core.admit([{"usd": None, "tokens": 0}])
     core.settle([{"id": a["id"], "outcome": "transient"}])
     assert "lease" not in core.admit([{"usd": None, "tokens": 0, "lease": 8}])[0]

@@ -154,6 +154,7 @@ class LedgerCore:
         self.stopped: tuple[str, str] | None = None
         self._next_id = 1
         self.in_flight_max = 0  # the most calls ever in flight at once (the overshoot bound's n)
+        self._last_ok = False  # the last call settled succeeded: leases only then (see _lease)
         self._dirty = False
         self._saved_at = 0.0
         if self.state_path is not None:
@@ -221,9 +222,10 @@ class LedgerCore:
         """Up to ask["lease"] more grants sized LEASE_MARGIN x this ask, for the asking worker to use without a
         round trip during LEASE_TTL_S (it hands back the unused ones with outcome "unused"). Only while the run
         is far from every limit: counting the lease, at most half of max_concurrency, of each rate window and
-        of the budget left is in use, and the circuit breaker has seen no transient failure since the last
-        success. Near a limit every call is admitted one by one, exactly as without leases."""
-        if self.stopped is not None or self.breaker.consecutive > 0 or self.breaker.wait_s(now) > 0:
+        of the budget left is in use, and the last call settled succeeded (none before the run's first success:
+        a wrong key or a rejected parameter fails from the first call, and then every queued call meets the
+        stop in the ledger). Near a limit every call is admitted one by one, exactly as without leases."""
+        if self.stopped is not None or not self._last_ok or self.breaker.wait_s(now) > 0:
             return {}
         slot = bool(ask.get("slot", True))
         usd = None if ask.get("usd") is None else LEASE_MARGIN * float(ask["usd"])
@@ -310,6 +312,8 @@ class LedgerCore:
                     m["teacher_run/abandoned_calls"] += 1
                 if self._tpm is not None and outcome in ("ok", "abandoned"):
                     self._tpm.adjust(key, item.get("prompt_tokens", 0) + item.get("completion_tokens", 0))
+                if outcome != "cancelled":
+                    self._last_ok = outcome == "ok"
                 if outcome == "ok":
                     self.breaker.success()
                 elif outcome in ("transient", "abandoned"):
