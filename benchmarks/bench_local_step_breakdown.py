@@ -77,7 +77,7 @@ def run_steps(args) -> list[dict]:
     usage = resource.getrusage(resource.RUSAGE_SELF)
     print(
         f"{len(rows)} steps of {RECIPE.name} {'(tiny model)' if args.tiny else ''}; "
-        f"{rows[0]['audit/responses']:.0f} responses/step, mean response {statistics.mean(r['rollout/response_len_mean'] for r in rows):.0f} tokens"
+        f"{rows[0]['audit/rows']:.0f} responses/step, mean response {statistics.mean(r['rollout/response_len_mean'] for r in rows):.0f} tokens"
     )
     print(f"{'stage':<12}" + "".join(f"{'step ' + str(r['step']):>10}" for r in rows) + f"{'share':>8}")
     total = sum(r["time/step"] for r in rows)
