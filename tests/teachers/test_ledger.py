@@ -149,7 +149,7 @@ def test_core_leases_only_far_from_every_limit():
     assert len(a["lease"]) == int((0.95 / 2) // 0.0625) == 7
     assert core.status()["reserved_usd"] == pytest.approx(0.05 + 7 * 0.0625)
 
-    # rate windows: half of the window, the lease's entries dated LEASE_TTL_S ahead
+    # rate windows: half of the window, the lease's entries dated lease_ttl_s ahead
     core = LedgerCore(LedgerSettings(requests_per_minute=10, max_concurrency=1000), clock=lambda: 100.0)
     healthy(core)
     [a] = core.admit([{"usd": None, "tokens": 0, "lease": 8}])
@@ -295,15 +295,23 @@ def test_budget_and_cache_hold_across_worker_processes(ray_session, tmp_path):
 
 def test_leased_admissions_keep_the_budget_and_go_back_unused(ray_session):
     ray = ray_session
-    with serve_fault_server(generator=ScriptedGenerator(words=WORDS), latency_s=0.02) as server:
+    with serve_fault_server(generator=ScriptedGenerator(words=WORDS), latency_s=0.1) as server:
         teacher = teacher_dict(server, max_cost_usd=0.6, max_concurrency=64)
-        pool = workers(ray, 2, teacher, "lease-run")
-        # each request in its own sample() call, 20 ms apart, overlapping: as verl calls the reward manager
+        # a lease long enough that a starved worker process still uses it (0.5 s passes unused on a loaded machine)
+        pool = workers(ray, 2, teacher, "lease-run", overrides={"lease_ttl_s": 30.0})
+        # no lease before the run's first success: one settled answer per worker first, so that the leases are
+        # asked for while little is in flight (not a race between the first answer and the budget's half)
+        assert (
+            ray.get([w.sample.remote(start=100 * k + 99, count=1, n=2) for k, w in enumerate(pool)])
+            == [{"ok": 1, "failed": 0, "stopped": None}] * 2
+        )
+        # each request in its own sample() call, 20 ms apart, overlapping (each takes >= 100 ms): as verl calls
+        # the reward manager
         outs = ray.get([w.sample.remote(start=100 * k, count=40, n=2, stagger_s=0.02) for k, w in enumerate(pool)])
         leased = sum(ray.get([w.leased_admits.remote() for w in pool]))
         status = ledger_status(ray, "lease-run")
         served = served_usd(server)
-    assert leased > 0  # some calls were admitted without a round trip to the ledger
+    assert leased > 0, status  # some calls were admitted without a round trip to the ledger
     assert all(o["stopped"] and o["stopped"][0] == "TeacherBudgetExceeded" for o in outs)  # 80 calls cost ~$3
     assert served <= 0.6 + 1e-9  # an honest server: the budget is never exceeded, leases or not
     assert status["spent_usd"] == pytest.approx(served)

@@ -363,9 +363,13 @@ def test_run_wide_budget_stops_main_ppo_once_within_the_first_step(smoke, tmp_pa
     assert "OmniOPD teacher ledger: run id" in log  # the driver created the run's ledger
     assert "step:1 -" not in log  # stopped inside the first step, before its update
     # no retry loop: verl's agent loop used to retry the stopped prompts forever (3,132 such lines in 14 min).
-    # Prompts still in flight when the driver tears the workers down may each log one error as their reward
-    # worker goes away; that is at most one per trajectory of the step (smoke recipe: 2 prompts x n=2).
-    assert log.count("Error in _run_prompt") <= 2 * 2, log[-4000:]
+    # Prompts still in flight when the driver tears the workers down may log errors as their reward worker goes
+    # away: verl's `_run_prompt` (v1/agent_loop_tq.py) logs one per failed session, and one more if publishing
+    # the prompt's status then fails too; so at most n + 1 per prompt of the step (smoke recipe: 2 prompts x n=2;
+    # a loaded run once logged 5).
+    assert log.count("Error in _run_prompt") <= 2 * (2 + 1), [
+        line for line in log.splitlines() if "_run_prompt" in line
+    ]
     assert log.count("OmniOPD stops the run: teacher budget") == 1, log[-4000:]  # once, not per trajectory
     assert "TeacherStopError: OmniOPD stopped the run: teacher budget" in log, log[-6000:]
     assert served <= budget + 1e-12, served  # one budget for the 3 workers

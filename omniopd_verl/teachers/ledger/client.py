@@ -60,13 +60,12 @@ class LedgerClient:
             if grant is not None:
                 return grant
             asked = time.monotonic()
-            ask = self._ask(usd, tokens, slot)
+            ask, reply = self._ask(usd, tokens, slot), None
             try:
                 reply = await self._call("admit", ask)
             finally:
-                self._answered(ask)
+                self._answered(ask, reply, asked)
             if "id" in reply:
-                self._keep_lease(reply, slot, asked)
                 return reply["id"]
             if "stop" in reply:
                 await self.release()
@@ -127,11 +126,9 @@ class LedgerClient:
         """A pre-granted admission this call fits, if the placement keeps any."""
         return None
 
-    def _answered(self, ask: dict[str, Any]) -> None:
-        """The actor answered (or failed) this ask."""
-
-    def _keep_lease(self, reply: dict[str, Any], slot: bool, asked: float) -> None:
-        """Keep the pre-granted admissions a reply carries (only a placement that asks for them gets any)."""
+    def _answered(self, ask: dict[str, Any], reply: dict[str, Any] | None, asked: float) -> None:
+        """The ledger answered this ask (reply None: the call failed); keep the pre-granted admissions a reply
+        carries (only a placement that asks for them gets any)."""
 
     async def release(self) -> None:
         """Hand back this process's unused pre-granted admissions (none where the placement asks for none)."""
@@ -205,8 +202,8 @@ class RayLedger(LedgerClient):
     A lease: when this process has no pre-granted admission left, its next admission asks the actor for up
     to LEASE_SIZE more, sized like that call (the actor grants them only far from every limit:
     `LedgerCore._lease`). The next calls that fit one are admitted here, without a round trip, within the
-    lease's time (LEASE_TTL_S from when it was asked for); the unused ones go back when they expire, when
-    `release()` is called (the library does at the end of every `sample`), on any stop, and after a failed
+    lease's time (lease_ttl_s from when it was asked for); the unused ones go back when they expire, when
+    `release()` is called (the library does when its last concurrent `sample` ends), on any stop, and after a failed
     call (so that the next calls meet the circuit breaker in the actor). What a lease changes: a few calls
     may still be sent after another worker's stop (at most the lease, within its time); a worker killed
     holding a lease has it charged at its worst case, like a call it was making."""
@@ -221,7 +218,8 @@ class RayLedger(LedgerClient):
         self._batchers: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, _Batcher] = weakref.WeakKeyDictionary()
         self.actor_calls = 0  # how many actor calls carried the items (the batching's effect, for benchmarks)
         self.leased_admits = 0  # admissions served from a lease, without a round trip (for benchmarks)
-        self._leases: list[tuple[int, float, float, bool, float]] = []  # (id, usd, tokens, slot, use-by, monotonic)
+        # (id, usd, tokens, slot, use-by on time.monotonic)
+        self._leases: list[tuple[int, float, float, bool, float]] = []
         self._lease_asked = False  # one lease request in flight at a time
         self._lock = threading.Lock()  # the leases may be taken from more than one event loop
         self._returns: set[asyncio.Future] = set()
@@ -252,18 +250,15 @@ class RayLedger(LedgerClient):
                 ask["lease"] = self.LEASE_SIZE
         return ask
 
-    def _answered(self, ask: dict[str, Any]) -> None:
-        if "lease" in ask:
-            with self._lock:
-                self._lease_asked = False
-
-    def _keep_lease(self, reply: dict[str, Any], slot: bool, asked: float) -> None:
-        if "lease" not in reply:
+    def _answered(self, ask: dict[str, Any], reply: dict[str, Any] | None, asked: float) -> None:
+        if "lease" not in ask:
             return
-        use_by = asked + reply["lease_ttl_s"]  # asked before the actor granted it: never later than its clock
         with self._lock:
-            for key in reply["lease"]:
-                self._leases.append((key, reply["lease_usd"], reply["lease_tokens"], slot, use_by))
+            self._lease_asked = False
+            if reply and "lease" in reply:
+                use_by = asked + reply["lease_ttl_s"]  # asked before the actor granted it: never later than its clock
+                for key in reply["lease"]:
+                    self._leases.append((key, reply["lease_usd"], reply["lease_tokens"], ask["slot"], use_by))
 
     async def _hand_back(self, keys: list[int]) -> None:
         await asyncio.gather(*(self.settle(key, outcome="unused") for key in keys))

@@ -49,10 +49,6 @@ RUN_METRICS = (
     "teacher_run/abandoned_calls",
     "teacher_run/expired_reservations",
 )
-LEASE_TTL_S = 0.5
-"""A lease (see `LedgerCore.admit`) is used within this long after its grant or handed back. Its rate-window
-entries are dated at the end of that time: a leased call sent at any moment of it is still inside every 60 s
-window the ledger counts, so the windows hold exactly as for grants made one by one."""
 LEASE_MARGIN = 1.25
 """A leased grant is sized 25% above the ask that brought it (a worker's next calls have slightly longer
 prompts); the excess is freed when the call settles its real cost."""
@@ -100,6 +96,10 @@ class LedgerSettings:
     breaker_base_s: float = 1.0
     breaker_max_s: float = 60.0
     save_every_s: float = 0.1  # the state file is rewritten at most this often (a write costs ~1 ms)
+    # A lease (see `LedgerCore._lease`) is used within this long after its grant or handed back. Its rate-window
+    # entries are dated at the end of that time: a leased call sent at any moment of it is still inside every
+    # window the ledger counts, so the windows hold exactly as for grants made one by one. Only tests change it.
+    lease_ttl_s: float = 0.5
 
     @classmethod
     def from_teacher_config(cls, config: Any, **overrides: Any) -> LedgerSettings:
@@ -206,21 +206,26 @@ class LedgerCore:
             return {"stop": "budget", "message": str(exc)}
         if reservation is None:
             return {"wait": WAIT_FOR_SETTLE_S}
+        return {"id": self._grant(reservation, ask.get("usd"), slot, tokens, now, dated=now)}
+
+    def _grant(
+        self, reservation: Reservation, worst: float | None, slot: bool, tokens: float, now: float, *, dated: float
+    ) -> int:
+        """Record a granted call (its budget reservation made): its id, counted in flight and in the rate
+        windows, whose entries are dated `dated` (a lease's: the end of its time)."""
         key = self._next_id
         self._next_id += 1
         self._live[key] = reservation
-        worst = 0.0 if ask.get("usd") is None else float(ask["usd"])
-        self._reservations[key] = {"usd": reservation.usd, "worst_usd": worst, "t": now, "slot": slot}
-        if self._rpm is not None:
-            self._rpm.add(key, 1.0, now)
-        if self._tpm is not None:
-            self._tpm.add(key, tokens, now)
+        self._reservations[key] = {"usd": reservation.usd, "worst_usd": worst or 0.0, "t": now, "slot": slot}
+        for window, amount in ((self._rpm, 1.0), (self._tpm, tokens)):
+            if window is not None:
+                window.add(key, amount, dated)
         self.in_flight_max = max(self.in_flight_max, len(self._reservations))
-        return {"id": key}
+        return key
 
     def _lease(self, ask: dict[str, Any], now: float) -> dict[str, Any]:
         """Up to ask["lease"] more grants sized LEASE_MARGIN x this ask, for the asking worker to use without a
-        round trip during LEASE_TTL_S (it hands back the unused ones with outcome "unused"). Only while the run
+        round trip during settings.lease_ttl_s (it hands back the unused ones with outcome "unused"). Only while the run
         is far from every limit: counting the lease, at most half of max_concurrency, of each rate window and
         of the budget left is in use, and the last call settled succeeded (none before the run's first success:
         a wrong key or a rejected parameter fails from the first call, and then every queued call meets the
@@ -240,27 +245,14 @@ class LedgerCore:
             left = self.budget.max_cost_usd - self.budget.spent_usd - self.budget.reserved_usd
             room.append(int((left / 2) // usd))
         count = max(0, min(room))
-        ids = []
-        for _ in range(count):
-            reservation = self.budget.reserve(usd)  # fits: at most half of what is left
-            key = self._next_id
-            self._next_id += 1
-            self._live[key] = reservation
-            self._reservations[key] = {
-                "usd": reservation.usd,
-                "worst_usd": usd or 0.0,
-                "t": now,
-                "slot": slot,
-                "leased": True,
-            }
-            for window, amount in ((self._rpm, 1.0), (self._tpm, tokens)):
-                if window is not None:
-                    window.add(key, amount, now + LEASE_TTL_S)
-            ids.append(key)
-        self.in_flight_max = max(self.in_flight_max, len(self._reservations))
+        # each fits: at most half of what is left
+        ids = [
+            self._grant(self.budget.reserve(usd), usd, slot, tokens, now, dated=now + self.settings.lease_ttl_s)
+            for _ in range(count)
+        ]
         if not ids:
             return {}
-        return {"lease": ids, "lease_usd": usd, "lease_tokens": tokens, "lease_ttl_s": LEASE_TTL_S}
+        return {"lease": ids, "lease_usd": usd, "lease_tokens": tokens, "lease_ttl_s": self.settings.lease_ttl_s}
 
     def _slots(self) -> int:
         return sum(1 for r in self._reservations.values() if r["slot"])

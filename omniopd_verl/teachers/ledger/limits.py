@@ -18,7 +18,7 @@ class RateWindow:
     """At most `limit` units in any window of `window_s` seconds: a token bucket whose tokens come back
     exactly `window_s` after they were used. Unlike a leaky bucket (aiolimiter) it never lets a burst
     exceed the setting: a full bucket plus its refill would allow up to 2x the limit in one window.
-    Entries may be dated ahead of now (a ledger lease's, see core.LEASE_TTL_S): they expire by date, not
+    Entries may be dated ahead of now (a ledger lease's, see LedgerSettings.lease_ttl_s): they expire by date, not
     by the order they came in."""
 
     def __init__(self, limit: float, window_s: float = WINDOW_S):
