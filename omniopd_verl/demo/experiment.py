@@ -20,22 +20,25 @@ alongside as the secondary, drift-biased measure):
 
 Across seeds each arm reports the mean effect, the seed-level spread (sd, and a t 95% CI over seeds, which
 with 3 seeds is wide: t = 4.30) and in how many seeds its own interval and its difference from the control
-were above 0. A comparison holds only where it holds across seeds. The metric is also computed every
-`--eval-every` steps, for the plot (mean over seeds, band = min..max). Writes runs/experiment/results.json,
-a Markdown table (runs/experiment/results.md) and a PNG (runs/experiment/primary_metric.png; `--docs DIR`
-copies table and plot there). Arms and seeds run one after another. Each finished seed is kept in
-runs/experiment/seed<S>/seed_results.json with the arms and overrides it ran; a later run with the same arms
-and overrides reads it instead of rerunning that seed, so seeds can run as separate processes (two at a time
-on 2 cores, e.g. `--seeds 0` and `--seeds 1` with OMP_NUM_THREADS=1) and a final `--seeds 0,1,2` run adds the
-missing seeds and writes the table. Delete the file to rerun a seed.
+were above 0. A comparison holds only where it holds across seeds. With `--eval-every K` the metric is also
+computed every K steps (off by default: it costs ~9 CPU-minutes a seed), for the plot (mean over seeds, band =
+min..max; without it the plot joins step 0 to the last step). Writes runs/experiment/results.json, a Markdown
+table (runs/experiment/results.md) and a PNG (runs/experiment/primary_metric.png; `--docs DIR` copies table and
+plot there). Arms and seeds run one after another. Each finished arm is kept in
+runs/experiment/seed<S>/<arm>/arm_result.json with the overrides it ran; a later run with the same overrides
+reads it instead of rerunning that arm, so the work can be split over processes (two at a time on 2 cores,
+with OMP_NUM_THREADS=1: `make experiment` runs `--seeds 0` then half of seed 2's arms in one, `--seeds 1` then
+the other half in the other) and a final `--seeds 0,1,2` run reads them all and writes the table. Every arm of a
+seed must have been scored on the same held-out set (checked). Delete a file to rerun that arm.
 
-Usage: python -m omniopd_verl.demo.experiment [--arms a,b,...] [--seeds 0,1,2] [--eval-every 4] [--label TEXT] [key=value ...]
+Usage: python -m omniopd_verl.demo.experiment [--arms a,b,...] [--seeds 0,1,2] [--eval-every 0] [--label TEXT] [key=value ...]
 """
 
 from __future__ import annotations
 
 import argparse
 import gc
+import hashlib
 import json
 import math
 import os
@@ -57,7 +60,7 @@ OUT = Path("runs/experiment")
 # held-out set than the 15-minute demo can afford (40 prompts, ~80 prefixes); an override on the command
 # line (local.data.heldout_prompts=...) comes later and wins.
 # It pins 4 prompts x 8 steps (whatever the demo recipe says): 7 arms x 3 seeds must fit 90 minutes on 2 idle cores
-# (at 4 prompts: ~215 s per arm run, 21 runs + 3 held-out sets ~ 83 min; at 6 it would not fit).
+# (a seed is ~40 CPU-minutes and runs on one core; at 6 prompts it would not fit).
 DEFAULTS = ["local.data.heldout_prompts=40", "local.prompts_per_step=4", "local.steps=8"]
 
 ARMS: dict[str, list[str]] = {
@@ -156,8 +159,30 @@ def plot(arms: dict, path: Path, title: str) -> None:
     plt.close(fig)
 
 
-def run_seed(seed: int, arms: list[str], base: list[str], out: Path, eval_every: int) -> tuple[dict, dict, list]:
-    """Every arm for one seed, on one held-out set built from that seed: (arm results, target, held-out items)."""
+def items_digest(items) -> str:
+    """A held-out set's fingerprint: every arm of a seed must be scored on the same one (they pair by prefix)."""
+    from dataclasses import asdict
+
+    return hashlib.sha256(json.dumps([asdict(it) for it in items]).encode()).hexdigest()[:16]
+
+
+def load_arm(path: Path, arm: list[str], base: list[str], eval_every: int) -> dict | None:
+    """A finished arm's saved record, if it ran with exactly these overrides and evaluation steps; else None."""
+    if not path.exists():
+        return None
+    saved = json.loads(path.read_text())
+    if saved["arm"] != arm or saved["base"] != base or saved["eval_every"] != eval_every:
+        print(f"{path} was made with other overrides or --eval-every: that arm runs again", flush=True)
+        return None
+    return saved
+
+
+def run_seed(seed: int, arms: list[str], base: list[str], out: Path, eval_every: int) -> dict[str, dict]:
+    """Every arm for one seed, on one held-out set built from that seed: arm -> its record (saved in
+    out/<arm>/arm_result.json, read instead of rerun when it exists with the same overrides, so that one seed's
+    arms can be split over processes). The held-out set is built by the first arm that runs, with its audit (its
+    chunk positions): a split's processes must each start with an arm that places chunks as the others do
+    (not random_sched); seed_results() refuses arms scored on different sets."""
     from omniopd_verl.local import paired_eval as pe
     from omniopd_verl.local.config import load_run_config
     from omniopd_verl.local.metrics import read_metrics
@@ -166,9 +191,15 @@ def run_seed(seed: int, arms: list[str], base: list[str], out: Path, eval_every:
     seeded = [*base, f"local.seed={seed}", f"omniopd.seed={seed}"]
     cfg0 = load_run_config(str(RECIPE), seeded)
     extra = {"seqkd": [f"local.responses_per_prompt={seqkd_answers(cfg0.omniopd, cfg0.local)}"]}
-    heldout, target, results = None, {}, {}
+    heldout, target, records = None, {}, {}
     for name in arms:
         arm = [*ARMS[name], *extra.get(name, [])]
+        path = out / name / "arm_result.json"
+        saved = load_arm(path, arm, base, eval_every)
+        if saved is not None:
+            print(f"seed {seed}, arm {name}: read from {path} (commit {saved['commit']})", flush=True)
+            records[name] = saved
+            continue
         cfg = load_run_config(str(RECIPE), [*seeded, *arm, f"local.output_dir={out / name}"])
         print(f"\n== seed {seed}, arm {name}: {' '.join(arm) or '(the demo setting)'}", flush=True)
         t0 = time.perf_counter()
@@ -176,7 +207,10 @@ def run_seed(seed: int, arms: list[str], base: list[str], out: Path, eval_every:
         if heldout is None:  # one held-out set for every arm of this seed (built with the recipe's teacher)
             t_set = time.perf_counter()
             heldout = trainer.heldout.prepare(trainer.heldout_problems)
-            pe.save_items(heldout[0], out / "heldout_set.jsonl")
+            # two processes may build this seed's set at once (make experiment splits seed 2): replace, not interleave
+            tmp = out / f"heldout_set.jsonl.{os.getpid()}"
+            pe.save_items(heldout[0], tmp)
+            os.replace(tmp, out / "heldout_set.jsonl")
             teacher_mass = trainer.heldout.teacher_mass(heldout[0])
             target = {
                 "mass_before": pe.mean_over_prompts(heldout[0], heldout[1]["mass"]),
@@ -188,7 +222,7 @@ def run_seed(seed: int, arms: list[str], base: list[str], out: Path, eval_every:
         curve = []
 
         def on_step(tr, metrics, curve=curve, steps=cfg.local.steps, items=items, before=before):
-            if tr.step % eval_every == 0 and tr.step < steps:  # the last step is fit()'s own evaluation
+            if eval_every and tr.step % eval_every == 0 and tr.step < steps:  # the last step: fit()'s own evaluation
                 r = pe.paired_change(items, before["mass"], tr.heldout.measure(tr.model, items)["mass"], seed=seed)
                 curve.append({"step": tr.step, "effect": r["effect"], "ci95": r["ci95"]})
 
@@ -200,11 +234,10 @@ def run_seed(seed: int, arms: list[str], base: list[str], out: Path, eval_every:
         final = json.loads((Path(cfg.local.output_dir) / "eval.json").read_text())["paired"]
         curve.append({"step": cfg.local.steps, "effect": final["mass"]["effect"], "ci95": final["mass"]["ci95"]})
         rows = read_metrics(Path(summary["metrics"]))
-        results[name] = {
+        result = {
             "overrides": arm,
             **{k: final["mass"][k] for k in ("effect", "ci95", "t_ci95", "before", "after")},
             "secondary": {k: final["gap"][k] for k in ("metric", "effect", "ci95", "t_ci95")},
-            "after_values": final["after"],
             "curve": curve,
             "teacher_calls": sum(r.get("teacher/calls", 0.0) for r in rows),
             "teacher_tokens": sum(
@@ -213,31 +246,47 @@ def run_seed(seed: int, arms: list[str], base: list[str], out: Path, eval_every:
             "teacher_completion_tokens": sum(r.get("teacher/completion_tokens", 0.0) for r in rows),
             "seconds": time.perf_counter() - t0,
         }
+        records[name] = {
+            "arm": arm,
+            "base": base,
+            "eval_every": eval_every,
+            "result": result,
+            "after_mass": final["after"]["mass"],  # per prefix: the control difference is taken across arms
+            "target": target,
+            "heldout_digest": items_digest(items),
+            "prompts": len({it.prompt_id for it in items}),
+            "prefixes": len(items),
+            "commit": _commit(),
+        }
+        path.write_text(json.dumps(records[name], indent=2))
         print(
             f"   seed {seed}, {name}: {100 * final['mass']['effect']:+.2f} pts [{100 * final['mass']['ci95'][0]:+.2f}, "
             f"{100 * final['mass']['ci95'][1]:+.2f}]; secondary {final['gap']['effect']:+.4f} nat/token",
             flush=True,
         )
-    items = heldout[0]
-    if "control" in results:
-        ctrl = results["control"]["after_values"]["mass"]
-        for name, r in results.items():
+    return records
+
+
+def seed_results(seed: int, records: dict[str, dict], out: Path) -> dict[str, dict]:
+    """One seed's arm results, each arm other than the control with its paired difference from the control."""
+    from omniopd_verl.local import paired_eval as pe
+
+    digests = {name: r["heldout_digest"] for name, r in records.items()}
+    if len(set(digests.values())) != 1:
+        raise RuntimeError(
+            f"seed {seed}: the arms were scored on different held-out sets ({digests}); delete "
+            f"{out}/<arm>/arm_result.json of the arms to rerun"
+        )
+    results = {name: dict(r["result"]) for name, r in records.items()}
+    if "control" in records:
+        items = pe.load_items(out / "heldout_set.jsonl")
+        if items_digest(items) != next(iter(digests.values())):
+            raise RuntimeError(f"{out / 'heldout_set.jsonl'} is not the set the arms were scored on: rerun the seed")
+        ctrl = records["control"]["after_mass"]
+        for name, r in records.items():
             if name != "control":
-                r["minus_control"] = pe.arm_minus_control(items, r["after_values"]["mass"], ctrl, seed=seed)
-    for r in results.values():
-        r.pop("after_values", None)
-    return results, target, items
-
-
-def load_seed(path: Path, arms: list[str], overrides: list[str]) -> dict | None:
-    """A finished seed's saved results, if it ran exactly these arms with these overrides; else None."""
-    if not path.exists():
-        return None
-    saved = json.loads(path.read_text())
-    if saved["arms"] != arms or saved["overrides"] != overrides:
-        print(f"{path} was made with other arms or overrides: that seed runs again", flush=True)
-        return None
-    return saved
+                results[name]["minus_control"] = pe.arm_minus_control(items, r["after_mass"], ctrl, seed=seed)
+    return results
 
 
 def aggregate(per_seed: dict[int, dict]) -> dict:
@@ -269,7 +318,9 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0], allow_abbrev=False)
     parser.add_argument("--arms", default=",".join(ARMS), help=f"comma-separated subset of {list(ARMS)}")
     parser.add_argument("--seeds", default="0,1,2", help="comma-separated seeds; every arm runs once per seed")
-    parser.add_argument("--eval-every", type=int, default=4, help="also score the held-out set every K steps")
+    parser.add_argument(
+        "--eval-every", type=int, default=0, help="also score the held-out set every K steps (0: only at the end)"
+    )
     parser.add_argument("--label", default="CPU, small scale")
     parser.add_argument("--docs", default=None, help="also copy the table and the plot into this folder")
     parser.add_argument("overrides", nargs="*", help="key=value overrides for every arm, e.g. local.steps=4")
@@ -287,6 +338,12 @@ def main(argv: list[str] | None = None) -> int:
         print(f"--seeds {args.seeds!r} is invalid: allowed distinct integers separated by commas", file=sys.stderr)
         return 2
 
+    if args.eval_every < 0:
+        print(
+            f"--eval-every {args.eval_every} is invalid: allowed 0 (only at the end) or a step count", file=sys.stderr
+        )
+        return 2
+
     from omniopd_verl.local.config import load_run_config
 
     t_all, load0 = time.perf_counter(), os.getloadavg()[0]
@@ -297,24 +354,10 @@ def main(argv: list[str] | None = None) -> int:
     base = ["local.resume=false", "local.save_final=false", "local.lr_warmup_steps=0", *overrides]
     per_seed, targets, prompts, prefixes = {}, {}, 0, 0
     for seed in seeds:
-        saved_path = OUT / f"seed{seed}" / "seed_results.json"
-        saved = load_seed(saved_path, arms, overrides)
-        if saved is None:
-            results, target, items = run_seed(seed, arms, base, OUT / f"seed{seed}", args.eval_every)
-            saved = {
-                "arms": arms,
-                "overrides": overrides,
-                "results": results,
-                "target": target,
-                "prompts": len({it.prompt_id for it in items}),
-                "prefixes": len(items),
-                "commit": _commit(),
-            }
-            saved_path.write_text(json.dumps(saved, indent=2))
-        else:
-            print(f"seed {seed}: read from {saved_path} (commit {saved['commit']})", flush=True)
-        per_seed[seed], targets[seed] = saved["results"], saved["target"]
-        prompts, prefixes = saved["prompts"], saved["prefixes"]
+        records = run_seed(seed, arms, base, OUT / f"seed{seed}", args.eval_every)
+        per_seed[seed] = seed_results(seed, records, OUT / f"seed{seed}")
+        first = next(iter(records.values()))
+        targets[seed], prompts, prefixes = first["target"], first["prompts"], first["prefixes"]
     cfg0 = load_run_config(str(RECIPE), base)
     meta = {
         "label": args.label,

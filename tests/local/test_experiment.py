@@ -101,32 +101,80 @@ def test_experiment_scores_every_arm_on_one_heldout_set_per_seed_and_matches_a_n
     assert (docs / "experiment_cpu_small.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
-def test_a_rerun_reads_finished_seeds_and_reruns_a_seed_whose_arms_changed(experiment_run, monkeypatch, capsys):
-    """Seeds run as separate processes and a final run aggregates them: the second run must train nothing
-    for seeds it has with the same arms and overrides, and give the same table; other arms rerun the seed."""
+def test_a_rerun_reads_finished_arms_in_any_split_and_reruns_an_arm_whose_overrides_changed(
+    experiment_run, monkeypatch, capsys
+):
+    """Arms run as separate processes (make experiment splits seed 2 over two) and a final run aggregates
+    them: a run must train nothing for arms it has with the same overrides, give the same numbers from any
+    subset of them, and rerun an arm whose overrides or evaluation steps changed."""
+    import omniopd_verl.local.train as local_train
     from omniopd_verl.demo import experiment
 
     rc, out, _ = experiment_run
     first = json.loads((out / "results.json").read_text())
     overrides = first["meta"]["overrides"][len(experiment.DEFAULTS) :]
-    ran = []
 
     class Reran(Exception):
         pass
 
-    def run_seed(seed, *args, **kwargs):
-        ran.append(seed)
-        raise Reran
+    def no_training(cfg):
+        raise Reran(cfg.local.output_dir)
 
-    monkeypatch.setattr(experiment, "run_seed", run_seed)
-    assert experiment.main(["--arms", "centered,seqkd,token_opd,control", "--seeds", "0,5", *overrides]) == 0
+    monkeypatch.setattr(local_train, "LocalTrainer", no_training)
+    args = ["--eval-every", "1", *overrides]
+    assert experiment.main(["--arms", "centered,seqkd,token_opd,control", "--seeds", "0,5", *args]) == 0
     second = json.loads((out / "results.json").read_text())
-    assert ran == [] and second["arms"] == first["arms"] and second["per_seed"] == first["per_seed"]
-    assert "seed 0: read from" in capsys.readouterr().out
+    assert second["arms"] == first["arms"] and second["per_seed"] == first["per_seed"]
+    assert "seed 0, arm centered: read from" in capsys.readouterr().out
 
+    # a subset, as a process of a split run would leave it: the same per-arm numbers, the control difference too
+    assert experiment.main(["--arms", "token_opd,control", "--seeds", "5", *args]) == 0
+    subset = json.loads((out / "results.json").read_text())
+    assert subset["per_seed"]["5"] == {k: first["per_seed"]["5"][k] for k in ("token_opd", "control")}
+
+    with pytest.raises(Reran):  # another --eval-every: the curve would differ
+        experiment.main(["--arms", "centered", "--seeds", "0", *overrides])
+    assert "other overrides or --eval-every" in capsys.readouterr().out
     with pytest.raises(Reran):
-        experiment.main(["--arms", "centered,control", "--seeds", "0", *overrides])
-    assert ran == [0] and "other arms or overrides" in capsys.readouterr().out
+        experiment.main(["--arms", "centered", "--seeds", "0", *args, "local.lr=1e-6"])
+
+
+def test_a_seed_split_over_two_runs_gives_the_numbers_of_one_run(experiment_run, tmp_path, monkeypatch):
+    """make experiment splits seed 2's arms over two processes, each building the seed's held-out set with its
+    own first arm: the second half (started with the control) must build the same set, and the aggregate must
+    equal the one-run results (wall times aside)."""
+    from omniopd_verl.demo import experiment
+
+    rc, out, _ = experiment_run
+    first = json.loads((out / "results.json").read_text())
+    overrides = first["meta"]["overrides"][len(experiment.DEFAULTS) :]
+    monkeypatch.setattr(experiment, "OUT", tmp_path / "split")
+    args = ["--seeds", "5", "--eval-every", "1", *overrides]
+    assert experiment.main(["--arms", "centered,seqkd", *args]) == 0
+    assert experiment.main(["--arms", "control,token_opd", *args]) == 0
+    assert experiment.main(["--arms", "centered,seqkd,token_opd,control", *args]) == 0
+    split = json.loads((tmp_path / "split" / "results.json").read_text())["per_seed"]["5"]
+    one = first["per_seed"]["5"]
+    assert list(split) == list(one)
+    for name in one:
+        assert {k: v for k, v in split[name].items() if k != "seconds"} == {
+            k: v for k, v in one[name].items() if k != "seconds"
+        }
+
+
+def test_arms_scored_on_different_heldout_sets_are_refused(experiment_run):
+    """The control difference pairs arms by prefix: arms of one seed saved from different held-out sets (e.g.
+    a process that ran other code) must not be compared."""
+    from omniopd_verl.demo import experiment
+
+    rc, out, _ = experiment_run
+    overrides = json.loads((out / "results.json").read_text())["meta"]["overrides"][len(experiment.DEFAULTS) :]
+    saved = out / "seed0" / "seqkd" / "arm_result.json"
+    record = json.loads(saved.read_text())
+    record["heldout_digest"] = "0" * 16
+    saved.write_text(json.dumps(record))
+    with pytest.raises(RuntimeError, match="seed 0: the arms were scored on different held-out sets"):
+        experiment.main(["--arms", "centered,seqkd,token_opd,control", "--seeds", "0", "--eval-every", "1", *overrides])
 
 
 def test_experiment_rejects_an_unknown_arm_and_names_the_allowed_ones(capsys):
@@ -137,3 +185,5 @@ def test_experiment_rejects_an_unknown_arm_and_names_the_allowed_ones(capsys):
     assert "['dpo']" in err and "token_opd" in err and "seqkd" in err and "control" in err
     assert experiment.main(["--seeds", "1,1"]) == 2
     assert "--seeds '1,1' is invalid: allowed distinct integers" in capsys.readouterr().err
+    assert experiment.main(["--eval-every", "-2"]) == 2
+    assert "--eval-every -2 is invalid: allowed 0 (only at the end) or a step count" in capsys.readouterr().err
