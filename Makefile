@@ -54,7 +54,7 @@ demo: setup
 demo-sweep: setup
 	$(PY) scripts/demo_seed_sweep.py
 
-# the paper's comparison at small scale (7 arms x 3 seeds; minutes on an idle 2-core machine: docs/results.md): table + plot into docs/
+# the paper's comparison at small scale (7 arms x 3 seeds; 66.5 min on an idle 2-core machine: docs/results.md): table + plot into docs/
 experiment: setup
 	mkdir -p runs
 	$(PIP) install -q -c constraints.txt -e '.[experiment]'
