@@ -362,14 +362,12 @@ def test_run_wide_budget_stops_main_ppo_once_within_the_first_step(smoke, tmp_pa
     assert rc != 0, log[-4000:]
     assert "OmniOPD teacher ledger: run id" in log  # the driver created the run's ledger
     assert "step:1 -" not in log  # stopped inside the first step, before its update
-    # no retry loop: verl's agent loop used to retry the stopped prompts forever (3,132 such lines in 14 min).
-    # Prompts still in flight when the driver tears the workers down may log errors as their reward worker goes
-    # away: verl's `_run_prompt` (v1/agent_loop_tq.py) logs one per failed session, and one more if publishing
-    # the prompt's status then fails too; so at most n + 1 per prompt of the step (smoke recipe: 2 prompts x n=2;
-    # a loaded run once logged 5).
-    assert log.count("Error in _run_prompt") <= 2 * (2 + 1), [
-        line for line in log.splitlines() if "_run_prompt" in line
-    ]
+    # no endless retry loop: verl's agent loop used to retry the stopped prompts forever (3,132 such lines in
+    # 14 min, and the run never ended). Now the run ends (rc != 0 above), but prompts in flight until the driver
+    # has torn the workers down still fail and are retried, each failure logged by verl's `_run_prompt`
+    # (v1/agent_loop_tq.py): how many depends on how long the teardown takes (0 to 56 seen on this project's
+    # 2-core machine), not on our code; 400 is about 2 minutes of the old loop.
+    assert log.count("Error in _run_prompt") <= 400, [line for line in log.splitlines() if "_run_prompt" in line][-8:]
     assert log.count("OmniOPD stops the run: teacher budget") == 1, log[-4000:]  # once, not per trajectory
     assert "TeacherStopError: OmniOPD stopped the run: teacher budget" in log, log[-6000:]
     assert served <= budget + 1e-12, served  # one budget for the 3 workers
